@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what is missing (libtorch, the Python
+# reference tools, the S3 test server), builds, and runs every test in the
+# release profile. README's test command; .ci/run calls it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source ci/env.sh
+start=$(date +%s)
+bash ci/setup-libtorch.sh
+bash ci/setup-python.sh
+bash ci/setup-s3.sh
+if [ -f ci/setup-torch-python.sh ]; then bash ci/setup-torch-python.sh; fi
+export IMET_PYTHON="$IMET_VENV/bin/python"
+export IMET_S3S_FS="$IMET_DEPS_DIR/bin/s3s-fs"
+if [ -x "$IMET_DEPS_DIR/venv-torch/bin/python" ]; then export IMET_TORCH_PYTHON="$IMET_DEPS_DIR/venv-torch/bin/python"; fi
+echo "setup done in $(( $(date +%s) - start ))s"
+cargo build --release --all-targets
+echo "build done in $(( $(date +%s) - start ))s"
+cargo test --release --no-fail-fast -- --test-threads="${IMET_TEST_THREADS:-2}"
+echo "tests done in $(( $(date +%s) - start ))s"

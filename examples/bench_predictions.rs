@@ -1,0 +1,69 @@
+//! Writes and reads a competition-sized predictions file (109,237 x 1,103
+//! by default) through a local store and reports time and size; also dumps
+//! the matrix as raw little-endian f32 so `ci/bench/predictions_pyarrow.py`
+//! can write and read the same numbers with pyarrow.
+//!
+//! cargo run --release --example bench_predictions -- OUT_DIR [ROWS]
+
+use imet::data::{Fold, ImageId};
+use imet::storage::parquet::{read_predictions, write_predictions, PredictionKind, PredictionMeta, Predictions};
+use imet::storage::Store;
+use rand::{Rng, SeedableRng};
+use std::time::Instant;
+
+#[tokio::main]
+async fn main() -> imet::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let out = std::path::PathBuf::from(args.next().expect("usage: bench_predictions OUT_DIR [ROWS]"));
+    let rows: usize = args.next().map(|s| s.parse().expect("ROWS is a number")).unwrap_or(109_237);
+    let c = 1103;
+    std::fs::create_dir_all(&out).map_err(|source| imet::Error::Io { path: out.clone(), source })?;
+
+    // Sigmoid outputs of a trained-looking model: mostly small, a few large.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    let prior: Vec<f32> = (0..c).map(|_| rng.random_range(-9.0f32..-3.0)).collect();
+    let mut probs = vec![0f32; rows * c];
+    for r in 0..rows {
+        for k in 0..c {
+            let mut z = prior[k] + rng.random_range(-1.5f32..1.5);
+            if rng.random_bool(0.003) {
+                z += rng.random_range(4.0f32..10.0);
+            }
+            probs[r * c + k] = 1.0 / (1.0 + (-z).exp());
+        }
+    }
+    let ids: Vec<ImageId> = (0..rows).map(|i| ImageId::new(&format!("{:016x}", 0x1000_0000_0000u64 + i as u64 * 7919)).expect("hex id")).collect();
+    let raw: Vec<u8> = probs.iter().flat_map(|p| p.to_le_bytes()).collect();
+    std::fs::write(out.join("probs.f32"), &raw).map_err(|source| imet::Error::Io { path: out.join("probs.f32"), source })?;
+    let id_text: String = ids.iter().map(|i| format!("{i}\n")).collect();
+    std::fs::write(out.join("ids.txt"), id_text).map_err(|source| imet::Error::Io { path: out.join("ids.txt"), source })?;
+
+    let store = Store::open(&format!("file://{}", out.display()))?;
+    let preds = Predictions {
+        ids,
+        probs,
+        meta: PredictionMeta {
+            experiment: "bench".into(),
+            model: "m".into(),
+            fold: Some(Fold(0)),
+            kind: PredictionKind::Oof,
+            tta: 1,
+            spec_hash: "bench".into(),
+            class_count: c,
+            vocabulary_hash: "bench".into(),
+        },
+    };
+    let t = Instant::now();
+    let entry = write_predictions(&store, "imet.parquet", &preds).await?;
+    let write_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let back = read_predictions(&store, "imet.parquet").await?;
+    let read_s = t.elapsed().as_secs_f64();
+    assert_eq!(back.probs.len(), preds.probs.len());
+    assert!(back.probs == preds.probs, "read-back differs");
+    println!(
+        "{}",
+        serde_json::json!({"tool": "imet", "rows": rows, "classes": c, "write_s": write_s, "read_s": read_s, "bytes": entry.size})
+    );
+    Ok(())
+}

@@ -1,0 +1,95 @@
+//! The crate's error type. Every message names the object, file, line or
+//! field at fault, what was expected, and what to do next.
+
+use std::path::PathBuf;
+
+/// Result with the crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    // ---- storage -------------------------------------------------------
+    #[error("store URL `{url}` is not usable: {reason}; use file:///abs/path, s3://bucket/prefix or memory://")]
+    StoreUrl { url: String, reason: String },
+
+    #[error("`{key}` does not exist in store `{store}`; {hint}")]
+    NotFound { store: String, key: String, hint: String },
+
+    #[error("`{key}` already exists in store `{store}`; refusing to overwrite it")]
+    AlreadyExists { store: String, key: String },
+
+    #[error("storage operation `{op}` on `{key}` failed after {attempts} attempt(s): {source}")]
+    Store {
+        op: &'static str,
+        key: String,
+        attempts: u32,
+        #[source]
+        source: object_store::Error,
+    },
+
+    #[error("local cache at `{path}`: {source}")]
+    Cache {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("`{key}` is not a valid {what}: {reason}")]
+    Format { key: String, what: &'static str, reason: String },
+
+    #[error("manifest `{key}` was committed by a different spec (hash {found}, this spec {expected}); use a new experiment name or delete the run's outputs")]
+    SpecChanged { key: String, expected: String, found: String },
+
+    // ---- inputs ----------------------------------------------------------
+    #[error("{file}:{line}: {message}")]
+    Input { file: String, line: usize, message: String },
+
+    #[error("spec `{path}`: {message}")]
+    Spec { path: String, message: String },
+
+    #[error("{0}")]
+    Usage(String),
+
+    // ---- libraries -------------------------------------------------------
+    #[error("I/O on `{path}`: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error(transparent)]
+    Arrow(#[from] arrow::error::ArrowError),
+
+    #[error(transparent)]
+    Parquet(#[from] parquet::errors::ParquetError),
+
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+
+    #[error("background task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+    // ---- data / image (issue 3) ------------------------------------------
+
+    // ---- model (issue 4) -------------------------------------------------
+
+    // ---- ensemble (issue 6) ----------------------------------------------
+}
+
+impl Error {
+    /// A parse error at `file:line`.
+    pub fn input(file: impl Into<String>, line: usize, message: impl Into<String>) -> Self {
+        Error::Input { file: file.into(), line, message: message.into() }
+    }
+
+    /// True for errors worth retrying: network faults, timeouts, 5xx.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Store { source, .. } => crate::storage::store::is_transient(source),
+            _ => false,
+        }
+    }
+}

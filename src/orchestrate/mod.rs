@@ -1,0 +1,4 @@
+//! Orchestration stage: turns an experiment spec into its jobs and runs
+//! them. Reads the spec, calls every earlier stage, writes what they write.
+
+pub mod local;

@@ -1,0 +1,131 @@
+//! The object key layout (see docs): every key the project reads or writes
+//! is built here and nowhere else.
+//!
+//! ```text
+//! data/labels.csv, train.csv, sample_submission.csv, train/{id}.png, test/{id}.png
+//! runs/{experiment}/spec.toml
+//! runs/{experiment}/folds.parquet
+//! runs/{experiment}/models/{model}/fold={k}/checkpoints/epoch={e}.safetensors
+//! runs/{experiment}/models/{model}/fold={k}/{model.safetensors,history.parquet,oof.parquet,test.parquet}
+//! runs/{experiment}/models/{model}/fold={k}/_SUCCESS.json
+//! runs/{experiment}/ensemble/...
+//! ```
+
+use crate::data::{Fold, ImageId};
+
+pub const LABELS: &str = "data/labels.csv";
+pub const TRAIN: &str = "data/train.csv";
+pub const SAMPLE_SUBMISSION: &str = "data/sample_submission.csv";
+
+/// Which image folder: training or test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Split {
+    Train,
+    Test,
+}
+
+pub fn image(split: Split, id: &ImageId) -> String {
+    match split {
+        Split::Train => format!("data/train/{id}.png"),
+        Split::Test => format!("data/test/{id}.png"),
+    }
+}
+
+pub fn run(experiment: &str) -> String {
+    format!("runs/{experiment}")
+}
+
+pub fn spec(experiment: &str) -> String {
+    format!("runs/{experiment}/spec.toml")
+}
+
+pub fn folds(experiment: &str) -> String {
+    format!("runs/{experiment}/folds.parquet")
+}
+
+pub fn folds_success(experiment: &str) -> String {
+    format!("runs/{experiment}/_FOLDS_SUCCESS.json")
+}
+
+pub fn fold_dir(experiment: &str, model: &str, fold: Fold) -> String {
+    format!("runs/{experiment}/models/{model}/fold={}", fold.0)
+}
+
+pub fn checkpoint(experiment: &str, model: &str, fold: Fold, epoch: u32) -> String {
+    format!("{}/checkpoints/epoch={epoch}.safetensors", fold_dir(experiment, model, fold))
+}
+
+pub fn checkpoints(experiment: &str, model: &str, fold: Fold) -> String {
+    format!("{}/checkpoints", fold_dir(experiment, model, fold))
+}
+
+pub fn weights(experiment: &str, model: &str, fold: Fold) -> String {
+    format!("{}/model.safetensors", fold_dir(experiment, model, fold))
+}
+
+pub fn history(experiment: &str, model: &str, fold: Fold) -> String {
+    format!("{}/history.parquet", fold_dir(experiment, model, fold))
+}
+
+pub fn oof(experiment: &str, model: &str, fold: Fold) -> String {
+    format!("{}/oof.parquet", fold_dir(experiment, model, fold))
+}
+
+pub fn test_predictions(experiment: &str, model: &str, fold: Fold) -> String {
+    format!("{}/test.parquet", fold_dir(experiment, model, fold))
+}
+
+pub fn success(experiment: &str, model: &str, fold: Fold) -> String {
+    format!("{}/_SUCCESS.json", fold_dir(experiment, model, fold))
+}
+
+pub fn ensemble_dir(experiment: &str) -> String {
+    format!("runs/{experiment}/ensemble")
+}
+
+pub fn ensemble_file(experiment: &str, name: &str) -> String {
+    format!("runs/{experiment}/ensemble/{name}")
+}
+
+pub fn thresholds(experiment: &str) -> String {
+    ensemble_file(experiment, "thresholds.json")
+}
+
+pub fn report(experiment: &str) -> String {
+    ensemble_file(experiment, "report.json")
+}
+
+pub fn ensemble_oof(experiment: &str) -> String {
+    ensemble_file(experiment, "ensemble_oof.parquet")
+}
+
+pub fn ensemble_test(experiment: &str) -> String {
+    ensemble_file(experiment, "ensemble_test.parquet")
+}
+
+pub fn submission(experiment: &str) -> String {
+    ensemble_file(experiment, "submission.csv")
+}
+
+pub fn plot(experiment: &str, name: &str) -> String {
+    format!("runs/{experiment}/ensemble/plots/{name}.png")
+}
+
+pub fn ensemble_success(experiment: &str) -> String {
+    ensemble_file(experiment, "_SUCCESS.json")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fold_outputs_follow_the_documented_layout() {
+        let f = Fold(3);
+        assert_eq!(oof("exp", "resnet50", f), "runs/exp/models/resnet50/fold=3/oof.parquet");
+        assert_eq!(checkpoint("exp", "m", f, 7), "runs/exp/models/m/fold=3/checkpoints/epoch=7.safetensors");
+        assert_eq!(thresholds("exp"), "runs/exp/ensemble/thresholds.json");
+        let id = ImageId::new("1000483014d91860").unwrap();
+        assert_eq!(image(Split::Test, &id), "data/test/1000483014d91860.png");
+    }
+}

@@ -1,0 +1,201 @@
+//! Job completion manifests (`_SUCCESS.json`): the job's identity, its
+//! spec hash and every output's key, size and sha256. Written last, with a
+//! conditional create, so a job is either committed with all its outputs or
+//! not at all, and two concurrent runs of one job cannot both claim it.
+
+use super::store::Store;
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Which job a manifest belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobId {
+    /// `folds`, `train`, `predict`, `ensemble`, ...
+    pub kind: String,
+    pub experiment: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fold: Option<u8>,
+}
+
+impl std::fmt::Display for JobId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.kind, self.experiment)?;
+        if let Some(m) = &self.model {
+            write!(f, " model={m}")?;
+        }
+        if let Some(k) = self.fold {
+            write!(f, " fold={k}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One output object of a job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputEntry {
+    pub key: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+impl OutputEntry {
+    pub fn of_bytes(key: &str, bytes: &[u8]) -> OutputEntry {
+        OutputEntry { key: key.to_string(), size: bytes.len() as u64, sha256: hex::encode(Sha256::digest(bytes)) }
+    }
+
+    /// Reads `key` back from the store and describes it.
+    pub async fn of_object(store: &Store, key: &str) -> Result<OutputEntry> {
+        let bytes = store.get(key).await?;
+        Ok(OutputEntry::of_bytes(key, &bytes))
+    }
+}
+
+/// The `_SUCCESS.json` of a job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub job: JobId,
+    pub spec_hash: String,
+    pub outputs: Vec<OutputEntry>,
+    /// RFC 3339 time of the commit.
+    pub created_at: String,
+    pub imet_version: String,
+}
+
+/// What [`Manifest::commit`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// This call created the manifest.
+    Committed,
+    /// Another run committed the same job with the same spec first; its
+    /// manifest is returned and this run's outputs are redundant.
+    AlreadyCommitted(Manifest),
+}
+
+impl Manifest {
+    pub fn new(job: JobId, spec_hash: impl Into<String>, outputs: Vec<OutputEntry>) -> Manifest {
+        Manifest {
+            job,
+            spec_hash: spec_hash.into(),
+            outputs,
+            created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            imet_version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+
+    /// Writes the manifest at `key` unless one exists.
+    ///
+    /// # Errors
+    /// [`Error::SpecChanged`] when the existing manifest has another spec
+    /// hash; storage errors after retries.
+    pub async fn commit(&self, store: &Store, key: &str) -> Result<CommitOutcome> {
+        let body = serde_json::to_vec_pretty(self)?;
+        if store.put_if_absent(key, body.clone()).await? {
+            return Ok(CommitOutcome::Committed);
+        }
+        let existing = Manifest::load(store, key).await?.ok_or_else(|| Error::Format {
+            key: key.to_string(),
+            what: "job manifest",
+            reason: "vanished right after a conditional write found it".into(),
+        })?;
+        if existing == *self {
+            // Our own write, answered late and retried.
+            return Ok(CommitOutcome::Committed);
+        }
+        if existing.spec_hash != self.spec_hash {
+            return Err(Error::SpecChanged { key: key.to_string(), expected: self.spec_hash.clone(), found: existing.spec_hash });
+        }
+        Ok(CommitOutcome::AlreadyCommitted(existing))
+    }
+
+    /// The manifest at `key`, if any.
+    ///
+    /// # Errors
+    /// [`Error::Format`] when the object is not a manifest.
+    pub async fn load(store: &Store, key: &str) -> Result<Option<Manifest>> {
+        match store.get_opt(key).await? {
+            None => Ok(None),
+            Some(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| Error::Format { key: key.to_string(), what: "job manifest", reason: e.to_string() }),
+        }
+    }
+
+    /// The manifest at `key` when the job is committed for `spec_hash` and
+    /// all its outputs are present with their recorded sizes; `None` when
+    /// the job still has to run.
+    ///
+    /// # Errors
+    /// [`Error::SpecChanged`] when committed by another spec;
+    /// [`Error::Format`] when an output listed in the manifest is missing or
+    /// has another size (the store was tampered with).
+    pub async fn committed(store: &Store, key: &str, spec_hash: &str) -> Result<Option<Manifest>> {
+        let Some(m) = Manifest::load(store, key).await? else { return Ok(None) };
+        if m.spec_hash != spec_hash {
+            return Err(Error::SpecChanged { key: key.to_string(), expected: spec_hash.to_string(), found: m.spec_hash });
+        }
+        for out in &m.outputs {
+            match store.size(&out.key).await? {
+                Some(size) if size == out.size => {}
+                found => {
+                    return Err(Error::Format {
+                        key: key.to_string(),
+                        what: "job manifest",
+                        reason: format!(
+                            "output `{}` should be {} bytes but is {}; delete the manifest to rerun the job",
+                            out.key,
+                            out.size,
+                            found.map(|s| format!("{s} bytes")).unwrap_or_else(|| "missing".into())
+                        ),
+                    })
+                }
+            }
+        }
+        Ok(Some(m))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job() -> JobId {
+        JobId { kind: "predict".into(), experiment: "exp".into(), model: Some("m".into()), fold: Some(0) }
+    }
+
+    #[tokio::test]
+    async fn second_commit_with_the_same_spec_is_a_no_op() {
+        let store = Store::memory();
+        store.put("o.parquet", "x").await.unwrap();
+        let out = vec![OutputEntry::of_bytes("o.parquet", b"x")];
+        let first = Manifest::new(job(), "h1", out.clone());
+        assert_eq!(first.commit(&store, "_SUCCESS.json").await.unwrap(), CommitOutcome::Committed);
+        let mut second = Manifest::new(job(), "h1", out);
+        second.created_at = "later".into();
+        assert!(matches!(second.commit(&store, "_SUCCESS.json").await.unwrap(), CommitOutcome::AlreadyCommitted(m) if m == first));
+        assert_eq!(Manifest::committed(&store, "_SUCCESS.json", "h1").await.unwrap(), Some(first));
+    }
+
+    #[tokio::test]
+    async fn a_commit_from_another_spec_is_refused() {
+        let store = Store::memory();
+        Manifest::new(job(), "h1", vec![]).commit(&store, "_SUCCESS.json").await.unwrap();
+        let err = Manifest::new(job(), "h2", vec![]).commit(&store, "_SUCCESS.json").await.unwrap_err();
+        assert!(matches!(err, Error::SpecChanged { .. }), "{err}");
+        assert!(Manifest::committed(&store, "_SUCCESS.json", "h2").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_missing_output_is_reported() {
+        let store = Store::memory();
+        let m = Manifest::new(job(), "h", vec![OutputEntry::of_bytes("gone.parquet", b"abc")]);
+        m.commit(&store, "_SUCCESS.json").await.unwrap();
+        let err = Manifest::committed(&store, "_SUCCESS.json", "h").await.unwrap_err();
+        assert!(err.to_string().contains("gone.parquet"), "{err}");
+    }
+}

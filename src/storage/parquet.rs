@@ -1,0 +1,649 @@
+//! Parquet reading and writing of every tabular data product: folds,
+//! predictions (OOF, test, ensemble) and training history. Schemas and
+//! metadata keys are the contract in `schemas/`; a test compares them.
+//! Writes stream through a multipart upload that becomes visible only when
+//! complete, and restart from scratch on a transient fault.
+
+use super::manifest::OutputEntry;
+use super::store::Store;
+use crate::data::{Fold, ImageId};
+use crate::error::{Error, Result};
+use arrow::array::{
+    Array, ArrayRef, AsArray, FixedSizeListArray, Float32Array, Float64Array, RecordBatch, StringArray, UInt32Array,
+    UInt8Array,
+};
+use arrow::datatypes::{DataType, Field, Float32Type, Float64Type, Schema, SchemaRef, UInt32Type, UInt8Type};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use object_store::buffered::BufWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::async_writer::AsyncFileWriter;
+use parquet::arrow::{ArrowSchemaConverter, AsyncArrowWriter};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
+
+/// Rows per record batch / row group when writing predictions.
+const PRED_ROWS_PER_GROUP: usize = 8192;
+
+// ---------------------------------------------------------------------------
+// Writing plumbing
+
+/// An [`AsyncFileWriter`] that hashes and counts what passes through and
+/// leaves completing the upload to [`Store::put_streamed`].
+struct Sink {
+    inner: BufWriter,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl AsyncFileWriter for Sink {
+    fn write(&mut self, bs: Bytes) -> BoxFuture<'_, parquet::errors::Result<()>> {
+        async move {
+            self.hasher.update(&bs);
+            self.bytes += bs.len() as u64;
+            self.inner.write_all(&bs).await?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn complete(&mut self) -> BoxFuture<'_, parquet::errors::Result<()>> {
+        async move {
+            self.inner.flush().await?;
+            Ok(())
+        }
+        .boxed()
+    }
+}
+
+fn parquet_to_store_error(key: &str, e: parquet::errors::ParquetError) -> Error {
+    // Upload faults surface as External(io::Error(object_store::Error)).
+    if let parquet::errors::ParquetError::External(inner) = e {
+        match inner.downcast::<std::io::Error>() {
+            Ok(ioe) => {
+                return Error::Store { op: "put_streamed", key: key.to_string(), attempts: 1, source: super::store::io_to_store(*ioe) }
+            }
+            Err(other) => return Error::Parquet(parquet::errors::ParquetError::External(other)),
+        }
+    }
+    Error::Parquet(e)
+}
+
+/// Streams `batches` into a Parquet object at `key` and describes it.
+async fn write_batches(
+    store: &Store,
+    key: &str,
+    schema: SchemaRef,
+    props: WriterProperties,
+    batches: &[RecordBatch],
+) -> Result<OutputEntry> {
+    let (size, sha) = store
+        .put_streamed(key, |w| {
+            let schema = schema.clone();
+            let props = props.clone();
+            async move {
+                let sink = Sink { inner: w, hasher: Sha256::new(), bytes: 0 };
+                let mut writer = AsyncArrowWriter::try_new(sink, schema, Some(props))?;
+                for b in batches {
+                    if let Err(e) = writer.write(b).await {
+                        let mut sink = writer.into_inner();
+                        let _ = sink.inner.abort().await;
+                        return Err(parquet_to_store_error(key, e));
+                    }
+                }
+                if let Err(e) = writer.finish().await {
+                    let mut sink = writer.into_inner();
+                    let _ = sink.inner.abort().await;
+                    return Err(parquet_to_store_error(key, e));
+                }
+                let sink = writer.into_inner();
+                let sha = hex::encode(sink.hasher.finalize());
+                Ok((sink.inner, (sink.bytes, sha)))
+            }
+        })
+        .await?;
+    Ok(OutputEntry { key: key.to_string(), size, sha256: sha })
+}
+
+fn kv(meta: &BTreeMap<String, String>) -> Option<Vec<KeyValue>> {
+    Some(meta.iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone())).collect())
+}
+
+/// Reads a whole Parquet object: its record batches and key-value metadata.
+async fn read_all(store: &Store, key: &str, what: &'static str) -> Result<(SchemaRef, Vec<RecordBatch>, BTreeMap<String, String>)> {
+    let bytes = store.get(key).await?;
+    let key = key.to_string();
+    tokio::task::spawn_blocking({
+        move || {
+            let fmt = |reason: String| Error::Format { key: key.clone(), what, reason };
+            let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| fmt(e.to_string()))?;
+            let meta: BTreeMap<String, String> = builder
+                .metadata()
+                .file_metadata()
+                .key_value_metadata()
+                .map(|kvs| {
+                    kvs.iter()
+                        .filter(|kv| kv.key != "ARROW:schema")
+                        .map(|kv| (kv.key.clone(), kv.value.clone().unwrap_or_default()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let schema = builder.schema().clone();
+            let reader = builder.with_batch_size(PRED_ROWS_PER_GROUP).build().map_err(|e| fmt(e.to_string()))?;
+            let batches = reader.collect::<std::result::Result<Vec<_>, _>>().map_err(|e| fmt(e.to_string()))?;
+            Ok((schema, batches, meta))
+        }
+    })
+    .await?
+}
+
+fn column<'a>(key: &str, what: &'static str, batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef> {
+    batch.column_by_name(name).ok_or_else(|| Error::Format {
+        key: key.to_string(),
+        what,
+        reason: format!("no column `{name}`; the file does not follow schemas/"),
+    })
+}
+
+fn ids_from(key: &str, what: &'static str, col: &ArrayRef, out: &mut Vec<ImageId>) -> Result<()> {
+    let ids = col.as_string_opt::<i32>().ok_or_else(|| Error::Format {
+        key: key.to_string(),
+        what,
+        reason: format!("column `id` is {}, expected Utf8", col.data_type()),
+    })?;
+    for i in 0..ids.len() {
+        let raw = if ids.is_null(i) { "" } else { ids.value(i) };
+        let id = ImageId::new(raw).map_err(|m| Error::Format { key: key.to_string(), what, reason: format!("row {}: {m}", out.len()) })?;
+        out.push(id);
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Predictions
+
+/// Whether predictions are out-of-fold (train images) or test-set ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PredictionKind {
+    Oof,
+    Test,
+}
+
+impl PredictionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PredictionKind::Oof => "oof",
+            PredictionKind::Test => "test",
+        }
+    }
+}
+
+/// Provenance carried in a predictions file's key-value metadata.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PredictionMeta {
+    pub experiment: String,
+    /// Model name from the spec, or `ensemble`.
+    pub model: String,
+    /// The fold a fold-model was trained without; `None` for blends of all folds.
+    pub fold: Option<Fold>,
+    pub kind: PredictionKind,
+    /// Number of test-time views averaged (1 = none).
+    pub tta: u32,
+    pub spec_hash: String,
+    pub class_count: usize,
+    pub vocabulary_hash: String,
+}
+
+/// The metadata keys every predictions file has, in `schemas/` order.
+pub const PREDICTION_META_KEYS: [&str; 8] =
+    ["class_count", "experiment", "fold", "kind", "model", "spec_hash", "tta", "vocabulary_hash"];
+
+impl PredictionMeta {
+    fn to_map(&self) -> BTreeMap<String, String> {
+        let mut m = BTreeMap::new();
+        m.insert("experiment".into(), self.experiment.clone());
+        m.insert("model".into(), self.model.clone());
+        m.insert("fold".into(), self.fold.map(|f| f.0.to_string()).unwrap_or_else(|| "all".into()));
+        m.insert("kind".into(), self.kind.as_str().into());
+        m.insert("tta".into(), self.tta.to_string());
+        m.insert("spec_hash".into(), self.spec_hash.clone());
+        m.insert("class_count".into(), self.class_count.to_string());
+        m.insert("vocabulary_hash".into(), self.vocabulary_hash.clone());
+        m
+    }
+
+    fn from_map(key: &str, m: &BTreeMap<String, String>) -> Result<PredictionMeta> {
+        let fmt = |reason: String| Error::Format { key: key.to_string(), what: "predictions file", reason };
+        let get = |k: &str| m.get(k).cloned().ok_or_else(|| fmt(format!("metadata key `{k}` missing")));
+        let fold = match get("fold")?.as_str() {
+            "all" => None,
+            s => Some(Fold(s.parse().map_err(|_| fmt(format!("metadata `fold` = `{s}` is not a fold number or `all`")))?)),
+        };
+        let kind = match get("kind")?.as_str() {
+            "oof" => PredictionKind::Oof,
+            "test" => PredictionKind::Test,
+            s => return Err(fmt(format!("metadata `kind` = `{s}`, expected oof or test"))),
+        };
+        Ok(PredictionMeta {
+            experiment: get("experiment")?,
+            model: get("model")?,
+            fold,
+            kind,
+            tta: get("tta")?.parse().map_err(|_| fmt("metadata `tta` is not a number".into()))?,
+            spec_hash: get("spec_hash")?,
+            class_count: get("class_count")?.parse().map_err(|_| fmt("metadata `class_count` is not a number".into()))?,
+            vocabulary_hash: get("vocabulary_hash")?,
+        })
+    }
+}
+
+/// Probabilities for a set of images: row-major `[ids.len(), class_count]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Predictions {
+    pub ids: Vec<ImageId>,
+    pub probs: Vec<f32>,
+    pub meta: PredictionMeta,
+}
+
+impl Predictions {
+    pub fn rows(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn classes(&self) -> usize {
+        self.meta.class_count
+    }
+
+    /// The probabilities of row `r`.
+    pub fn row(&self, r: usize) -> &[f32] {
+        let c = self.meta.class_count;
+        &self.probs[r * c..(r + 1) * c]
+    }
+}
+
+/// The Arrow schema of a predictions file with `classes` columns.
+pub fn predictions_schema(classes: usize) -> Schema {
+    Schema::new(vec![
+        Field::new("id", DataType::Utf8, false),
+        Field::new(
+            "probs",
+            DataType::FixedSizeList(Arc::new(Field::new("item", DataType::Float32, false)), classes as i32),
+            false,
+        ),
+    ])
+}
+
+fn predictions_props(schema: &Schema, meta: BTreeMap<String, String>) -> Result<WriterProperties> {
+    let mut b = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
+        .set_max_row_group_row_count(Some(PRED_ROWS_PER_GROUP))
+        .set_key_value_metadata(kv(&meta));
+    // Byte-stream-split the float leaf: probabilities compress far better
+    // split by byte plane than as raw floats or dictionaries.
+    let descr = ArrowSchemaConverter::new().convert(schema)?;
+    for col in descr.columns() {
+        if col.physical_type() == parquet::basic::Type::FLOAT {
+            let path = ColumnPath::new(col.path().parts().to_vec());
+            b = b
+                .set_column_encoding(path.clone(), Encoding::BYTE_STREAM_SPLIT)
+                .set_column_dictionary_enabled(path.clone(), false)
+                .set_column_statistics_enabled(path, EnabledStatistics::None);
+        }
+    }
+    Ok(b.build())
+}
+
+/// Writes predictions to `key` per `schemas/predictions.parquet.json`.
+///
+/// # Errors
+/// [`Error::Format`] when `probs` does not have `ids.len() * class_count`
+/// values or holds NaN; storage errors after retries.
+pub async fn write_predictions(store: &Store, key: &str, preds: &Predictions) -> Result<OutputEntry> {
+    let c = preds.meta.class_count;
+    if preds.probs.len() != preds.ids.len() * c {
+        return Err(Error::Format {
+            key: key.to_string(),
+            what: "predictions",
+            reason: format!("{} values for {} rows x {c} classes", preds.probs.len(), preds.ids.len()),
+        });
+    }
+    let schema = Arc::new(predictions_schema(c));
+    let props = predictions_props(&schema, preds.meta.to_map())?;
+    let item = Arc::new(Field::new("item", DataType::Float32, false));
+    let mut batches = Vec::new();
+    for start in (0..preds.ids.len()).step_by(PRED_ROWS_PER_GROUP) {
+        let end = (start + PRED_ROWS_PER_GROUP).min(preds.ids.len());
+        let ids = StringArray::from_iter_values(preds.ids[start..end].iter().map(|i| i.as_str()));
+        let values = Float32Array::from(preds.probs[start * c..end * c].to_vec());
+        let probs = FixedSizeListArray::try_new(item.clone(), c as i32, Arc::new(values), None)?;
+        batches.push(RecordBatch::try_new(schema.clone(), vec![Arc::new(ids), Arc::new(probs)])?);
+    }
+    write_batches(store, key, schema, props, &batches).await
+}
+
+/// Reads a predictions file written by [`write_predictions`] (or any
+/// writer following the schema).
+///
+/// # Errors
+/// [`Error::Format`] naming `key` when a column, type or metadata key is
+/// off, or an id is malformed; [`Error::NotFound`] when absent.
+pub async fn read_predictions(store: &Store, key: &str) -> Result<Predictions> {
+    const WHAT: &str = "predictions file";
+    let (_schema, batches, meta) = read_all(store, key, WHAT).await?;
+    let meta = PredictionMeta::from_map(key, &meta)?;
+    let c = meta.class_count;
+    let mut ids = Vec::new();
+    let mut probs: Vec<f32> = Vec::new();
+    for b in &batches {
+        ids_from(key, WHAT, column(key, WHAT, b, "id")?, &mut ids)?;
+        let col = column(key, WHAT, b, "probs")?;
+        let list = col.as_fixed_size_list_opt().ok_or_else(|| Error::Format {
+            key: key.to_string(),
+            what: WHAT,
+            reason: format!("column `probs` is {}, expected FixedSizeList<Float32, {c}>", col.data_type()),
+        })?;
+        if list.value_length() as usize != c || list.null_count() > 0 {
+            return Err(Error::Format {
+                key: key.to_string(),
+                what: WHAT,
+                reason: format!("column `probs` has {} values per row (metadata says {c}) or null rows", list.value_length()),
+            });
+        }
+        let values = list.values().as_primitive_opt::<Float32Type>().ok_or_else(|| Error::Format {
+            key: key.to_string(),
+            what: WHAT,
+            reason: "probabilities are not Float32".into(),
+        })?;
+        let off = list.offset() * c;
+        probs.extend_from_slice(&values.values()[off..off + list.len() * c]);
+    }
+    Ok(Predictions { ids, probs, meta })
+}
+
+// ---------------------------------------------------------------------------
+// Folds
+
+/// The metadata keys of `folds.parquet`.
+pub const FOLDS_META_KEYS: [&str; 3] = ["k", "method", "seed"];
+
+/// How folds were assigned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FoldsMeta {
+    pub k: u8,
+    pub seed: u64,
+    /// e.g. `iterative-stratification`.
+    pub method: String,
+}
+
+pub fn folds_schema() -> Schema {
+    Schema::new(vec![Field::new("id", DataType::Utf8, false), Field::new("fold", DataType::UInt8, false)])
+}
+
+/// Writes `folds.parquet`: one row per training image.
+pub async fn write_folds(store: &Store, key: &str, ids: &[ImageId], folds: &[Fold], meta: &FoldsMeta) -> Result<OutputEntry> {
+    if ids.len() != folds.len() {
+        return Err(Error::Format { key: key.to_string(), what: "folds", reason: format!("{} ids but {} folds", ids.len(), folds.len()) });
+    }
+    let schema = Arc::new(folds_schema());
+    let mut m = BTreeMap::new();
+    m.insert("k".to_string(), meta.k.to_string());
+    m.insert("seed".to_string(), meta.seed.to_string());
+    m.insert("method".to_string(), meta.method.clone());
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
+        .set_key_value_metadata(kv(&m))
+        .build();
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from_iter_values(ids.iter().map(|i| i.as_str()))),
+            Arc::new(UInt8Array::from_iter_values(folds.iter().map(|f| f.0))),
+        ],
+    )?;
+    write_batches(store, key, schema, props, &[batch]).await
+}
+
+/// Reads `folds.parquet`.
+pub async fn read_folds(store: &Store, key: &str) -> Result<(Vec<ImageId>, Vec<Fold>, FoldsMeta)> {
+    const WHAT: &str = "folds file";
+    let (_s, batches, meta) = read_all(store, key, WHAT).await?;
+    let fmt = |reason: String| Error::Format { key: key.to_string(), what: WHAT, reason };
+    let mut ids = Vec::new();
+    let mut folds = Vec::new();
+    for b in &batches {
+        ids_from(key, WHAT, column(key, WHAT, b, "id")?, &mut ids)?;
+        let f = column(key, WHAT, b, "fold")?;
+        let f = f.as_primitive_opt::<UInt8Type>().ok_or_else(|| fmt(format!("column `fold` is {}, expected UInt8", f.data_type())))?;
+        folds.extend(f.values().iter().map(|&v| Fold(v)));
+    }
+    let get = |k: &str| meta.get(k).cloned().ok_or_else(|| fmt(format!("metadata key `{k}` missing")));
+    let meta = FoldsMeta {
+        k: get("k")?.parse().map_err(|_| fmt("metadata `k` is not a number".into()))?,
+        seed: get("seed")?.parse().map_err(|_| fmt("metadata `seed` is not a number".into()))?,
+        method: get("method")?,
+    };
+    if let Some(bad) = folds.iter().position(|f| f.0 >= meta.k) {
+        return Err(fmt(format!("row {bad} (id {}) has fold {} but k = {}", ids[bad], folds[bad], meta.k)));
+    }
+    Ok((ids, folds, meta))
+}
+
+// ---------------------------------------------------------------------------
+// Training history
+
+/// One epoch of a training job.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EpochRecord {
+    pub epoch: u32,
+    /// Training phase name (e.g. `head`, `full`, `tags`); `main` when single-phase.
+    pub phase: String,
+    pub train_loss: f64,
+    pub valid_loss: f64,
+    /// F2 per image at the best global threshold on the validation fold.
+    pub valid_f2: f64,
+    pub valid_threshold: f64,
+    pub lr: f64,
+    pub train_images_per_sec: f64,
+    pub seconds: f64,
+}
+
+/// The metadata keys of `history.parquet`.
+pub const HISTORY_META_KEYS: [&str; 4] = ["experiment", "fold", "model", "spec_hash"];
+
+pub fn history_schema() -> Schema {
+    let f = |n: &str| Field::new(n, DataType::Float64, false);
+    Schema::new(vec![
+        Field::new("epoch", DataType::UInt32, false),
+        Field::new("phase", DataType::Utf8, false),
+        f("train_loss"),
+        f("valid_loss"),
+        f("valid_f2"),
+        f("valid_threshold"),
+        f("lr"),
+        f("train_images_per_sec"),
+        f("seconds"),
+    ])
+}
+
+/// Writes `history.parquet`.
+pub async fn write_history(
+    store: &Store,
+    key: &str,
+    records: &[EpochRecord],
+    experiment: &str,
+    model: &str,
+    fold: Fold,
+    spec_hash: &str,
+) -> Result<OutputEntry> {
+    let schema = Arc::new(history_schema());
+    let mut m = BTreeMap::new();
+    m.insert("experiment".to_string(), experiment.to_string());
+    m.insert("model".to_string(), model.to_string());
+    m.insert("fold".to_string(), fold.0.to_string());
+    m.insert("spec_hash".to_string(), spec_hash.to_string());
+    let props = WriterProperties::builder().set_key_value_metadata(kv(&m)).build();
+    let f64col = |g: fn(&EpochRecord) -> f64| -> ArrayRef { Arc::new(Float64Array::from_iter_values(records.iter().map(g))) };
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(UInt32Array::from_iter_values(records.iter().map(|r| r.epoch))),
+            Arc::new(StringArray::from_iter_values(records.iter().map(|r| r.phase.as_str()))),
+            f64col(|r| r.train_loss),
+            f64col(|r| r.valid_loss),
+            f64col(|r| r.valid_f2),
+            f64col(|r| r.valid_threshold),
+            f64col(|r| r.lr),
+            f64col(|r| r.train_images_per_sec),
+            f64col(|r| r.seconds),
+        ],
+    )?;
+    write_batches(store, key, schema, props, &[batch]).await
+}
+
+/// Reads `history.parquet`.
+pub async fn read_history(store: &Store, key: &str) -> Result<Vec<EpochRecord>> {
+    const WHAT: &str = "history file";
+    let (_s, batches, _meta) = read_all(store, key, WHAT).await?;
+    let fmt = |reason: String| Error::Format { key: key.to_string(), what: WHAT, reason };
+    let mut out = Vec::new();
+    for b in &batches {
+        let f64s = |name: &str| -> Result<Vec<f64>> {
+            let c = column(key, WHAT, b, name)?;
+            Ok(c.as_primitive_opt::<Float64Type>().ok_or_else(|| fmt(format!("column `{name}` is not Float64")))?.values().to_vec())
+        };
+        let epoch = column(key, WHAT, b, "epoch")?;
+        let epoch = epoch.as_primitive_opt::<UInt32Type>().ok_or_else(|| fmt("column `epoch` is not UInt32".into()))?;
+        let phase = column(key, WHAT, b, "phase")?;
+        let phase = phase.as_string_opt::<i32>().ok_or_else(|| fmt("column `phase` is not Utf8".into()))?;
+        let (tl, vl, vf, vt, lr, ips, s) = (
+            f64s("train_loss")?,
+            f64s("valid_loss")?,
+            f64s("valid_f2")?,
+            f64s("valid_threshold")?,
+            f64s("lr")?,
+            f64s("train_images_per_sec")?,
+            f64s("seconds")?,
+        );
+        for i in 0..b.num_rows() {
+            out.push(EpochRecord {
+                epoch: epoch.value(i),
+                phase: phase.value(i).to_string(),
+                train_loss: tl[i],
+                valid_loss: vl[i],
+                valid_f2: vf[i],
+                valid_threshold: vt[i],
+                lr: lr[i],
+                train_images_per_sec: ips[i],
+                seconds: s[i],
+            });
+        }
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------
+// Contracts
+
+/// The contract form of a schema, as stored in `schemas/*.json`: fields
+/// (name, type, nullable) and the sorted metadata keys.
+pub fn contract(schema: &Schema, meta_keys: &[&str]) -> serde_json::Value {
+    fn ty(t: &DataType) -> String {
+        match t {
+            DataType::FixedSizeList(f, _) => format!("FixedSizeList<{}, C>", ty(f.data_type())),
+            other => format!("{other}"),
+        }
+    }
+    let fields: Vec<serde_json::Value> = schema
+        .fields()
+        .iter()
+        .map(|f| serde_json::json!({"name": f.name(), "type": ty(f.data_type()), "nullable": f.is_nullable()}))
+        .collect();
+    let mut keys: Vec<&str> = meta_keys.to_vec();
+    keys.sort_unstable();
+    serde_json::json!({"fields": fields, "metadata_keys": keys})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(c: usize) -> PredictionMeta {
+        PredictionMeta {
+            experiment: "exp".into(),
+            model: "resnet34".into(),
+            fold: Some(Fold(2)),
+            kind: PredictionKind::Oof,
+            tta: 2,
+            spec_hash: "abc".into(),
+            class_count: c,
+            vocabulary_hash: "v".into(),
+        }
+    }
+
+    fn id(i: usize) -> ImageId {
+        ImageId::new(&format!("{i:016x}")).unwrap()
+    }
+
+    #[tokio::test]
+    async fn predictions_round_trip_across_row_groups() {
+        let store = Store::memory();
+        let n = PRED_ROWS_PER_GROUP + 17;
+        let c = 5;
+        let preds = Predictions {
+            ids: (0..n).map(id).collect(),
+            probs: (0..n * c).map(|i| (i % 97) as f32 / 97.0).collect(),
+            meta: meta(c),
+        };
+        let entry = write_predictions(&store, "p.parquet", &preds).await.unwrap();
+        assert_eq!(Some(entry.size), store.size("p.parquet").await.unwrap());
+        assert_eq!(read_predictions(&store, "p.parquet").await.unwrap(), preds);
+    }
+
+    #[tokio::test]
+    async fn folds_and_history_round_trip() {
+        let store = Store::memory();
+        let ids: Vec<ImageId> = (0..10).map(id).collect();
+        let folds: Vec<Fold> = (0..10).map(|i| Fold((i % 3) as u8)).collect();
+        let fm = FoldsMeta { k: 3, seed: 7, method: "iterative-stratification".into() };
+        write_folds(&store, "f.parquet", &ids, &folds, &fm).await.unwrap();
+        assert_eq!(read_folds(&store, "f.parquet").await.unwrap(), (ids, folds, fm));
+
+        let recs = vec![EpochRecord {
+            epoch: 0,
+            phase: "main".into(),
+            train_loss: 0.5,
+            valid_loss: 0.4,
+            valid_f2: 0.3,
+            valid_threshold: 0.2,
+            lr: 1e-3,
+            train_images_per_sec: 10.0,
+            seconds: 1.5,
+        }];
+        write_history(&store, "h.parquet", &recs, "e", "m", Fold(0), "s").await.unwrap();
+        assert_eq!(read_history(&store, "h.parquet").await.unwrap(), recs);
+    }
+
+    #[tokio::test]
+    async fn a_wrong_value_count_is_refused_before_writing() {
+        let store = Store::memory();
+        let preds = Predictions { ids: vec![id(1)], probs: vec![0.5; 3], meta: meta(5) };
+        assert!(write_predictions(&store, "p.parquet", &preds).await.is_err());
+        assert!(!store.exists("p.parquet").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_file_that_is_not_parquet_names_its_key() {
+        let store = Store::memory();
+        store.put("bad.parquet", "not parquet").await.unwrap();
+        let err = read_predictions(&store, "bad.parquet").await.unwrap_err();
+        assert!(err.to_string().contains("bad.parquet"), "{err}");
+    }
+}

@@ -1,0 +1,52 @@
+//! Helpers shared by integration tests: locating the Python reference
+//! interpreter and the S3 test server, and running them.
+#![allow(dead_code)]
+
+pub mod s3;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The folder ci/env.sh installs dependencies into.
+pub fn deps_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("IMET_DEPS_DIR") {
+        return PathBuf::from(d);
+    }
+    let cache = std::env::var("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").expect("HOME is set")).join(".cache"));
+    cache.join("imet-deps")
+}
+
+/// The Python with the reference tools (pyarrow, scikit-learn, ...).
+/// Panics with the fix when it is missing: these tests must not pass silently.
+pub fn python() -> PathBuf {
+    let p = std::env::var("IMET_PYTHON").map(PathBuf::from).unwrap_or_else(|_| deps_dir().join("venv/bin/python"));
+    assert!(p.exists(), "no reference Python at {}; run `bash ci/setup-python.sh` (ci/test.sh does)", p.display());
+    p
+}
+
+/// Runs `script` with the reference Python and `args`; panics with its
+/// output on failure; returns stdout.
+pub fn run_python(script: &str, args: &[&str]) -> String {
+    let out = Command::new(python()).arg("-c").arg(script).args(args).output().expect("reference Python starts");
+    assert!(
+        out.status.success(),
+        "python failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("python prints UTF-8")
+}
+
+/// The real competition files shipped beside the repository.
+pub fn real_data_dir() -> PathBuf {
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    for cand in [here.join("../shared/data/imet2019"), here.join("shared/data/imet2019")] {
+        if cand.join("train.csv").exists() {
+            return cand;
+        }
+    }
+    panic!("the real competition CSVs are not at ../shared/data/imet2019 next to the checkout");
+}
