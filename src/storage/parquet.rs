@@ -83,7 +83,14 @@ async fn write_batches(
     schema: SchemaRef,
     props: WriterProperties,
     batches: &[RecordBatch],
+    meta: &BTreeMap<String, String>,
 ) -> Result<OutputEntry> {
+    // The metadata goes both into the Parquet key-value metadata (props) and
+    // into the embedded Arrow schema, where pyarrow's `schema.metadata` finds it.
+    let schema = Arc::new(schema.as_ref().clone().with_metadata(meta.clone().into_iter().collect::<std::collections::HashMap<String, String>>()));
+    let batches: Vec<RecordBatch> =
+        batches.iter().map(|b| b.clone().with_schema(schema.clone())).collect::<std::result::Result<_, _>>()?;
+    let batches = &batches;
     let (size, sha) = store
         .put_streamed(key, |w| {
             let schema = schema.clone();
@@ -316,7 +323,8 @@ pub async fn write_predictions(store: &Store, key: &str, preds: &Predictions) ->
         });
     }
     let schema = Arc::new(predictions_schema(c));
-    let props = predictions_props(&schema, preds.meta.to_map())?;
+    let meta = preds.meta.to_map();
+    let props = predictions_props(&schema, meta.clone())?;
     let item = Arc::new(Field::new("item", DataType::Float32, false));
     let mut batches = Vec::new();
     for start in (0..preds.ids.len()).step_by(PRED_ROWS_PER_GROUP) {
@@ -326,7 +334,7 @@ pub async fn write_predictions(store: &Store, key: &str, preds: &Predictions) ->
         let probs = FixedSizeListArray::try_new(item.clone(), c as i32, Arc::new(values), None)?;
         batches.push(RecordBatch::try_new(schema.clone(), vec![Arc::new(ids), Arc::new(probs)])?);
     }
-    write_batches(store, key, schema, props, &batches).await
+    write_batches(store, key, schema, props, &batches, &meta).await
 }
 
 /// Reads a predictions file written by [`write_predictions`] (or any
@@ -408,7 +416,7 @@ pub async fn write_folds(store: &Store, key: &str, ids: &[ImageId], folds: &[Fol
             Arc::new(UInt8Array::from_iter_values(folds.iter().map(|f| f.0))),
         ],
     )?;
-    write_batches(store, key, schema, props, &[batch]).await
+    write_batches(store, key, schema, props, &[batch], &m).await
 }
 
 /// Reads `folds.parquet`.
@@ -505,7 +513,7 @@ pub async fn write_history(
             f64col(|r| r.seconds),
         ],
     )?;
-    write_batches(store, key, schema, props, &[batch]).await
+    write_batches(store, key, schema, props, &[batch], &m).await
 }
 
 /// Reads `history.parquet`.
