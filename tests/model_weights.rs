@@ -40,7 +40,7 @@ fn timm_densenet161_file_loads_into_densenet161_and_se_densenet161_with_fresh_pa
     let _model = ModelConfig::new(Arch::Densenet121).build(&vs).expect("builds");
     let err = rt.block_on(load_weights_url(&url, &vs, Arch::Densenet121)).expect_err("wrong arch refused");
     let text = err.to_string();
-    assert!(text.contains("features.norm0.weight is [96] in the file, [64] in the model"), "{text}");
+    assert!(text.contains("features.conv0.weight is [96, 3, 7, 7] in the file, [64, 3, 7, 7] in the model"), "{text}");
     assert!(text.contains("densenet121"), "{text}");
 }
 
