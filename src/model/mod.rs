@@ -13,6 +13,7 @@ pub mod densenet;
 pub mod head;
 pub mod inception_resnet;
 pub mod layers;
+pub mod network;
 pub mod partial_conv;
 pub mod pnasnet;
 pub mod registry;
@@ -23,6 +24,7 @@ pub mod weights;
 
 pub use head::{Head, HeadConfig, Pool, DEFAULT_CLASSES};
 pub use layers::ConvOptions;
+pub use network::Network;
 pub use registry::{Arch, ModelConfig};
 pub use torchscript::ScriptModel;
 pub use weights::{load_weights, load_weights_url, LoadReport};
