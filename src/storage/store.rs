@@ -386,7 +386,10 @@ impl Store {
                     match w.shutdown().await {
                         Ok(()) => return Ok(n),
                         Err(e) => {
-                            let _ = w.abort().await;
+                            // A failed completion leaves at most an incomplete
+                            // multipart upload, which is never visible (and
+                            // `abort` is not allowed after `shutdown`).
+                            drop(w);
                             let err = io_to_store(e);
                             if attempt <= self.retry.retries && is_transient(&err) {
                                 let pause = self.retry.backoff(attempt);
