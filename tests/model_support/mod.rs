@@ -42,6 +42,8 @@ fn exporter() -> PathBuf {
 /// Runs `export_timm.py <args> --out DIR` unless DIR already holds its
 /// finished outputs; returns DIR.
 pub fn export(args: &[&str]) -> PathBuf {
+    // Checked even when cached: the reference side must exist where the tests run.
+    let python = torch_python();
     let script = std::fs::read(exporter()).expect("ci/export_timm.py is readable");
     let mut hasher = Sha256::new();
     hasher.update(&script);
@@ -59,7 +61,7 @@ pub fn export(args: &[&str]) -> PathBuf {
     if !done.exists() {
         let _ = std::fs::remove_dir_all(&dir);
         let started = std::time::Instant::now();
-        let output = Command::new(torch_python())
+        let output = Command::new(&python)
             .arg(exporter())
             .args(args)
             .arg("--out")
@@ -75,8 +77,30 @@ pub fn export(args: &[&str]) -> PathBuf {
         eprintln!("exported {args:?} in {:.1}s", started.elapsed().as_secs_f64());
         std::fs::write(&done, b"").expect("mark export done");
     }
+    // Mark as used now, and drop reference sets unused for two days (older
+    // exporter versions), so the cache does not grow without bound.
+    std::fs::write(&done, b"").expect("mark export used");
     let _ = FileExt::unlock(&lock);
+    prune_stale(&root, &dir);
     dir
+}
+
+fn prune_stale(root: &Path, keep: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else { return };
+    let max_age = std::time::Duration::from_secs(2 * 24 * 3600);
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path == keep || !path.is_dir() {
+            continue;
+        }
+        let stale = std::fs::metadata(path.join(".done"))
+            .and_then(|m| m.modified())
+            .map(|t| t.elapsed().map(|age| age > max_age).unwrap_or(false))
+            .unwrap_or(false);
+        if stale {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
 }
 
 /// All tensors of a safetensors file by name.
