@@ -6,7 +6,8 @@ one multiply-add = 2 FLOPs) at the benchmark size and at the recipe size.
 
   python ci/bench/model_step.py [--batch 2] [--size 96] [--iters 5] [--threads 2] [ARCH...]
 
-Prints one JSON object per arch: arch, timm, params, median_s, min_s,
+Prints one JSON object per arch: arch, timm, params, median_s, min_s, cpu_s
+(process CPU seconds per step; robust to machine load with --threads 1),
 gflops_bench (per image at --size), gflops_recipe (per image at recipe size).
 """
 import argparse
@@ -62,17 +63,21 @@ def main():
         targets = (torch.rand(args.batch, 1103) < 0.05).float()
         model.train()
         times = []
+        cpu_start = 0.0
         for i in range(args.iters + 2):
+            if i == 2:
+                cpu_start = time.process_time()
             start = time.perf_counter()
             loss = F.binary_cross_entropy_with_logits(model(x), targets)
             loss.backward()
             model.zero_grad(set_to_none=False)
             if i >= 2:
                 times.append(time.perf_counter() - start)
+        cpu_s = (time.process_time() - cpu_start) / args.iters
         times.sort()
         print(json.dumps({
             "arch": arch, "timm": TIMM[arch], "params": params,
-            "median_s": times[len(times) // 2], "min_s": times[0],
+            "median_s": times[len(times) // 2], "min_s": times[0], "cpu_s": cpu_s,
             "gflops_bench": flops(model, args.size),
             "gflops_recipe": flops(model, RECIPE_SIZE.get(arch, 320)),
         }), flush=True)

@@ -27,12 +27,13 @@ import json, sys
 d = sys.argv[1]
 rust = {r["arch"]: r for r in map(json.loads, open(f"{d}/rust.jsonl"))}
 py = {r["arch"]: r for r in map(json.loads, open(f"{d}/python.jsonl"))}
-print("| arch | timm model | params (M) | GFLOPs/img @96 | GFLOPs/img @recipe | tch step min / median (s) | PyTorch step min / median (s) | tch / PyTorch (min) | (median) |")
-print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+print("| arch | timm model | params (M) | GFLOPs/img @96 | GFLOPs/img @recipe | tch step min / median (s) | PyTorch step min / median (s) | tch / PyTorch (min) | (median) | tch / PyTorch (CPU s) |")
+print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 for arch, p in py.items():
     r = rust[arch]
     assert r["params"] == p["params"], f"{arch}: {r['params']} params in tch, {p['params']} in timm"
     print(f"| {arch} | {p['timm']} | {p['params']/1e6:.1f} | {p['gflops_bench']:.2f} | {p['gflops_recipe']:.1f} "
           f"| {r['min_s']:.3f} / {r['median_s']:.3f} | {p['min_s']:.3f} / {p['median_s']:.3f} "
-          f"| {r['min_s']/p['min_s']:.2f} | {r['median_s']/p['median_s']:.2f} |")
+          f"| {r['min_s']/p['min_s']:.2f} | {r['median_s']/p['median_s']:.2f} "
+          f"| {r['cpu_s']:.3f} / {p['cpu_s']:.3f} = {r['cpu_s']/p['cpu_s']:.2f} |")
 PY
