@@ -63,14 +63,17 @@ impl Bottleneck {
     }
 
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let ys = self.bn1.forward_t(&self.conv1.forward(xs), train).relu();
-        let ys = self.bn2.forward_t(&self.conv2.forward(&ys), train).relu();
-        let ys = self.bn3.forward_t(&self.conv3.forward(&ys), train);
+        // In-place ReLU and residual add, as timm: BatchNorm's backward needs
+        // its input, not its output, so overwriting the output is safe.
+        let ys = self.bn1.forward_t(&self.conv1.forward(xs), train).relu_();
+        let ys = self.bn2.forward_t(&self.conv2.forward(&ys), train).relu_();
+        let mut ys = self.bn3.forward_t(&self.conv3.forward(&ys), train);
         let shortcut = match &self.downsample {
             Some((conv, bn)) => bn.forward_t(&conv.forward(xs), train),
             None => xs.shallow_clone(),
         };
-        (ys + shortcut).relu()
+        ys += shortcut;
+        ys.relu_()
     }
 }
 
@@ -108,7 +111,7 @@ impl ResNet {
 
 impl Backbone for ResNet {
     fn features_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let mut ys = self.bn1.forward_t(&self.conv1.forward(xs), train).relu();
+        let mut ys = self.bn1.forward_t(&self.conv1.forward(xs), train).relu_();
         ys = ys.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
         for stage in &self.stages {
             for block in stage {

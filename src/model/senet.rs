@@ -88,14 +88,18 @@ impl SeBottleneck {
     }
 
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let ys = self.bn1.forward_t(&self.conv1.forward(xs), train).relu();
-        let ys = self.bn2.forward_t(&self.conv2.forward(&ys), train).relu();
+        // In-place ReLU and residual add, as timm: BatchNorm's backward needs
+        // its input, not its output, so overwriting the output is safe.
+        let ys = self.bn1.forward_t(&self.conv1.forward(xs), train).relu_();
+        let ys = self.bn2.forward_t(&self.conv2.forward(&ys), train).relu_();
         let ys = self.bn3.forward_t(&self.conv3.forward(&ys), train);
         let shortcut = match &self.downsample {
             Some((conv, bn)) => bn.forward_t(&conv.forward(xs), train),
             None => xs.shallow_clone(),
         };
-        (self.se.forward(&ys) + shortcut).relu()
+        let mut ys = self.se.forward(&ys);
+        ys += shortcut;
+        ys.relu_()
     }
 }
 
@@ -147,7 +151,7 @@ impl Backbone for SeNet {
     fn features_t(&self, xs: &Tensor, train: bool) -> Tensor {
         let mut ys = xs.shallow_clone();
         for (conv, bn) in &self.stem {
-            ys = bn.forward_t(&conv.forward(&ys), train).relu();
+            ys = bn.forward_t(&conv.forward(&ys), train).relu_();
         }
         ys = ys.max_pool2d([3, 3], [2, 2], [0, 0], [1, 1], true);
         for stage in &self.stages {
