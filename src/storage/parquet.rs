@@ -3,6 +3,28 @@
 //! metadata keys are the contract in `schemas/`; a test compares them.
 //! Writes stream through a multipart upload that becomes visible only when
 //! complete, and restart from scratch on a transient fault.
+//!
+//! ```
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use imet::data::{Fold, ImageId};
+//! use imet::storage::parquet::*;
+//! use imet::storage::{keys, Store};
+//! let store = Store::memory();
+//! let preds = Predictions {
+//!     ids: vec![ImageId::new("1000483014d91860").unwrap()],
+//!     probs: vec![0.9, 0.1, 0.4],
+//!     meta: PredictionMeta {
+//!         experiment: "e".into(), model: "resnet50".into(), fold: Some(Fold(0)),
+//!         kind: PredictionKind::Oof, tta: 2, spec_hash: "h".into(),
+//!         class_count: 3, vocabulary_hash: "v".into(),
+//!     },
+//! };
+//! let key = keys::oof("e", "resnet50", Fold(0));
+//! let written = write_predictions(&store, &key, &preds).await.unwrap();
+//! assert_eq!(Some(written.size), store.size(&key).await.unwrap());
+//! assert_eq!(read_predictions(&store, &key).await.unwrap(), preds);
+//! # });
+//! ```
 
 use super::manifest::OutputEntry;
 use super::store::Store;
