@@ -75,6 +75,17 @@ pub enum Error {
     // ---- data / image (issue 3) ------------------------------------------
 
     // ---- model (issue 4) -------------------------------------------------
+    #[error("model `{arch}`: {message}")]
+    Model { arch: String, message: String },
+
+    #[error("weights `{file}` do not fit `{arch}`: {problems}; re-export them with ci/export_timm.py from timm model `{timm}` (state_dict names unchanged)")]
+    WeightsMismatch { file: String, arch: String, timm: String, problems: String },
+
+    #[error("weights `{file}` are not a readable safetensors file: {reason}; re-export them with ci/export_timm.py")]
+    WeightsFormat { file: String, reason: String },
+
+    #[error("TorchScript module `{file}`: {message}")]
+    TorchScript { file: String, message: String },
 
     // ---- ensemble (issue 6) ----------------------------------------------
 }
