@@ -26,6 +26,7 @@ fn five_folds_on_the_real_train_csv_keep_every_class_and_balance_sizes() {
     let secs = t.elapsed().as_secs_f64();
     assert!(secs < 10.0, "took {secs:.1}s; it should take well under a second");
     let q = quality(&ann, vocab.len(), 5, &f);
+    eprintln!("k=5: {secs:.3}s {q:?}");
     assert_eq!(q.classes_missing_a_fold, 0, "{q:?}");
     assert!(q.size_spread <= 0.01, "fold sizes differ by more than 1%: {q:?}");
     // iterative-stratification 0.1.9 on the same data (ci/bench/folds_iterstrat.py,
@@ -40,6 +41,7 @@ fn forty_folds_on_the_real_train_csv_keep_every_class_with_forty_images() {
     let (vocab, ann) = real();
     let f = folds::assign(&ann, vocab.len(), 40, 1).unwrap();
     let q = quality(&ann, vocab.len(), 40, &f);
+    eprintln!("k=40: {q:?}");
     assert_eq!(q.sizes.len(), 40);
     assert_eq!(q.classes_missing_a_fold, 0, "{q:?}");
     assert!(q.size_spread <= 0.05, "{q:?}");
