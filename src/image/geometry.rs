@@ -73,6 +73,24 @@ fn taps(offset: u32, in_len: u32, out_len: u32) -> Taps {
     t
 }
 
+/// One horizontal filtering pass of an interleaved RGB row.
+fn h_pass<T: Copy + Into<f32>>(tx: &Taps, s: &[T], d: &mut [f32]) {
+    for (o, px) in d.chunks_exact_mut(3).enumerate() {
+        let (st, n) = (tx.start[o], tx.len[o]);
+        let wt = &tx.weights[o * tx.max..o * tx.max + n];
+        let taps = &s[st * 3..(st + n) * 3];
+        let (mut a, mut b, mut c) = (0f32, 0f32, 0f32);
+        for (&wk, p) in wt.iter().zip(taps.chunks_exact(3)) {
+            a += wk * p[0].into();
+            b += wk * p[1].into();
+            c += wk * p[2].into();
+        }
+        px[0] = a;
+        px[1] = b;
+        px[2] = c;
+    }
+}
+
 /// Resizes the region `r` of `img` to `w x h` with an antialiased bilinear
 /// filter (one pass per axis).
 ///
@@ -87,41 +105,50 @@ pub fn resize_region(img: &RgbImage, r: Rect, w: u32, h: u32) -> RgbImage {
     let stride = img.width() as usize * 3;
     let tx = taps(r.x, r.w, w);
     let ty = taps(r.y, r.h, h);
-    // Horizontal pass over only the rows the vertical pass reads.
     let (w, h) = (w as usize, h as usize);
-    let mut tmp = vec![0f32; r.h as usize * w * 3];
-    for row in 0..r.h as usize {
-        let s = &src[(row + r.y as usize) * stride..];
-        let d = &mut tmp[row * w * 3..(row + 1) * w * 3];
-        for o in 0..w {
-            let (st, n) = (tx.start[o], tx.len[o]);
-            let wt = &tx.weights[o * tx.max..o * tx.max + n];
-            let (mut a, mut b, mut c) = (0f32, 0f32, 0f32);
-            for (k, &wk) in wt.iter().enumerate() {
-                let p = (st + k) * 3;
-                a += wk * s[p] as f32;
-                b += wk * s[p + 1] as f32;
-                c += wk * s[p + 2] as f32;
-            }
-            d[o * 3] = a;
-            d[o * 3 + 1] = b;
-            d[o * 3 + 2] = c;
-        }
-    }
+    let (rw, rh) = (r.w as usize, r.h as usize);
+    // Run the pass that shrinks more first (tall strips: vertical first).
+    let cost_h_first = rh * w * tx.max + h * w * ty.max;
+    let cost_v_first = h * rw * ty.max + h * w * tx.max;
     let mut out = vec![0u8; w * h * 3];
-    let mut acc = vec![0f32; w * 3];
-    for o in 0..h {
-        let (st, n) = (ty.start[o] - r.y as usize, ty.len[o]);
-        let wt = &ty.weights[o * ty.max..o * ty.max + n];
-        acc.iter_mut().for_each(|v| *v = 0.0);
-        for (k, &wk) in wt.iter().enumerate() {
-            let line = &tmp[(st + k) * w * 3..(st + k + 1) * w * 3];
-            for (a, &v) in acc.iter_mut().zip(line) {
-                *a += wk * v;
+    if cost_h_first <= cost_v_first {
+        let mut tmp = vec![0f32; rh * w * 3];
+        for row in 0..rh {
+            let s = &src[(row + r.y as usize) * stride..(row + r.y as usize + 1) * stride];
+            h_pass(&tx, s, &mut tmp[row * w * 3..(row + 1) * w * 3]);
+        }
+        let mut acc = vec![0f32; w * 3];
+        for o in 0..h {
+            let (st, n) = (ty.start[o] - r.y as usize, ty.len[o]);
+            acc.iter_mut().for_each(|v| *v = 0.0);
+            for (k, &wk) in ty.weights[o * ty.max..o * ty.max + n].iter().enumerate() {
+                for (a, &v) in acc.iter_mut().zip(&tmp[(st + k) * w * 3..(st + k + 1) * w * 3]) {
+                    *a += wk * v;
+                }
+            }
+            for (d, &a) in out[o * w * 3..(o + 1) * w * 3].iter_mut().zip(&acc) {
+                *d = (a + 0.5).clamp(0.0, 255.0) as u8;
             }
         }
-        for (d, &a) in out[o * w * 3..(o + 1) * w * 3].iter_mut().zip(&acc) {
-            *d = (a + 0.5).clamp(0.0, 255.0) as u8;
+    } else {
+        let x0 = r.x as usize * 3;
+        let mut col = vec![0f32; rw * 3];
+        let mut line = vec![0f32; w * 3];
+        // Shift horizontal taps to the region's own coordinates.
+        let tx = Taps { start: tx.start.iter().map(|s| s - r.x as usize).collect(), len: tx.len, weights: tx.weights, max: tx.max };
+        for o in 0..h {
+            let (st, n) = (ty.start[o], ty.len[o]);
+            col.iter_mut().for_each(|v| *v = 0.0);
+            for (k, &wk) in ty.weights[o * ty.max..o * ty.max + n].iter().enumerate() {
+                let srow = &src[(st + k) * stride + x0..(st + k) * stride + x0 + rw * 3];
+                for (a, &v) in col.iter_mut().zip(srow) {
+                    *a += wk * v as f32;
+                }
+            }
+            h_pass(&tx, &col, &mut line);
+            for (d, &a) in out[o * w * 3..(o + 1) * w * 3].iter_mut().zip(&line) {
+                *d = (a + 0.5).clamp(0.0, 255.0) as u8;
+            }
         }
     }
     RgbImage::from_raw(w as u32, h as u32, out).expect("buffer sized to the output")
@@ -236,6 +263,24 @@ mod tests {
         }
         let up = resize(&ramp(10, 10), 40, 30);
         assert_eq!(up.dimensions(), (40, 30));
+    }
+
+    #[test]
+    fn tall_regions_shrink_vertically_first_with_the_same_result() {
+        // Channel 0 = x, channel 1 = y / 4: both ramps survive either pass order.
+        let img = RgbImage::from_fn(60, 1000, |x, y| ::image::Rgb([x as u8, (y / 4) as u8, 50]));
+        let r = Rect { x: 10, y: 100, w: 20, h: 800 };
+        let out = resize_region(&img, r, 10, 20);
+        for ox in 0..10u32 {
+            for oy in 0..20u32 {
+                let p = out.get_pixel(ox, oy).0;
+                let want_x = 10.0 + 2.0 * ox as f32 + 0.5;
+                let want_y = (100.0 + 40.0 * oy as f32 + 20.0) / 4.0;
+                assert!((p[0] as f32 - want_x).abs() <= 1.0, "x at ({ox},{oy}): {p:?}");
+                assert!((p[1] as f32 - want_y).abs() <= 1.0, "y at ({ox},{oy}): {p:?}");
+                assert_eq!(p[2], 50);
+            }
+        }
     }
 
     #[test]
