@@ -222,6 +222,19 @@ pub async fn generate(store: &Store, section: &SampleSection) -> Result<SampleSu
     Ok(summary)
 }
 
+/// Generates the spec's `[data.sample]` when `data/train.csv` is absent
+/// (what `imet run` does first); `None` when there is nothing to do.
+///
+/// # Errors
+/// As [`generate`].
+pub async fn ensure(store: &Store, spec: &crate::spec::JobSpec) -> Result<Option<SampleSummary>> {
+    let Some(section) = &spec.data.sample else { return Ok(None) };
+    if store.exists(keys::TRAIN).await? {
+        return Ok(None);
+    }
+    generate(store, section).await.map(Some)
+}
+
 /// [`generate`] into the store at `root` (a URL or a path).
 ///
 /// # Errors
@@ -271,6 +284,18 @@ mod tests {
     fn bad_sizes_are_refused() {
         assert!(plan(&section(10, 10, 1, 0)).is_err());
         assert!(plan(&section(10, 0, 30, 0)).is_err());
+    }
+
+    #[tokio::test]
+    async fn ensure_generates_only_when_train_csv_is_missing() {
+        let spec = crate::spec::JobSpec::parse(
+            "s",
+            "experiment = \"e\"\n[storage]\nroot = \"memory://\"\n[data.sample]\ntrain = 10\ntest = 2\nclasses = 5\n[folds]\nk = 2\n",
+        )
+        .unwrap();
+        let store = Store::memory();
+        assert_eq!(ensure(&store, &spec).await.unwrap().map(|s| s.train), Some(10));
+        assert!(ensure(&store, &spec).await.unwrap().is_none());
     }
 
     #[tokio::test]

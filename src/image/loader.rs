@@ -79,6 +79,25 @@ impl Default for LoaderOptions {
     }
 }
 
+impl LoaderOptions {
+    /// Options from the spec's `[image]` section (`workers = 0`: all cores).
+    pub fn from_section(image: &crate::spec::ImageSection, batch_size: usize, classes: usize, seed: u64, output: Output) -> LoaderOptions {
+        let all = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        LoaderOptions {
+            batch_size,
+            workers: if image.workers == 0 { all } else { image.workers },
+            fetch_concurrency: image.fetch_concurrency,
+            prefetch: image.prefetch,
+            drop_last: false,
+            classes,
+            max_pixels: image.max_pixels,
+            on_bad_image: image.on_bad_image,
+            output,
+            seed,
+        }
+    }
+}
+
 /// The order in which an epoch visits items (indices may repeat, as for
 /// weighted sampling with replacement).
 pub trait Sampler: Send + Sync {
