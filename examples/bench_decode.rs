@@ -36,7 +36,7 @@ fn full(key: &str, bytes: &[u8], pipe: &Pipeline, norm: &Normalize, seed: u64) -
 async fn main() -> imet::Result<()> {
     let mut args = std::env::args().skip(1);
     let root = args.next().expect("usage: bench_decode SAMPLE_ROOT [WORKERS]");
-    let workers: usize = args.next().map(|s| s.parse().expect("WORKERS is a number")).unwrap_or_else(|| rayon::current_num_threads());
+    let workers: usize = args.next().map(|s| s.parse().expect("WORKERS is a number")).unwrap_or_else(rayon::current_num_threads);
     let store = Store::open(&imet::spec::root_to_url(&root)?)?;
     let inputs = imet::data::load_inputs(&store).await?;
     let ids: Vec<ImageId> = inputs.train.ids.clone();

@@ -80,15 +80,14 @@ pub fn assign(annotations: &Annotations, classes: usize, k: u8, seed: u64) -> Re
     let mut fold_of: Vec<Option<u8>> = vec![None; n];
     let mut ties: Vec<usize> = Vec::with_capacity(classes.max(k));
 
-    loop {
-        // Rarest label still present among unassigned rows (seeded ties).
-        let Some(min) = remaining.iter().copied().filter(|&c| c > 0).min() else { break };
+    // Rarest label still present among unassigned rows (seeded ties).
+    while let Some(min) = remaining.iter().copied().filter(|&c| c > 0).min() {
         ties.clear();
         ties.extend((0..classes).filter(|&c| remaining[c] == min));
         let label = if ties.len() > 1 { ties[rng.random_range(0..ties.len())] } else { ties[0] };
 
-        for i in 0..rows_of[label].len() {
-            let r = rows_of[label][i] as usize;
+        for &r in &rows_of[label] {
+            let r = r as usize;
             if fold_of[r].is_some() {
                 continue;
             }

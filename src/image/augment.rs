@@ -568,7 +568,8 @@ mod tests {
     #[test]
     fn geometry_of_every_sizing_transform() {
         let mut rng = ChaCha8Rng::seed_from_u64(1);
-        let cases: Vec<(Transform, (u32, u32), (u32, u32))> = vec![
+        type Case = (Transform, (u32, u32), (u32, u32));
+        let cases: Vec<Case> = vec![
             (Transform::RandomResizedCrop(RandomResizedCrop { size: 48, scale: (0.4, 1.0), ratio: rrc_ratio() }), (300, 900), (48, 48)),
             (Transform::CropIfNeeded(Side { size: 40 }), (300, 50), (40, 40)),
             (Transform::RandomCrop(RandomCrop { size: 64, fill: [0; 3] }), (50, 200), (64, 64)),

@@ -133,7 +133,7 @@ fn inside(shape: usize, u: f32, v: f32) -> bool {
     match shape {
         0 => r2 <= 1.0,
         1 => u.abs() <= 0.8 && v.abs() <= 0.8,
-        2 => v <= 0.7 && v >= -0.9 && u.abs() <= 0.9 * (v + 0.9) / 1.6,
+        2 => (-0.9..=0.7).contains(&v) && u.abs() <= 0.9 * (v + 0.9) / 1.6,
         3 => (u.abs() <= 0.3 && v.abs() <= 0.95) || (v.abs() <= 0.3 && u.abs() <= 0.95),
         4 => (0.3..=1.0).contains(&r2),
         5 => u.abs() + v.abs() <= 1.0,
@@ -163,10 +163,11 @@ fn motif(tag: usize) -> Motif {
     let shape = m % SHAPES;
     let striped = (m / SHAPES) % FILLS == 1;
     let c = (m / (SHAPES * FILLS) + m * 3) % TAG_COLOURS;
-    let colour = if c % 2 == 0 { hsv(c as f32 / TAG_COLOURS as f32, 0.95, 1.0) } else { hsv(c as f32 / TAG_COLOURS as f32, 0.9, 0.3) };
+    let colour = if c.is_multiple_of(2) { hsv(c as f32 / TAG_COLOURS as f32, 0.95, 1.0) } else { hsv(c as f32 / TAG_COLOURS as f32, 0.9, 0.3) };
     Motif { shape, striped, colour }
 }
 
+#[allow(clippy::too_many_arguments)]
 /// Draws `m` centred at (cx, cy) with radius `r` and tilt `angle` (radians)
 /// into an RGB f32 canvas: a dark outline, then the fill.
 fn draw_motif(canvas: &mut [[f32; 3]], w: usize, h: usize, m: &Motif, cx: f32, cy: f32, r: f32, angle: f32) {
