@@ -47,7 +47,7 @@ fn forty_folds_on_the_real_train_csv_keep_every_class_with_forty_images() {
     eprintln!("k=40: {q:?}");
     assert_eq!(q.sizes.len(), 40);
     assert_eq!(q.classes_missing_a_fold, 0, "{q:?}");
-    assert!(q.size_spread <= 0.05, "{q:?}");
+    assert!(q.size_spread <= 0.01, "{q:?}");
 }
 
 #[tokio::test]

@@ -134,6 +134,21 @@ pub struct Skipped {
     pub reason: String,
 }
 
+/// Writes the list of skipped images (a JSON array of `{key, kind,
+/// reason}`, deduplicated by key) at `key` (from
+/// `storage::keys::skipped_images`), for the job's manifest.
+///
+/// # Errors
+/// Storage errors naming the key.
+pub async fn write_skipped(store: &Store, key: &str, skipped: &[Skipped]) -> Result<crate::storage::OutputEntry> {
+    let mut seen = std::collections::HashSet::new();
+    let unique: Vec<&Skipped> = skipped.iter().filter(|s| seen.insert(s.key.clone())).collect();
+    let body = serde_json::to_vec_pretty(&unique)?;
+    let entry = crate::storage::OutputEntry::of_bytes(key, &body);
+    store.put(key, body).await?;
+    Ok(entry)
+}
+
 /// One batch.
 #[derive(Debug)]
 pub struct Batch {
@@ -486,7 +501,15 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(batch.ids.len(), 4);
-        assert_eq!(skipped, vec![Skipped { key, kind: BadImageKind::Empty, reason: "the object has no bytes".into() }]);
+        assert_eq!(skipped, vec![Skipped { key: key.clone(), kind: BadImageKind::Empty, reason: "the object has no bytes".into() }]);
+        let out = Store::memory();
+        let twice = [skipped.clone(), skipped].concat();
+        let entry = write_skipped(&out, "skipped.json", &twice).await.unwrap();
+        let listed: serde_json::Value = serde_json::from_slice(&out.get("skipped.json").await.unwrap()).unwrap();
+        assert_eq!(listed.as_array().unwrap().len(), 1, "listed once however often skipped");
+        assert_eq!(listed[0]["kind"], "empty");
+        assert_eq!(listed[0]["key"], key.as_str());
+        assert_eq!(entry.key, "skipped.json");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
