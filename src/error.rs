@@ -73,6 +73,11 @@ pub enum Error {
     #[error("background task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
     // ---- data / image (issue 3) ------------------------------------------
+    #[error("image `{key}` is {kind}: {reason}; replace the object, or set `image.on_bad_image = \"skip\"` in the spec to train without it")]
+    BadImage { key: String, kind: crate::image::BadImageKind, reason: String },
+
+    #[error("augmentation `{transform}`: {message}")]
+    Augment { transform: &'static str, message: String },
 
     // ---- model (issue 4) -------------------------------------------------
     #[error("model `{arch}`: {message}")]
