@@ -6,7 +6,7 @@
 //! cargo run --release --example bench_predictions -- OUT_DIR [ROWS]
 
 use imet::data::{Fold, ImageId};
-use imet::storage::parquet::{read_predictions, write_predictions, PredictionKind, PredictionMeta, Predictions};
+use imet::storage::parquet::{read_predictions, write_predictions_owned, PredictionKind, PredictionMeta, Predictions};
 use imet::storage::Store;
 use rand::{Rng, SeedableRng};
 use std::time::Instant;
@@ -38,7 +38,7 @@ async fn main() -> imet::Result<()> {
     let id_text: String = ids.iter().map(|i| format!("{i}\n")).collect();
     std::fs::write(out.join("ids.txt"), id_text).map_err(|source| imet::Error::Io { path: out.join("ids.txt"), source })?;
 
-    let store = Store::open(&format!("file://{}", out.display()))?;
+    let store = if std::env::var("BENCH_MEMORY").is_ok() { Store::memory() } else { Store::open(&format!("file://{}", out.display()))? };
     let preds = Predictions {
         ids,
         probs,
@@ -54,7 +54,8 @@ async fn main() -> imet::Result<()> {
         },
     };
     let t = Instant::now();
-    let entry = write_predictions(&store, "imet.parquet", &preds).await?;
+    let preds = std::sync::Arc::new(preds);
+    let entry = write_predictions_owned(&store, "imet.parquet", preds.clone()).await?;
     let write_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let back = read_predictions(&store, "imet.parquet").await?;

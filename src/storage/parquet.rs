@@ -34,6 +34,7 @@ use arrow::array::{
     Array, ArrayRef, AsArray, FixedSizeListArray, Float32Array, Float64Array, RecordBatch, StringArray, UInt32Array,
     UInt8Array,
 };
+use bytes::Bytes;
 use arrow::datatypes::{DataType, Field, Float32Type, Float64Type, Schema, SchemaRef, UInt32Type, UInt8Type};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowSchemaConverter;
@@ -93,7 +94,7 @@ fn encode<W: std::io::Write + Send>(w: W, schema: SchemaRef, props: WriterProper
     use rayon::prelude::*;
     let writer = ArrowWriter::try_new(w, schema.clone(), Some(props))?;
     let (mut file, factory) = writer.into_serialized_writer()?;
-    let window = rayon::current_num_threads().max(1) * 2;
+    let window = rayon::current_num_threads().max(1) * 4;
     let mut index = 0usize;
     while index < groups {
         let end = (index + window).min(groups);
@@ -145,17 +146,27 @@ async fn write_batches(
             let props = props.clone();
             let make = make.clone();
             async move {
-                let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
+                let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
                 let encoder = tokio::task::spawn_blocking(move || {
                     encode(ChannelWriter { buf: Vec::with_capacity(CHANNEL_CHUNK), tx }, schema, props, groups, &make)
                 });
-                let mut hasher = Sha256::new();
-                let mut bytes = 0u64;
+                // Hashing runs on its own thread, overlapping encoding and upload.
+                let (htx, hrx) = std::sync::mpsc::sync_channel::<Bytes>(4);
+                let hasher = std::thread::spawn(move || {
+                    let mut h = Sha256::new();
+                    let mut n = 0u64;
+                    for chunk in hrx {
+                        h.update(&chunk);
+                        n += chunk.len() as u64;
+                    }
+                    (n, hex::encode(h.finalize()))
+                });
                 while let Some(chunk) = rx.recv().await {
-                    hasher.update(&chunk);
-                    bytes += chunk.len() as u64;
+                    let chunk = Bytes::from(chunk);
+                    let _ = htx.send(chunk.clone());
                     if let Err(e) = w.write_all(&chunk).await {
                         drop(rx);
+                        drop(htx);
                         let _ = encoder.await;
                         let _ = w.abort().await;
                         return Err(Error::Store {
@@ -166,11 +177,13 @@ async fn write_batches(
                         });
                     }
                 }
+                drop(htx);
                 if let Err(e) = encoder.await? {
                     let _ = w.abort().await;
                     return Err(e);
                 }
-                Ok((w, (bytes, hex::encode(hasher.finalize()))))
+                let (bytes, sha) = hasher.join().expect("the hashing thread does not panic");
+                Ok((w, (bytes, sha)))
             }
         })
         .await?;
@@ -742,4 +755,5 @@ mod tests {
         assert!(err.to_string().contains("bad.parquet"), "{err}");
     }
 }
+
 
