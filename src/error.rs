@@ -77,6 +77,11 @@ pub enum Error {
     // ---- model (issue 4) -------------------------------------------------
 
     // ---- ensemble (issue 6) ----------------------------------------------
+    #[error("ensemble input `{key}`: {message}")]
+    Member { key: String, message: String },
+
+    #[error("ensemble: {0}")]
+    Ensemble(String),
 }
 
 impl Error {

@@ -23,6 +23,7 @@ pub mod telemetry;
 
 pub mod storage;
 pub mod data;
+pub mod ensemble;
 pub mod orchestrate;
 
 pub use error::{Error, Result};
