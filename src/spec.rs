@@ -380,6 +380,26 @@ mod tests {
     }
 
     #[test]
+    fn ensemble_section_has_defaults_and_checks_its_ranges() {
+        let a = JobSpec::parse("a", &format!("{MINIMAL}[ensemble]\nmembers = [\"resnet34\"]\n")).unwrap();
+        let e = a.ensemble.as_ref().unwrap();
+        assert_eq!((e.threshold_bins, e.labels, e.tag_labels, e.strategies.len()), (100, [1, 0], [1, 8], 8));
+        assert_eq!(JobSpec::parse("again", &a.to_toml()).unwrap(), a);
+        for (bad, field) in [
+            ("members = []", "ensemble.members"),
+            ("members = [\"a\", \"a\"]", "twice"),
+            ("members = [\"a\"]\ntest_folds = [5]", "ensemble.test_folds"),
+            ("members = [\"a\"]\ntag_labels = [4, 2]", "ensemble.tag_labels"),
+            ("members = [\"a\"]\nratio = 1.0", "ensemble.ratio"),
+            ("members = [\"a\"]\nblend = \"median\"", "median"),
+            ("members = [\"a\"]\nstrategies = [\"global\", \"magic\"]", "magic"),
+        ] {
+            let err = JobSpec::parse("x.toml", &format!("{MINIMAL}[ensemble]\n{bad}\n")).unwrap_err().to_string();
+            assert!(err.contains(field), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn plain_paths_become_file_urls() {
         assert_eq!(root_to_url("/tmp/x").unwrap(), "file:///tmp/x");
         assert!(root_to_url("out").unwrap().starts_with("file:///"));

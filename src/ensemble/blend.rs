@@ -59,6 +59,26 @@ impl Accumulator {
         self.weight += weight as f64;
     }
 
+    /// Adds one row of a member (element-wise blends only: mean, weighted,
+    /// geometric); call [`Accumulator::add_weight`] once per member after.
+    ///
+    /// # Panics
+    /// For rank blends, which need whole columns ([`Accumulator::add`]).
+    pub fn add_row(&mut self, row: usize, probs: &[f32], weight: f32) {
+        let c = self.classes;
+        let out = &mut self.sum[row * c..(row + 1) * c];
+        match self.kind {
+            BlendKind::Mean | BlendKind::Weighted => out.iter_mut().zip(probs).for_each(|(a, &p)| *a += weight * p),
+            BlendKind::Geometric => out.iter_mut().zip(probs).for_each(|(a, &p)| *a += weight * p.max(GEO_EPS).ln()),
+            BlendKind::Rank => panic!("rank blends add whole members, never rows"),
+        }
+    }
+
+    /// Counts a member's weight after its rows were added with [`Accumulator::add_row`].
+    pub fn add_weight(&mut self, weight: f32) {
+        self.weight += weight as f64;
+    }
+
     /// The blend, divided by each row's maximum when `normalize_max`.
     pub fn finish(self, normalize_max: bool) -> Vec<f32> {
         let w = if self.weight > 0.0 { (1.0 / self.weight) as f32 } else { 0.0 };
@@ -148,24 +168,50 @@ pub struct Subsample {
     pub rows: Vec<u32>,
     pub classes: usize,
     pub members: Vec<Vec<u8>>,
+    /// Position of each matrix row in `rows`, `u32::MAX` when not sampled.
+    slot: Vec<u32>,
 }
 
 impl Subsample {
     /// Picks `want` rows evenly spaced over `n`.
     pub fn new(n: usize, want: usize, classes: usize) -> Subsample {
         let want = want.min(n).max(1);
-        let rows = (0..want).map(|k| ((k as u128 * n as u128) / want as u128) as u32).collect();
-        Subsample { rows, classes, members: Vec::new() }
+        let rows: Vec<u32> = (0..want).map(|k| ((k as u128 * n as u128) / want as u128) as u32).collect();
+        let mut slot = vec![u32::MAX; n];
+        for (s, &r) in rows.iter().enumerate() {
+            slot[r as usize] = s as u32;
+        }
+        Subsample { rows, classes, members: Vec::new(), slot }
+    }
+
+    /// Starts a new member, filled by [`Subsample::offer`].
+    pub fn add_member(&mut self) {
+        self.members.push(vec![0; self.rows.len() * self.classes]);
+    }
+
+    /// Keeps row `row` of member `member` if it is sampled.
+    pub fn offer(&mut self, member: usize, row: usize, probs: &[f32]) {
+        let s = self.slot[row];
+        if s != u32::MAX {
+            let c = self.classes;
+            let out = &mut self.members[member][s as usize * c..(s as usize + 1) * c];
+            out.iter_mut().zip(probs).for_each(|(q, &p)| *q = (p * 255.0).round() as u8);
+        }
+    }
+
+    /// Member `member`'s sampled rows as probabilities.
+    pub fn dequantised(&self, member: usize) -> Vec<f32> {
+        self.members[member].iter().map(|&q| q as f32 / 255.0).collect()
     }
 
     /// Quantises the subsample rows of a whole member matrix.
     pub fn push(&mut self, member: &[f32]) {
-        let c = self.classes;
-        let mut q = Vec::with_capacity(self.rows.len() * c);
-        for &r in &self.rows {
-            q.extend(member[r as usize * c..(r as usize + 1) * c].iter().map(|&p| (p * 255.0).round() as u8));
+        self.add_member();
+        let m = self.members.len() - 1;
+        for r in 0..self.rows.len() {
+            let row = self.rows[r] as usize;
+            self.offer(m, row, &member[row * self.classes..(row + 1) * self.classes]);
         }
-        self.members.push(q);
     }
 }
 

@@ -82,16 +82,17 @@ fn check_meta(key: &str, meta: &HashMap<String, String>, exp: &Expected<'_>) -> 
 type Decoded = (Vec<u32>, Vec<f32>);
 
 /// Decodes row group `rg` of the file, mapping ids through `index`.
-fn decode_group(key: &str, bytes: &Bytes, rg: usize, first_row: usize, index: &IdIndex<'_>, exp: &Expected<'_>) -> Result<Decoded> {
+fn decode_group(key: &str, bytes: &Bytes, (rg, first_row, group_rows): (usize, usize, usize), index: &IdIndex<'_>, exp: &Expected<'_>) -> Result<Decoded> {
     let fmt = |e: String| bad(key, format!("unreadable Parquet: {e}"));
     let reader = ParquetRecordBatchReaderBuilder::try_new(bytes.clone())
         .map_err(|e| fmt(e.to_string()))?
         .with_row_groups(vec![rg])
-        .with_batch_size(1 << 20)
+        .with_batch_size(1024)
         .build()
         .map_err(|e| fmt(e.to_string()))?;
     let c = exp.classes;
-    let (mut rows, mut probs) = (Vec::new(), Vec::new());
+    // Exact capacity: no doubling copies of a row group's probabilities.
+    let (mut rows, mut probs) = (Vec::with_capacity(group_rows), Vec::with_capacity(group_rows * c));
     let mut file_row = first_row;
     for batch in reader {
         let batch = batch.map_err(|e| fmt(e.to_string()))?;
@@ -164,14 +165,15 @@ pub fn stream(
         .unwrap_or_default();
     check_meta(key, &meta, exp)?;
     let tta: u32 = meta.get("tta").and_then(|t| t.parse().ok()).unwrap_or(1);
-    let groups: Vec<(usize, usize)> = {
+    let groups: Vec<(usize, usize, usize)> = {
         let md = builder.metadata();
         let mut first = 0usize;
         (0..md.num_row_groups())
             .map(|g| {
                 let f = first;
-                first += md.row_group(g).num_rows() as usize;
-                (g, f)
+                let rows = md.row_group(g).num_rows() as usize;
+                first += rows;
+                (g, f, rows)
             })
             .collect()
     };
@@ -180,7 +182,7 @@ pub fn stream(
     let mut delivered = 0;
     let par = rayon::current_num_threads().max(1);
     for wave in groups.chunks(par) {
-        let decoded: Vec<Result<Decoded>> = wave.par_iter().map(|&(g, first)| decode_group(key, &bytes, g, first, index, exp)).collect();
+        let decoded: Vec<Result<Decoded>> = wave.par_iter().map(|&g| decode_group(key, &bytes, g, index, exp)).collect();
         for d in decoded {
             let (rows, probs) = d?;
             for (r, &pos) in rows.iter().enumerate() {

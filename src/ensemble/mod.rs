@@ -89,59 +89,59 @@ async fn folds_of(store: &Store, spec: &JobSpec, train: &[ImageId]) -> Result<Ve
         .collect()
 }
 
-/// Streams one member's files into `out` (OOF: rows of train.csv; test:
-/// sum over `folds`, then the mean). Returns the largest TTA seen.
+/// Streams one member's files of `kind` for `folds` through
+/// [`members::stream`], calling `sink(row, probs)` for every row, and checks
+/// coverage (OOF: every training image exactly once over the folds; test:
+/// every test image in each file). Returns the largest TTA seen.
 #[allow(clippy::too_many_arguments)]
-async fn read_member(
+async fn stream_member(
     store: &Store,
     exp: &str,
     model: &str,
     kind: PredictionKind,
     folds: &[u8],
     index: &IdIndex<'_>,
+    classes: usize,
     vocabulary_hash: &str,
-    out: &mut [f32],
     progress: &Progress,
+    mut sink: impl FnMut(usize, &[f32]),
 ) -> Result<u32> {
-    let c = out.len() / index.ids.len().max(1);
     let mut tta = 1;
     let mut seen = vec![false; index.ids.len()];
-    if kind == PredictionKind::Test {
-        out.iter_mut().for_each(|v| *v = 0.0);
-    }
     for &f in folds {
         let key = match kind {
             PredictionKind::Oof => keys::oof(exp, model, Fold(f)),
             PredictionKind::Test => keys::test_predictions(exp, model, Fold(f)),
         };
         let bytes = store.get(&key).await?;
-        let exp_ = Expected { kind, model, fold: Fold(f), classes: c, vocabulary_hash };
+        let expected = Expected { kind, model, fold: Fold(f), classes, vocabulary_hash };
         if kind == PredictionKind::Test {
             seen.iter_mut().for_each(|s| *s = false);
         }
-        let t = members::stream(&key, bytes, &exp_, index, &mut seen, |r, p| match kind {
-            PredictionKind::Oof => out[r * c..(r + 1) * c].copy_from_slice(p),
-            PredictionKind::Test => out[r * c..(r + 1) * c].iter_mut().zip(p).for_each(|(a, b)| *a += b),
-        })?;
-        tta = tta.max(t);
+        tta = tta.max(members::stream(&key, bytes, &expected, index, &mut seen, &mut sink)?);
         if kind == PredictionKind::Test {
             check_covered(&key, &seen, index.ids, "every test file must cover every id of data/sample_submission.csv")?;
         }
         progress.inc(1);
     }
-    match kind {
-        PredictionKind::Oof => check_covered(
+    if kind == PredictionKind::Oof {
+        check_covered(
             &format!("OOF files of model `{model}`"),
             &seen,
             index.ids,
             "each training image needs exactly one OOF prediction per model; predict the missing fold",
-        )?,
-        PredictionKind::Test => {
-            let inv = 1.0 / folds.len() as f32;
-            out.iter_mut().for_each(|v| *v *= inv);
-        }
+        )?;
     }
     Ok(tta)
+}
+
+/// Peak resident memory of this process so far, in MiB (Linux; 0 elsewhere).
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
 }
 
 /// Runs the ensemble of `spec` against `store` (tests pass an in-memory one).
@@ -197,68 +197,99 @@ async fn run_inner(store: &Store, spec: &JobSpec) -> Result<Summary> {
     let truth = LabelSets::from_rows(c, train.labels.iter().map(|r| r.iter().map(|a| a.0).collect::<Vec<u16>>()));
     seconds.insert("inputs".to_string(), t0.elapsed().as_secs_f64());
 
-    // Pass 1: validate every file, blending as we go (except weighted blends).
+    // Pass 1: validate every file, blending as we go (except weighted
+    // blends). Element-wise blends add each streamed row straight into the
+    // accumulator; rank blends (and geometric test means) need the member's
+    // whole matrix first.
     let t1 = Instant::now();
     let train_index = IdIndex::new(&train.ids, Some(&fold_of));
     let test_index = IdIndex::new(&test.ids, None);
-    let weighted = cfg.blend == BlendKind::Weighted;
+    let kind = cfg.blend;
+    let weighted = kind == BlendKind::Weighted;
+    let nf = test_folds.len() as f32;
     let files = (cfg.members.len() * (all_folds.len() + test_folds.len())) as u64;
     let progress = Progress::new("member files", if weighted { 2 * files } else { files });
-    let mut oof_acc = Accumulator::new(cfg.blend, if weighted { 0 } else { n }, c);
+    let mut oof_acc = Accumulator::new(kind, if weighted { 0 } else { n }, c);
     let mut sub = Subsample::new(n, cfg.weight_rows, c);
-    let mut member_reports = Vec::new();
     let mut tta = 1;
+    let mut whole = if kind == BlendKind::Rank { vec![0f32; n * c] } else { Vec::new() };
+    for (mi, m) in cfg.members.iter().enumerate() {
+        sub.add_member();
+        stream_member(store, exp, m, PredictionKind::Oof, &all_folds, &train_index, c, &vh, &progress, |r, p| {
+            sub.offer(mi, r, p);
+            match kind {
+                BlendKind::Rank => whole[r * c..(r + 1) * c].copy_from_slice(p),
+                BlendKind::Weighted => {}
+                BlendKind::Mean | BlendKind::Geometric => oof_acc.add_row(r, p, 1.0),
+            }
+        })
+        .await?;
+        match kind {
+            BlendKind::Rank => oof_acc.add(&mut whole, 1.0),
+            BlendKind::Weighted => {}
+            BlendKind::Mean | BlendKind::Geometric => oof_acc.add_weight(1.0),
+        }
+        info!(model = %m, peak_rss_mib = peak_rss_mib(), "member OOF read");
+    }
+    drop(whole);
+    let truth_sub = truth.select(&sub.rows);
+    let mut member_reports: Vec<report::MemberReport> = cfg
+        .members
+        .iter()
+        .enumerate()
+        .map(|(mi, m)| {
+            let (threshold, oof_f2) = blend::best_global_f2(&sub.dequantised(mi), c, &truth_sub, cfg.threshold_bins);
+            report::MemberReport { model: m.clone(), weight: 1.0 / cfg.members.len() as f32, oof_f2, threshold }
+        })
+        .collect();
+    let mut test_acc = Accumulator::new(kind, if weighted { 0 } else { nt }, c);
     {
-        let mut model = vec![0f32; n * c];
+        let whole_needed = matches!(kind, BlendKind::Rank | BlendKind::Geometric);
+        let mut model = if whole_needed { vec![0f32; nt * c] } else { Vec::new() };
         for m in &cfg.members {
-            read_member(store, exp, m, PredictionKind::Oof, &all_folds, &train_index, &vh, &mut model, &progress).await?;
-            let (threshold, oof_f2) = blend::best_global_f2(&model, c, &truth, cfg.threshold_bins);
-            info!(model = %m, oof_f2, threshold, "member read");
-            member_reports.push(report::MemberReport { model: m.clone(), weight: 1.0 / cfg.members.len() as f32, oof_f2, threshold });
-            if weighted {
-                sub.push(&model);
-            } else {
-                oof_acc.add(&mut model, 1.0);
+            model.iter_mut().for_each(|v| *v = 0.0);
+            let t = stream_member(store, exp, m, PredictionKind::Test, &test_folds, &test_index, c, &vh, &progress, |r, p| match kind {
+                BlendKind::Mean => test_acc.add_row(r, p, 1.0 / nf),
+                BlendKind::Weighted => {}
+                BlendKind::Rank | BlendKind::Geometric => {
+                    model[r * c..(r + 1) * c].iter_mut().zip(p).for_each(|(a, b)| *a += b / nf)
+                }
+            })
+            .await?;
+            tta = tta.max(t);
+            match kind {
+                BlendKind::Mean => test_acc.add_weight(1.0),
+                BlendKind::Weighted => {}
+                BlendKind::Rank | BlendKind::Geometric => test_acc.add(&mut model, 1.0),
             }
         }
     }
-    let mut test_acc = Accumulator::new(cfg.blend, if weighted { 0 } else { nt }, c);
-    {
-        let mut model = vec![0f32; nt * c];
-        for m in &cfg.members {
-            tta = tta.max(read_member(store, exp, m, PredictionKind::Test, &test_folds, &test_index, &vh, &mut model, &progress).await?);
-            if !weighted {
-                test_acc.add(&mut model, 1.0);
-            }
-        }
-    }
+    info!(peak_rss_mib = peak_rss_mib(), "every member file valid");
     seconds.insert("read_validate_blend".to_string(), t1.elapsed().as_secs_f64());
 
-    // Weighted blends: fit weights on the subsample, then blend again.
+    // Weighted blends: fit weights on the subsample, then stream again.
     let mut weights = vec![1.0 / cfg.members.len() as f32; cfg.members.len()];
+    let mut weights_f2 = None;
     if weighted {
         let t = Instant::now();
         let (w, f2) = blend::fit_weights(&sub, &truth, cfg.threshold_bins);
         info!(?w, f2, rows = sub.rows.len(), "blend weights fitted");
         weights = w;
-        drop(sub);
+        weights_f2 = Some(f2);
         seconds.insert("fit_weights".to_string(), t.elapsed().as_secs_f64());
         let t = Instant::now();
         oof_acc = Accumulator::new(BlendKind::Weighted, n, c);
-        let mut model = vec![0f32; n * c];
-        for (m, &w) in cfg.members.iter().zip(&weights) {
-            read_member(store, exp, m, PredictionKind::Oof, &all_folds, &train_index, &vh, &mut model, &progress).await?;
-            oof_acc.add(&mut model, w);
-        }
-        drop(model);
         test_acc = Accumulator::new(BlendKind::Weighted, nt, c);
-        let mut model = vec![0f32; nt * c];
         for (m, &w) in cfg.members.iter().zip(&weights) {
-            read_member(store, exp, m, PredictionKind::Test, &test_folds, &test_index, &vh, &mut model, &progress).await?;
-            test_acc.add(&mut model, w);
+            stream_member(store, exp, m, PredictionKind::Oof, &all_folds, &train_index, c, &vh, &progress, |r, p| oof_acc.add_row(r, p, w)).await?;
+            oof_acc.add_weight(w);
+            stream_member(store, exp, m, PredictionKind::Test, &test_folds, &test_index, c, &vh, &progress, |r, p| test_acc.add_row(r, p, w / nf))
+                .await?;
+            test_acc.add_weight(w);
         }
         seconds.insert("weighted_blend".to_string(), t.elapsed().as_secs_f64());
     }
+    drop(sub);
     for (r, w) in member_reports.iter_mut().zip(&weights) {
         r.weight = *w;
     }
@@ -277,6 +308,7 @@ async fn run_inner(store: &Store, spec: &JobSpec) -> Result<Summary> {
     info!(strategy = %chosen.strategy.name, cv_f2 = chosen.cv_f2, in_sample_f2 = chosen.in_sample_f2, "strategy chosen");
     let pred_oof = threshold::apply(&chosen.strategy, oof_m, None);
     let pred_test = threshold::apply(&chosen.strategy, test_m, None);
+    info!(peak_rss_mib = peak_rss_mib(), "thresholds fitted");
     seconds.insert("thresholds".to_string(), t2.elapsed().as_secs_f64());
 
     // Outputs.
@@ -317,12 +349,15 @@ async fn run_inner(store: &Store, spec: &JobSpec) -> Result<Summary> {
         class_count: c,
         vocabulary_hash: vh.clone(),
     };
+    // Test first: the OOF write then holds the OOF matrix and its copy only.
+    let test_preds = Predictions { ids: test.ids.clone(), probs: test_probs, meta: meta(PredictionKind::Test) };
+    let test_entry = pq::write_predictions(store, &keys::ensemble_test(exp), &test_preds).await?;
+    drop(test_preds);
     let oof_preds = Predictions { ids: train.ids.clone(), probs: oof, meta: meta(PredictionKind::Oof) };
     outputs.push(pq::write_predictions(store, &keys::ensemble_oof(exp), &oof_preds).await?);
+    outputs.push(test_entry);
     drop(oof_preds);
-    let test_preds = Predictions { ids: test.ids.clone(), probs: test_probs, meta: meta(PredictionKind::Test) };
-    outputs.push(pq::write_predictions(store, &keys::ensemble_test(exp), &test_preds).await?);
-    drop(test_preds);
+    info!(peak_rss_mib = peak_rss_mib(), "blends written");
 
     let thresholds_doc = report::ThresholdsFile {
         version: report::THRESHOLDS_VERSION,
@@ -384,6 +419,8 @@ async fn run_inner(store: &Store, spec: &JobSpec) -> Result<Summary> {
         label_counts,
         per_class,
         seconds,
+        weights_f2,
+        peak_rss_mib: peak_rss_mib(),
     };
     outputs.push(put(store, &keys::report(exp), serde_json::to_vec_pretty(&rep)?).await?);
     let manifest = Manifest::new(JobId { kind: "ensemble".into(), experiment: exp.to_string(), model: None, fold: None }, spec_hash, outputs.clone());

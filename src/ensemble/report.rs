@@ -107,6 +107,10 @@ pub struct Report {
     pub per_class: Vec<ClassReport>,
     /// Wall seconds per stage.
     pub seconds: BTreeMap<String, f64>,
+    /// Subsample F2 of the fitted blend weights (weighted blends).
+    pub weights_f2: Option<f64>,
+    /// Peak resident memory of the job, MiB (Linux).
+    pub peak_rss_mib: f64,
 }
 
 /// Images per label count.
