@@ -303,7 +303,8 @@ async fn run_inner(store: &Store, spec: &JobSpec) -> Result<Summary> {
     let oof_m = Matrix { probs: &oof, classes: c, group: &group };
     let test_m = Matrix { probs: &test_probs, classes: c, group: &group };
     let fit_cfg = fit_config(cfg);
-    let evaluated = threshold::fit_all(oof_m, &truth, &fold_of, &fit_cfg);
+    let tables = threshold::Tables::build(oof_m, &truth, fit_cfg.bins);
+    let evaluated = threshold::fit_all_with(oof_m, &truth, &fold_of, &fit_cfg, &tables);
     let chosen = threshold::pick(&evaluated).cloned().ok_or_else(|| Error::Ensemble("no threshold strategy was fitted".into()))?;
     info!(strategy = %chosen.strategy.name, cv_f2 = chosen.cv_f2, in_sample_f2 = chosen.in_sample_f2, "strategy chosen");
     let pred_oof = threshold::apply(&chosen.strategy, oof_m, None);
@@ -322,23 +323,20 @@ async fn run_inner(store: &Store, spec: &JobSpec) -> Result<Summary> {
     };
     let mut outputs = Vec::new();
     let (scores, per_class) = report::chosen_scores(&truth, &pred_oof, vocab);
-    let curves = match report::group_thresholds(&chosen.strategy, vocab.groups()) {
-        Some([tc, tt]) => vec![
-            ("culture".to_string(), threshold::group_curve(oof_m, &truth, fit_cfg.bins, 0, tt)),
-            ("tag".to_string(), threshold::group_curve(oof_m, &truth, fit_cfg.bins, 1, tc)),
-        ],
-        None => {
-            let g = evaluated.iter().find_map(|e| match e.strategy.rule {
+    // F2 curves per group, the other group at the chosen (or fitted group) threshold.
+    let [tc, tt] = report::group_thresholds(&chosen.strategy, vocab.groups())
+        .or_else(|| {
+            evaluated.iter().find_map(|e| match e.strategy.rule {
                 threshold::Rule::Group { culture, tag } => Some([culture, tag]),
                 _ => None,
-            });
-            let [tc, tt] = g.unwrap_or([0.2, 0.2]);
-            vec![
-                ("culture".to_string(), threshold::group_curve(oof_m, &truth, fit_cfg.bins, 0, tt)),
-                ("tag".to_string(), threshold::group_curve(oof_m, &truth, fit_cfg.bins, 1, tc)),
-            ]
-        }
-    };
+            })
+        })
+        .unwrap_or([0.2, 0.2]);
+    let curves = vec![
+        ("culture".to_string(), threshold::group_curve(&tables, 0, tt)),
+        ("tag".to_string(), threshold::group_curve(&tables, 1, tc)),
+    ];
+    drop(tables);
     let meta = |kind| PredictionMeta {
         experiment: exp.to_string(),
         model: "ensemble".into(),

@@ -827,9 +827,17 @@ pub struct Evaluated {
 /// # Panics
 /// When `fold`, `truth` and `m` disagree on the number of rows.
 pub fn fit_all(m: Matrix<'_>, truth: &LabelSets, fold: &[u8], cfg: &FitConfig) -> Vec<Evaluated> {
+    fit_all_with(m, truth, fold, cfg, &Tables::build(m, truth, cfg.bins))
+}
+
+/// [`fit_all`] with tables already built by [`Tables::build`] for `m`, `truth`, `cfg.bins`.
+///
+/// # Panics
+/// When `fold`, `truth`, `tables` and `m` disagree on the number of rows.
+pub fn fit_all_with(m: Matrix<'_>, truth: &LabelSets, fold: &[u8], cfg: &FitConfig, tables: &Tables) -> Vec<Evaluated> {
     let n = m.rows();
     assert_eq!(fold.len(), n, "one fold per OOF row");
-    let tables = Tables::build(m, truth, cfg.bins);
+    assert_eq!(tables.truth.len(), n, "tables built for this matrix");
     let all: Vec<u32> = (0..n as u32).collect();
     let k = fold.iter().copied().max().map(|f| f as usize + 1).unwrap_or(0);
     let splits: Vec<(Vec<u32>, Vec<u32>)> = (0..k)
@@ -843,13 +851,13 @@ pub fn fit_all(m: Matrix<'_>, truth: &LabelSets, fold: &[u8], cfg: &FitConfig) -
         .iter()
         .map(|&kind| {
             let _span = tracing::info_span!("strategy", name = kind.as_str()).entered();
-            let strategy = fit(kind, m, truth, &tables, &all, cfg);
+            let strategy = fit(kind, m, truth, tables, &all, cfg);
             let pred = apply(&strategy, m, None);
             let in_sample_f2 = f2_samples(truth, &pred);
             let mut cv_sum = 0.0;
             let mut cv_per_fold = Vec::new();
             for (fit_rows, held) in &splits {
-                let s = fit(kind, m, truth, &tables, fit_rows, cfg);
+                let s = fit(kind, m, truth, tables, fit_rows, cfg);
                 let p = apply(&s, m, Some(held));
                 let f = f2_samples(&truth.select(held), &p);
                 cv_sum += f * held.len() as f64;
@@ -872,9 +880,9 @@ pub fn pick(evaluated: &[Evaluated]) -> Option<&Evaluated> {
 
 /// F2 per image averaged over the grid thresholds `j / bins` of one group
 /// (the other group at its `other` threshold), for the plots.
-pub fn group_curve(m: Matrix<'_>, truth: &LabelSets, bins: usize, g: usize, other: f32) -> Vec<(f32, f64)> {
-    let t = Tables::build(m, truth, bins);
-    let rows: Vec<u32> = (0..m.rows() as u32).collect();
+pub fn group_curve(t: &Tables, g: usize, other: f32) -> Vec<(f32, f64)> {
+    let bins = t.bins;
+    let rows: Vec<u32> = (0..t.truth.len() as u32).collect();
     let jo = bin(other, bins);
     let none = Limits::total(Range::ANY);
     let obj = t.sweep(&rows, |i, j| if g == 0 { t.pair_score(i, j, jo, &none) } else { t.pair_score(i, jo, j, &none) });
