@@ -819,6 +819,9 @@ pub struct Evaluated {
     pub cv_per_fold: Vec<f64>,
     /// Mean labels per image on the OOF rows (in-sample rule).
     pub mean_labels: f64,
+    /// Seconds to fit and score in-sample, and across the folds.
+    pub seconds_in_sample: f64,
+    pub seconds_cv: f64,
 }
 
 /// Fits every configured strategy on all rows and across folds (fit on
@@ -851,9 +854,12 @@ pub fn fit_all_with(m: Matrix<'_>, truth: &LabelSets, fold: &[u8], cfg: &FitConf
         .iter()
         .map(|&kind| {
             let _span = tracing::info_span!("strategy", name = kind.as_str()).entered();
+            let t0 = std::time::Instant::now();
             let strategy = fit(kind, m, truth, tables, &all, cfg);
             let pred = apply(&strategy, m, None);
             let in_sample_f2 = f2_samples(truth, &pred);
+            let seconds_in_sample = t0.elapsed().as_secs_f64();
+            let t1 = std::time::Instant::now();
             let mut cv_sum = 0.0;
             let mut cv_per_fold = Vec::new();
             for (fit_rows, held) in &splits {
@@ -864,8 +870,9 @@ pub fn fit_all_with(m: Matrix<'_>, truth: &LabelSets, fold: &[u8], cfg: &FitConf
                 cv_per_fold.push(f);
             }
             let cv_f2 = if splits.is_empty() { in_sample_f2 } else { cv_sum / n as f64 };
-            tracing::info!(in_sample_f2, cv_f2, "strategy fitted");
-            Evaluated { strategy, in_sample_f2, cv_f2, cv_per_fold, mean_labels: pred.mean_count() }
+            let seconds_cv = t1.elapsed().as_secs_f64();
+            tracing::info!(in_sample_f2, cv_f2, seconds_in_sample, seconds_cv, "strategy fitted");
+            Evaluated { strategy, in_sample_f2, cv_f2, cv_per_fold, mean_labels: pred.mean_count(), seconds_in_sample, seconds_cv }
         })
         .collect()
 }
