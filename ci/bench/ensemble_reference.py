@@ -125,8 +125,28 @@ class Rows:
     def __init__(self, P, Yr):
         self.P, self.Y = P, Yr
         self.top = P.argmax(1)
+        self.top_true = Yr[np.arange(len(P)), self.top]
+        self.T = Yr.sum(1)
+        self.Pg = [np.ascontiguousarray(P[:, cols[g]]) for g in range(2)]
+        self.Yg = [np.ascontiguousarray(Yr[:, cols[g]]) for g in range(2)]
         self.R = [ranks(P, cols[0]), ranks(P, cols[1])]
         self.Rall = ranks(P, np.arange(C))
+        self.memo = {}
+
+    def counts(self, g, t, limits):
+        """(true positives, predicted) per row of group g at threshold t."""
+        pred = self.Pg[g] >= t
+        if limits.get("groups"):
+            lo, hi = limits["groups"][g]
+            pred = (pred | (self.R[g] < lo)) & (self.R[g] < hi)
+        return (pred & self.Yg[g]).sum(1), pred.sum(1)
+
+    def f2(self, tp, pp):
+        """Mean F2 with at least one label per image (empty rows get their top class)."""
+        empty = pp == 0
+        tp = np.where(empty, self.top_true, tp)
+        pp = np.where(empty, 1, pp)
+        return float((5 * tp / (4 * self.T + pp)).mean())
 
 
 def finish(r, pred, limits):
@@ -169,26 +189,33 @@ GROUPED = {"total": (1, None), "groups": [(0, 3), (1, 8)]}
 
 
 def fit_global(r, limits):
-    scores = [f2_mean(finish(r, r.P >= t, limits), r.Y) for t in T]
+    # 100 candidates, each scored on every image (both groups at t).
+    scores = []
+    for t in T:
+        (a, b), (c_, d) = r.counts(0, t, limits), r.counts(1, t, limits)
+        scores.append(r.f2(a + c_, b + d))
     return float(T[int(np.argmax(scores))])
 
 
 def fit_group(r, limits):
+    key = ("group", json.dumps(limits))
+    if key in r.memo:
+        return r.memo[key]
     tc = tt = fit_global(r, limits)
     for _ in range(2):
         for g in range(2):
-            best, arg = -1, None
-            for t in T:
-                th = (t, tt) if g == 0 else (tc, t)
-                s = {"rule": {"kind": "group", "culture": th[0], "tag": th[1]}, "limits": limits}
-                v = f2_mean(apply(r, s), r.Y)
-                if v > best:
-                    best, arg = v, t
+            fixed = r.counts(1 - g, tt if g == 0 else tc, limits)
+            scores = []
+            for t in T:  # 100 candidates for this group, the other held fixed
+                tp, pp = r.counts(g, t, limits)
+                scores.append(r.f2(tp + fixed[0], pp + fixed[1]))
+            arg = float(T[int(np.argmax(scores))])
             if g == 0:
                 tc = arg
             else:
                 tt = arg
-    return float(tc), float(tt)
+    r.memo[key] = (float(tc), float(tt))
+    return r.memo[key]
 
 
 def fit_class(r, limits, shrink=20.0):
@@ -202,13 +229,10 @@ def fit_class(r, limits, shrink=20.0):
         inc = pred[:, c]
         y = r.Y[:, c]
         tp0, pp0 = tp - (inc & y), pp - inc
-        best, arg = -1, th[c]
-        for t in T:
-            new = r.P[:, c] >= t
-            den = 4 * tr + pp0 + new
-            v = np.where(den > 0, 5 * (tp0 + (new & y)) / np.maximum(den, 1), 0.0).mean()
-            if v > best:
-                best, arg = v, t
+        new = r.P[:, c][:, None] >= T[None, :]  # the 100 candidates at once
+        den = (4 * tr + pp0)[:, None] + new
+        v = np.where(den > 0, 5 * (tp0[:, None] + (new & y[:, None])) / np.maximum(den, 1), 0.0).mean(0)
+        arg = T[int(np.argmax(v))]
         n = y.sum()
         th[c] = np.round(((n * arg + shrink * th[c]) / (n + shrink)) * 100) / 100
         new = r.P[:, c] >= th[c]
@@ -219,7 +243,11 @@ def fit_class(r, limits, shrink=20.0):
 
 def fit_ratio(r, limits):
     Q = r.P / r.P.max(1, keepdims=True)
-    scores = [f2_mean(finish(r, Q >= t, limits), r.Y) for t in T]
+    keep = r.Rall < limits["total"][1]
+    scores = []
+    for t in T:
+        pred = (Q >= t) & keep
+        scores.append(r.f2((pred & r.Y).sum(1), pred.sum(1)))
     return float(1.0 / T[int(np.argmax(scores))])
 
 
