@@ -461,7 +461,7 @@ impl Tables {
             .zip(t.truth.par_chunks_mut(CH))
             .enumerate()
             .for_each(|(ci, (((((cnt, pos), qcnt), qpos), top), tr))| {
-                let mut order: Vec<(f32, u16)> = Vec::with_capacity(m.classes);
+                let mut bufs: [Vec<(f32, u16)>; 3] = [Vec::with_capacity(L + 1), Vec::with_capacity(L + 1), Vec::with_capacity(L + 1)];
                 let mut is_true = vec![false; m.classes];
                 for r in 0..tr.len() {
                     let i = ci * CH + r;
@@ -499,24 +499,26 @@ impl Tables {
                         }
                     }
                     let top = &mut top[r * 3 * (L + 1)..(r + 1) * 3 * (L + 1)];
-                    for scope in 0..3usize {
-                        order.clear();
-                        order.extend(
-                            row.iter()
-                                .enumerate()
-                                .filter(|(c, _)| scope == 2 || m.group[*c] as usize == scope)
-                                .map(|(c, &p)| (p, c as u16)),
-                        );
-                        let by = |a: &(f32, u16), b: &(f32, u16)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
-                        let k = L.min(order.len());
-                        if k > 0 && k < order.len() {
-                            order.select_nth_unstable_by(k - 1, by);
+                    // Top L of culture, tag and all in one pass, each kept
+                    // sorted by (p descending, class ascending).
+                    for buf in bufs.iter_mut() {
+                        buf.clear();
+                    }
+                    for (c, &p) in row.iter().enumerate() {
+                        for scope in [m.group[c] as usize, 2] {
+                            let buf = &mut bufs[scope];
+                            if buf.len() < L || p > buf[buf.len() - 1].0 {
+                                let at = buf.partition_point(|x| x.0 >= p);
+                                buf.insert(at, (p, c as u16));
+                                buf.truncate(L);
+                            }
                         }
-                        order[..k].sort_unstable_by(by);
+                    }
+                    for (scope, buf) in bufs.iter().enumerate() {
                         let out = &mut top[scope * (L + 1)..(scope + 1) * (L + 1)];
                         let mut acc = 0u16;
                         for kk in 1..=L {
-                            if kk <= k && is_true[order[kk - 1].1 as usize] {
+                            if kk <= buf.len() && is_true[buf[kk - 1].1 as usize] {
                                 acc += 1;
                             }
                             out[kk] = acc;
