@@ -88,6 +88,7 @@ fn main() {
             rpaths.insert(d.to_path_buf());
         }
     }
+    rpaths.remove(&lib);
     for d in &rpaths {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{}", d.display());
         println!("cargo:rustc-link-arg=-L{}", d.display());

@@ -13,6 +13,14 @@ if [ -z "${IMET_LIBTORCH_FLAVOUR:-}" ]; then
 fi
 export IMET_LIBTORCH_FLAVOUR
 export IMET_VENV="$IMET_DEPS_DIR/venv"
+# On a GPU machine that already has torch 2.11.0 for Python (with its CUDA
+# wheels), build against it instead of downloading the same 3-5 GB again.
+if [ -z "${LIBTORCH:-}" ] && [ "$IMET_LIBTORCH_FLAVOUR" = cuda ]; then
+  preinstalled="$(python3 -c 'import torch, os; print(os.path.dirname(torch.__file__) if torch.__version__.split("+")[0] == "'"$TORCH_VERSION"'" else "")' 2>/dev/null || true)"
+  if [ -n "$preinstalled" ] && [ -f "$preinstalled/lib/libtorch_cuda.so" ]; then
+    export LIBTORCH="$preinstalled"
+  fi
+fi
 export LIBTORCH="${LIBTORCH:-$IMET_DEPS_DIR/libtorch-$TORCH_VERSION-$IMET_LIBTORCH_FLAVOUR/torch}"
 unset LIBTORCH_USE_PYTORCH LIBTORCH_BYPASS_VERSION_CHECK
 export PATH="$IMET_DEPS_DIR/bin:$PATH"

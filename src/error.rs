@@ -73,8 +73,24 @@ pub enum Error {
     #[error("background task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
     // ---- data / image (issue 3) ------------------------------------------
+    #[error("image `{key}` is {kind}: {reason}; replace the object, or set `image.on_bad_image = \"skip\"` in the spec to train without it")]
+    BadImage { key: String, kind: crate::image::BadImageKind, reason: String },
+
+    #[error("augmentation `{transform}`: {message}")]
+    Augment { transform: &'static str, message: String },
 
     // ---- model (issue 4) -------------------------------------------------
+    #[error("model `{arch}`: {message}")]
+    Model { arch: String, message: String },
+
+    #[error("weights `{file}` do not fit `{arch}`: {problems}; re-export them with ci/export_timm.py from timm model `{timm}` (state_dict names unchanged)")]
+    WeightsMismatch { file: String, arch: String, timm: String, problems: String },
+
+    #[error("weights `{file}` are not a readable safetensors file: {reason}; re-export them with ci/export_timm.py")]
+    WeightsFormat { file: String, reason: String },
+
+    #[error("TorchScript module `{file}`: {message}")]
+    TorchScript { file: String, message: String },
 
     // ---- ensemble (issue 6) ----------------------------------------------
     #[error("ensemble input `{key}`: {message}")]

@@ -23,6 +23,8 @@ pub mod telemetry;
 
 pub mod storage;
 pub mod data;
+pub mod image;
+pub mod model;
 pub mod ensemble;
 pub mod orchestrate;
 

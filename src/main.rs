@@ -28,6 +28,38 @@ enum Command {
         #[arg(long)]
         data: String,
     },
+    /// Assign cross-validation folds (multi-label iterative stratification).
+    Folds {
+        /// Experiment spec (its storage root, data and [folds] section).
+        #[arg(long, conflicts_with_all = ["data", "k", "seed", "experiment"], required_unless_present = "data")]
+        spec: Option<PathBuf>,
+        /// Store root holding data/ (file:///abs, s3://bucket/prefix, or a path).
+        #[arg(long)]
+        data: Option<String>,
+        /// Number of folds, 2 to 40.
+        #[arg(long, default_value_t = 5)]
+        k: u8,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Writes runs/{experiment}/folds.parquet.
+        #[arg(long, default_value = "folds")]
+        experiment: String,
+    },
+    /// Write the synthetic sample (real vocabulary and layout, learnable images).
+    Sample {
+        /// Store root to write data/ under (file:///abs, s3://bucket/prefix, or a path).
+        #[arg(long)]
+        out: String,
+        #[arg(long, default_value_t = 600)]
+        train: usize,
+        #[arg(long, default_value_t = 200)]
+        test: usize,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Number of most frequent classes the labels are drawn from.
+        #[arg(long, default_value_t = 30)]
+        classes: usize,
+    },
     /// Blend every member's predictions, fit thresholds on OOF F2, write the submission.
     Ensemble {
         #[arg(long)]
@@ -57,6 +89,7 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let json = cli.log_format == LogFormat::Json;
     telemetry::init(cli.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -68,8 +101,11 @@ fn main() -> std::process::ExitCode {
     match rt.block_on(dispatch(cli.command)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("error: {e:#}");
+            if json {
+                tracing::error!(error = %format!("{e:#}"), "job failed");
+            } else {
+                eprintln!("error: {e:#}");
+            }
             std::process::ExitCode::FAILURE
         }
     }
@@ -95,6 +131,26 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 inputs.train.len(),
                 inputs.test.ids.len()
             );
+        }
+        Command::Folds { spec, data, k, seed, experiment } => {
+            let spec = match (spec, data) {
+                (Some(path), _) => JobSpec::load(&path)?,
+                (None, Some(root)) => imet::data::folds::adhoc_spec(&root, &experiment, k, seed)?,
+                (None, None) => anyhow::bail!("pass --spec FILE or --data ROOT"),
+            };
+            let out = imet::data::folds::run_spec(&spec)
+                .instrument(info_span!("job", kind = "folds", experiment = %spec.experiment))
+                .await
+                .with_context(|| format!("assigning folds for experiment `{}`", spec.experiment))?;
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        Command::Sample { out, train, test, seed, classes } => {
+            let section = imet::spec::SampleSection { train, test, classes, seed };
+            let summary = imet::data::sample::generate_at(&out, &section)
+                .instrument(info_span!("job", kind = "sample"))
+                .await
+                .with_context(|| format!("writing the synthetic sample to {out}"))?;
+            println!("{}", serde_json::to_string_pretty(&summary)?);
         }
         Command::Ensemble { spec } => {
             let spec = JobSpec::load(&spec)?;

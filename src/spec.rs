@@ -26,6 +26,8 @@ pub struct JobSpec {
     /// Blending, thresholds and the submission (`imet ensemble`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ensemble: Option<EnsembleSection>,
+    #[serde(default)]
+    pub image: ImageSection,
 }
 
 /// Where the experiment's data and outputs live.
@@ -75,6 +77,49 @@ pub struct FoldsSection {
     pub k: u8,
     #[serde(default = "defaults::seed")]
     pub seed: u64,
+}
+
+/// Image decoding, augmentation and loading (issue 3). Models may override
+/// `augment` with their own lists.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageSection {
+    /// `"fail"` stops the job at the first bad image; `"skip"` counts, logs
+    /// and lists it in the job's outputs.
+    #[serde(default)]
+    pub on_bad_image: crate::image::OnBadImage,
+    /// Largest accepted width x height (decompression-bomb guard).
+    #[serde(default = "defaults::max_pixels")]
+    pub max_pixels: u64,
+    /// Decode and augment threads; 0 = all cores.
+    #[serde(default)]
+    pub workers: usize,
+    /// Batches the loader prepares ahead of training.
+    #[serde(default = "defaults::prefetch")]
+    pub prefetch: usize,
+    /// Concurrent object reads.
+    #[serde(default = "defaults::fetch_concurrency")]
+    pub fetch_concurrency: usize,
+    /// Training augmentations (a list of one-key tables; see `image::augment`).
+    #[serde(default)]
+    pub augment: crate::image::Pipeline,
+    /// Test-time views.
+    #[serde(default)]
+    pub tta: crate::image::TtaSettings,
+}
+
+impl Default for ImageSection {
+    fn default() -> Self {
+        ImageSection {
+            on_bad_image: Default::default(),
+            max_pixels: defaults::max_pixels(),
+            workers: 0,
+            prefetch: defaults::prefetch(),
+            fetch_concurrency: defaults::fetch_concurrency(),
+            augment: Default::default(),
+            tta: Default::default(),
+        }
+    }
 }
 
 /// The ensemble: which models to blend, how, and how to threshold.
@@ -183,6 +228,15 @@ impl EnsembleSection {
 }
 
 mod defaults {
+    pub fn max_pixels() -> u64 {
+        crate::image::decode::DEFAULT_MAX_PIXELS
+    }
+    pub fn prefetch() -> usize {
+        2
+    }
+    pub fn fetch_concurrency() -> usize {
+        16
+    }
     pub fn blend() -> crate::ensemble::BlendKind {
         crate::ensemble::BlendKind::Mean
     }
@@ -276,6 +330,13 @@ impl JobSpec {
         if let Some(e) = &self.ensemble {
             e.validate(self.folds.k)?;
         }
+        if self.image.max_pixels < 90_000 {
+            return Err(format!("`image.max_pixels` = {}: too small for the 300-pixel shortest side", self.image.max_pixels));
+        }
+        if self.image.prefetch == 0 || self.image.fetch_concurrency == 0 {
+            return Err("`image.prefetch` and `image.fetch_concurrency` must be at least 1".into());
+        }
+        self.image.augment.validate().map_err(|e| format!("`image.augment`: {e}"))?;
         Ok(())
     }
 
@@ -377,6 +438,19 @@ mod tests {
     fn resolved_spec_round_trips_through_toml() {
         let a = JobSpec::parse("a", MINIMAL).unwrap();
         assert_eq!(JobSpec::parse("again", &a.to_toml()).unwrap(), a);
+    }
+
+    #[test]
+    fn the_image_section_parses_on_bad_image_and_augmentations() {
+        let text = format!("{MINIMAL}[image]\non_bad_image = \"skip\"\naugment = [{{ random_resized_crop = {{ size = 64 }} }}, {{ hflip = {{}} }}]\n");
+        let s = JobSpec::parse("x.toml", &text).unwrap();
+        assert_eq!(s.image.on_bad_image, crate::image::OnBadImage::Skip);
+        assert_eq!(s.image.augment.0.len(), 2);
+        assert_eq!(JobSpec::parse("again", &s.to_toml()).unwrap(), s);
+        let err = JobSpec::parse("x.toml", &format!("{MINIMAL}[image]\non_bad_image = \"ignore\"\n")).unwrap_err().to_string();
+        assert!(err.contains("on_bad_image") || err.contains("ignore"), "{err}");
+        let err = JobSpec::parse("x.toml", &format!("{MINIMAL}[image]\naugment = [{{ hflip = {{ p = 2.0 }} }}]\n")).unwrap_err().to_string();
+        assert!(err.contains("hflip"), "{err}");
     }
 
     #[test]

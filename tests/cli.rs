@@ -76,3 +76,16 @@ fn a_spec_with_an_unknown_field_fails_before_any_work() {
     assert!(err.contains("sed") && err.contains("s.toml"), "{err}");
     assert!(!root.exists(), "a rejected spec created its storage root");
 }
+
+#[test]
+fn json_logs_carry_the_error_chain_as_a_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = imet().args(["--log-format", "json", "validate", "--data"]).arg(dir.path()).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err.lines().find(|l| l.contains("job failed")).unwrap_or_else(|| panic!("no JSON error line:\n{err}"));
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(v["level"], "ERROR");
+    let chain = v["fields"]["error"].as_str().unwrap();
+    assert!(chain.contains("validating the inputs") && chain.contains("data/"), "{chain}");
+}

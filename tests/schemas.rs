@@ -105,7 +105,8 @@ import pyarrow.parquet as pq
 path, n, c = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 f = pq.ParquetFile(path)
 t = f.read()
-meta = {k.decode(): v.decode() for k, v in f.schema_arrow.metadata.items() if k != b"ARROW:schema"}
+meta = {k.decode(): v.decode() for k, v in f.metadata.metadata.items() if k != b"ARROW:schema"}
+assert {k.decode(): v.decode() for k, v in t.schema.metadata.items()} == meta, "schema metadata differs from file metadata"
 probs = np.asarray(t.column("probs").combine_chunks().flatten(), dtype=np.float32).reshape(n, c)
 col = f.metadata.row_group(0).column(1)
 print(json.dumps({

@@ -3,7 +3,9 @@
 //! `{root}/data/`, writes `folds.parquet` and the sample's files.
 
 pub mod annotations;
+pub mod folds;
 pub mod labels;
+pub mod sample;
 
 pub use annotations::{Annotations, ImageId, TestIds};
 pub use labels::{AttributeId, Group, Vocabulary};

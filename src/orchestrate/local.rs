@@ -23,8 +23,10 @@ pub struct StageOutcome {
     pub output: String,
 }
 
-/// Runs every stage of `spec` that exists so far: writes the resolved spec,
-/// validates the inputs, then each later stage in data-flow order.
+/// Runs every stage of `spec` that exists so far, in data-flow order:
+/// writes the resolved spec, generates the synthetic sample when the spec
+/// asks for one and `data/` has none, validates the inputs, assigns folds.
+/// Committed stages are skipped, so a rerun resumes where the last stopped.
 ///
 /// # Errors
 /// The first failing stage's error; earlier stages' outputs stay committed.
@@ -34,6 +36,19 @@ pub async fn run(spec: &JobSpec) -> Result<RunSummary> {
     async move {
         let mut summary = RunSummary::default();
         write_spec(&store, spec).await?;
+
+        let t = std::time::Instant::now();
+        let sample = data::sample::ensure(&store, spec).instrument(info_span!("stage", name = "sample")).await?;
+        summary.stages.push(StageOutcome {
+            stage: "sample".into(),
+            state: if sample.is_some() { "done" } else { "skipped" }.into(),
+            seconds: t.elapsed().as_secs_f64(),
+            output: match &sample {
+                Some(s) => format!("{} train + {} test images over {} classes in data/", s.train, s.test, s.classes),
+                None => "data/train.csv present".into(),
+            },
+        });
+
         let t = std::time::Instant::now();
         let inputs = data::load_inputs(&store).await?;
         summary.stages.push(StageOutcome {
@@ -41,6 +56,15 @@ pub async fn run(spec: &JobSpec) -> Result<RunSummary> {
             state: "done".into(),
             seconds: t.elapsed().as_secs_f64(),
             output: format!("{} classes, {} train, {} test", inputs.vocab.len(), inputs.train.len(), inputs.test.ids.len()),
+        });
+
+        let t = std::time::Instant::now();
+        let folds = data::folds::run(&store, spec).instrument(info_span!("stage", name = "folds")).await?;
+        summary.stages.push(StageOutcome {
+            stage: "folds".into(),
+            state: if folds.computed { "done" } else { "skipped" }.into(),
+            seconds: t.elapsed().as_secs_f64(),
+            output: folds.key.clone(),
         });
         info!(stages = summary.stages.len(), "run finished");
         Ok(summary)

@@ -79,6 +79,11 @@ pub fn success(experiment: &str, model: &str, fold: Fold) -> String {
     format!("{}/_SUCCESS.json", fold_dir(experiment, model, fold))
 }
 
+/// Images a fold job skipped (`image.on_bad_image = "skip"`), as JSON.
+pub fn skipped_images(experiment: &str, model: &str, fold: Fold) -> String {
+    format!("{}/skipped_images.json", fold_dir(experiment, model, fold))
+}
+
 pub fn ensemble_dir(experiment: &str) -> String {
     format!("runs/{experiment}/ensemble")
 }

@@ -3,6 +3,28 @@
 //! metadata keys are the contract in `schemas/`; a test compares them.
 //! Writes stream through a multipart upload that becomes visible only when
 //! complete, and restart from scratch on a transient fault.
+//!
+//! ```
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use imet::data::{Fold, ImageId};
+//! use imet::storage::parquet::*;
+//! use imet::storage::{keys, Store};
+//! let store = Store::memory();
+//! let preds = Predictions {
+//!     ids: vec![ImageId::new("1000483014d91860").unwrap()],
+//!     probs: vec![0.9, 0.1, 0.4],
+//!     meta: PredictionMeta {
+//!         experiment: "e".into(), model: "resnet50".into(), fold: Some(Fold(0)),
+//!         kind: PredictionKind::Oof, tta: 2, spec_hash: "h".into(),
+//!         class_count: 3, vocabulary_hash: "v".into(),
+//!     },
+//! };
+//! let key = keys::oof("e", "resnet50", Fold(0));
+//! let written = write_predictions(&store, &key, &preds).await.unwrap();
+//! assert_eq!(Some(written.size), store.size(&key).await.unwrap());
+//! assert_eq!(read_predictions(&store, &key).await.unwrap(), preds);
+//! # });
+//! ```
 
 use super::manifest::OutputEntry;
 use super::store::Store;
@@ -13,13 +35,8 @@ use arrow::array::{
     UInt8Array,
 };
 use arrow::datatypes::{DataType, Field, Float32Type, Float64Type, Schema, SchemaRef, UInt32Type, UInt8Type};
-use bytes::Bytes;
-use futures::future::BoxFuture;
-use futures::FutureExt;
-use object_store::buffered::BufWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::arrow::async_writer::AsyncFileWriter;
-use parquet::arrow::{ArrowSchemaConverter, AsyncArrowWriter};
+use parquet::arrow::ArrowSchemaConverter;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
@@ -35,45 +52,78 @@ const PRED_ROWS_PER_GROUP: usize = 8192;
 // ---------------------------------------------------------------------------
 // Writing plumbing
 
-/// An [`AsyncFileWriter`] that hashes and counts what passes through and
-/// leaves completing the upload to [`Store::put_streamed`].
-struct Sink {
-    inner: BufWriter,
-    hasher: Sha256,
-    bytes: u64,
+/// A blocking [`std::io::Write`] that hands fixed-size chunks to the async
+/// uploader through a bounded channel, so encoding (on blocking threads) and
+/// uploading overlap while memory stays bounded.
+struct ChannelWriter {
+    buf: Vec<u8>,
+    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
 }
 
-impl AsyncFileWriter for Sink {
-    fn write(&mut self, bs: Bytes) -> BoxFuture<'_, parquet::errors::Result<()>> {
-        async move {
-            self.hasher.update(&bs);
-            self.bytes += bs.len() as u64;
-            self.inner.write_all(&bs).await?;
-            Ok(())
+const CHANNEL_CHUNK: usize = 8 << 20;
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHANNEL_CHUNK {
+            self.flush()?;
         }
-        .boxed()
+        Ok(data.len())
     }
 
-    fn complete(&mut self) -> BoxFuture<'_, parquet::errors::Result<()>> {
-        async move {
-            self.inner.flush().await?;
-            Ok(())
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
         }
-        .boxed()
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHANNEL_CHUNK));
+        self.tx
+            .blocking_send(chunk)
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "upload stopped"))
     }
 }
 
-fn parquet_to_store_error(key: &str, e: parquet::errors::ParquetError) -> Error {
-    // Upload faults surface as External(io::Error(object_store::Error)).
-    if let parquet::errors::ParquetError::External(inner) = e {
-        match inner.downcast::<std::io::Error>() {
-            Ok(ioe) => {
-                return Error::Store { op: "put_streamed", key: key.to_string(), attempts: 1, source: super::store::io_to_store(*ioe) }
+/// Row groups of a file to write, built on demand so that only the row
+/// groups being encoded exist as Arrow arrays at any time.
+type BatchFactory = Arc<dyn Fn(usize) -> Result<RecordBatch> + Send + Sync>;
+
+/// Encodes `groups` row groups (built by `make`) into `w`, encoding row
+/// groups in parallel a window at a time and appending them in order.
+fn encode<W: std::io::Write + Send>(w: W, schema: SchemaRef, props: WriterProperties, groups: usize, make: &BatchFactory) -> Result<()> {
+    use parquet::arrow::arrow_writer::{compute_leaves, ArrowColumnChunk, ArrowWriter};
+    use rayon::prelude::*;
+    let writer = ArrowWriter::try_new(w, schema.clone(), Some(props))?;
+    let (mut file, factory) = writer.into_serialized_writer()?;
+    let window = rayon::current_num_threads().max(1) * 2;
+    let mut index = 0usize;
+    while index < groups {
+        let end = (index + window).min(groups);
+        let encoded: Vec<Vec<ArrowColumnChunk>> = (index..end)
+            .into_par_iter()
+            .map(|g| -> Result<Vec<ArrowColumnChunk>> {
+                let batch = make(g)?.with_schema(schema.clone())?;
+                let mut writers = factory.create_column_writers(g)?;
+                let mut next = writers.iter_mut();
+                for (field, col) in schema.fields().iter().zip(batch.columns()) {
+                    for leaf in compute_leaves(field, col)? {
+                        next.next().expect("one column writer per leaf column").write(&leaf)?;
+                    }
+                }
+                writers.into_iter().map(|w| w.close().map_err(Error::from)).collect()
+            })
+            .collect::<Result<_>>()?;
+        for chunks in encoded {
+            let mut rg = file.next_row_group()?;
+            for c in chunks {
+                c.append_to_row_group(&mut rg)?;
             }
-            Err(other) => return Error::Parquet(parquet::errors::ParquetError::External(other)),
+            rg.close()?;
         }
+        index = end;
     }
-    Error::Parquet(e)
+    file.finish()?;
+    file.flush().map_err(|e| Error::Parquet(e.into()))?;
+    std::io::Write::flush(file.inner_mut()).map_err(|e| Error::Parquet(e.into()))?;
+    Ok(())
 }
 
 /// Streams `batches` into a Parquet object at `key` and describes it.
@@ -82,64 +132,94 @@ async fn write_batches(
     key: &str,
     schema: SchemaRef,
     props: WriterProperties,
-    batches: &[RecordBatch],
+    groups: usize,
+    make: BatchFactory,
+    meta: &BTreeMap<String, String>,
 ) -> Result<OutputEntry> {
+    // The metadata goes both into the Parquet key-value metadata (props) and
+    // into the embedded Arrow schema, where pyarrow's `schema.metadata` finds it.
+    let schema = Arc::new(schema.as_ref().clone().with_metadata(meta.clone().into_iter().collect::<std::collections::HashMap<String, String>>()));
     let (size, sha) = store
-        .put_streamed(key, |w| {
+        .put_streamed(key, |mut w| {
             let schema = schema.clone();
             let props = props.clone();
+            let make = make.clone();
             async move {
-                let sink = Sink { inner: w, hasher: Sha256::new(), bytes: 0 };
-                let mut writer = AsyncArrowWriter::try_new(sink, schema, Some(props))?;
-                for b in batches {
-                    if let Err(e) = writer.write(b).await {
-                        let mut sink = writer.into_inner();
-                        let _ = sink.inner.abort().await;
-                        return Err(parquet_to_store_error(key, e));
+                let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
+                let encoder = tokio::task::spawn_blocking(move || {
+                    encode(ChannelWriter { buf: Vec::with_capacity(CHANNEL_CHUNK), tx }, schema, props, groups, &make)
+                });
+                let mut hasher = Sha256::new();
+                let mut bytes = 0u64;
+                while let Some(chunk) = rx.recv().await {
+                    hasher.update(&chunk);
+                    bytes += chunk.len() as u64;
+                    if let Err(e) = w.write_all(&chunk).await {
+                        drop(rx);
+                        let _ = encoder.await;
+                        let _ = w.abort().await;
+                        return Err(Error::Store {
+                            op: "put_streamed",
+                            key: key.to_string(),
+                            attempts: 1,
+                            source: super::store::io_to_store(e),
+                        });
                     }
                 }
-                if let Err(e) = writer.finish().await {
-                    let mut sink = writer.into_inner();
-                    let _ = sink.inner.abort().await;
-                    return Err(parquet_to_store_error(key, e));
+                if let Err(e) = encoder.await? {
+                    let _ = w.abort().await;
+                    return Err(e);
                 }
-                let sink = writer.into_inner();
-                let sha = hex::encode(sink.hasher.finalize());
-                Ok((sink.inner, (sink.bytes, sha)))
+                Ok((w, (bytes, hex::encode(hasher.finalize()))))
             }
         })
         .await?;
     Ok(OutputEntry { key: key.to_string(), size, sha256: sha })
 }
 
+fn one_batch(batch: RecordBatch) -> BatchFactory {
+    Arc::new(move |_| Ok(batch.clone()))
+}
+
 fn kv(meta: &BTreeMap<String, String>) -> Option<Vec<KeyValue>> {
     Some(meta.iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone())).collect())
 }
 
-/// Reads a whole Parquet object: its record batches and key-value metadata.
+/// Reads a whole Parquet object: its record batches (row groups decoded in
+/// parallel, kept in order) and key-value metadata.
 async fn read_all(store: &Store, key: &str, what: &'static str) -> Result<(SchemaRef, Vec<RecordBatch>, BTreeMap<String, String>)> {
+    use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
+    use rayon::prelude::*;
     let bytes = store.get(key).await?;
     let key = key.to_string();
-    tokio::task::spawn_blocking({
-        move || {
-            let fmt = |reason: String| Error::Format { key: key.clone(), what, reason };
-            let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| fmt(e.to_string()))?;
-            let meta: BTreeMap<String, String> = builder
-                .metadata()
-                .file_metadata()
-                .key_value_metadata()
-                .map(|kvs| {
-                    kvs.iter()
-                        .filter(|kv| kv.key != "ARROW:schema")
-                        .map(|kv| (kv.key.clone(), kv.value.clone().unwrap_or_default()))
-                        .collect()
-                })
-                .unwrap_or_default();
-            let schema = builder.schema().clone();
-            let reader = builder.with_batch_size(PRED_ROWS_PER_GROUP).build().map_err(|e| fmt(e.to_string()))?;
-            let batches = reader.collect::<std::result::Result<Vec<_>, _>>().map_err(|e| fmt(e.to_string()))?;
-            Ok((schema, batches, meta))
-        }
+    tokio::task::spawn_blocking(move || {
+        let fmt = |reason: String| Error::Format { key: key.clone(), what, reason };
+        let meta = ArrowReaderMetadata::load(&bytes, ArrowReaderOptions::new()).map_err(|e| fmt(e.to_string()))?;
+        let kv: BTreeMap<String, String> = meta
+            .metadata()
+            .file_metadata()
+            .key_value_metadata()
+            .map(|kvs| {
+                kvs.iter()
+                    .filter(|kv| kv.key != "ARROW:schema")
+                    .map(|kv| (kv.key.clone(), kv.value.clone().unwrap_or_default()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let schema = meta.schema().clone();
+        let groups = meta.metadata().num_row_groups();
+        let parts: Vec<Vec<RecordBatch>> = (0..groups)
+            .into_par_iter()
+            .map(|g| {
+                let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(bytes.clone(), meta.clone())
+                    .with_row_groups(vec![g])
+                    .with_batch_size(PRED_ROWS_PER_GROUP)
+                    .build()
+                    .map_err(|e| fmt(e.to_string()))?;
+                reader.collect::<std::result::Result<Vec<_>, _>>().map_err(|e| fmt(e.to_string()))
+            })
+            .collect::<Result<_>>()?;
+        Ok((schema, parts.into_iter().flatten().collect(), kv))
     })
     .await?
 }
@@ -285,6 +365,8 @@ fn predictions_props(schema: &Schema, meta: BTreeMap<String, String>) -> Result<
     let mut b = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
         .set_max_row_group_row_count(Some(PRED_ROWS_PER_GROUP))
+        .set_write_batch_size(1 << 16)
+        .set_data_page_size_limit(4 << 20)
         .set_key_value_metadata(kv(&meta));
     // Byte-stream-split the float leaf: probabilities compress far better
     // split by byte plane than as raw floats or dictionaries.
@@ -302,11 +384,18 @@ fn predictions_props(schema: &Schema, meta: BTreeMap<String, String>) -> Result<
 }
 
 /// Writes predictions to `key` per `schemas/predictions.parquet.json`.
+/// Copies the matrix once; [`write_predictions_owned`] does not.
 ///
 /// # Errors
 /// [`Error::Format`] when `probs` does not have `ids.len() * class_count`
-/// values or holds NaN; storage errors after retries.
+/// values; storage errors after retries.
 pub async fn write_predictions(store: &Store, key: &str, preds: &Predictions) -> Result<OutputEntry> {
+    write_predictions_owned(store, key, Arc::new(preds.clone())).await
+}
+
+/// [`write_predictions`] for predictions the caller hands over (no copy of
+/// the matrix: row groups are encoded in parallel straight from it).
+pub async fn write_predictions_owned(store: &Store, key: &str, preds: Arc<Predictions>) -> Result<OutputEntry> {
     let c = preds.meta.class_count;
     if preds.probs.len() != preds.ids.len() * c {
         return Err(Error::Format {
@@ -316,17 +405,23 @@ pub async fn write_predictions(store: &Store, key: &str, preds: &Predictions) ->
         });
     }
     let schema = Arc::new(predictions_schema(c));
-    let props = predictions_props(&schema, preds.meta.to_map())?;
+    let meta = preds.meta.to_map();
+    let props = predictions_props(&schema, meta.clone())?;
     let item = Arc::new(Field::new("item", DataType::Float32, false));
-    let mut batches = Vec::new();
-    for start in (0..preds.ids.len()).step_by(PRED_ROWS_PER_GROUP) {
-        let end = (start + PRED_ROWS_PER_GROUP).min(preds.ids.len());
-        let ids = StringArray::from_iter_values(preds.ids[start..end].iter().map(|i| i.as_str()));
-        let values = Float32Array::from(preds.probs[start * c..end * c].to_vec());
+    let rows = preds.ids.len();
+    let groups = rows.div_ceil(PRED_ROWS_PER_GROUP).max(1);
+    // Each row group copies only its own rows, while it is being encoded.
+    let shared = preds.clone();
+    let batch_schema = schema.clone();
+    let make: BatchFactory = Arc::new(move |g| {
+        let start = g * PRED_ROWS_PER_GROUP;
+        let end = (start + PRED_ROWS_PER_GROUP).min(rows);
+        let ids = StringArray::from_iter_values(shared.ids[start..end].iter().map(|i| i.as_str()));
+        let values = Float32Array::from(shared.probs[start * c..end * c].to_vec());
         let probs = FixedSizeListArray::try_new(item.clone(), c as i32, Arc::new(values), None)?;
-        batches.push(RecordBatch::try_new(schema.clone(), vec![Arc::new(ids), Arc::new(probs)])?);
-    }
-    write_batches(store, key, schema, props, &batches).await
+        Ok(RecordBatch::try_new(batch_schema.clone(), vec![Arc::new(ids), Arc::new(probs)])?)
+    });
+    write_batches(store, key, schema, props, groups, make, &meta).await
 }
 
 /// Reads a predictions file written by [`write_predictions`] (or any
@@ -408,7 +503,7 @@ pub async fn write_folds(store: &Store, key: &str, ids: &[ImageId], folds: &[Fol
             Arc::new(UInt8Array::from_iter_values(folds.iter().map(|f| f.0))),
         ],
     )?;
-    write_batches(store, key, schema, props, &[batch]).await
+    write_batches(store, key, schema, props, 1, one_batch(batch), &m).await
 }
 
 /// Reads `folds.parquet`.
@@ -505,7 +600,7 @@ pub async fn write_history(
             f64col(|r| r.seconds),
         ],
     )?;
-    write_batches(store, key, schema, props, &[batch]).await
+    write_batches(store, key, schema, props, 1, one_batch(batch), &m).await
 }
 
 /// Reads `history.parquet`.
@@ -647,3 +742,4 @@ mod tests {
         assert!(err.to_string().contains("bad.parquet"), "{err}");
     }
 }
+

@@ -3,6 +3,18 @@
 //! URL's prefix (`data/train.csv`, `runs/exp/folds.parquet`). Whole-object
 //! writes are atomic on every backend; multipart writes become visible only
 //! when complete.
+//!
+//! ```
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use imet::storage::{keys, Store};
+//! let store = Store::open("memory://").unwrap();
+//! store.put(keys::LABELS, "attribute_id,attribute_name\n0,tag::men\n").await.unwrap();
+//! assert!(store.put_if_absent("runs/e/_SUCCESS.json", "{}").await.unwrap());
+//! assert!(!store.put_if_absent("runs/e/_SUCCESS.json", "{}").await.unwrap());
+//! let listed = store.list("runs/e").await.unwrap();
+//! assert_eq!(listed[0].key, "runs/e/_SUCCESS.json");
+//! # });
+//! ```
 
 use super::cache::{Cache, CacheOptions};
 use crate::error::{Error, Result};
@@ -386,7 +398,10 @@ impl Store {
                     match w.shutdown().await {
                         Ok(()) => return Ok(n),
                         Err(e) => {
-                            let _ = w.abort().await;
+                            // A failed completion leaves at most an incomplete
+                            // multipart upload, which is never visible (and
+                            // `abort` is not allowed after `shutdown`).
+                            drop(w);
                             let err = io_to_store(e);
                             if attempt <= self.retry.retries && is_transient(&err) {
                                 let pause = self.retry.backoff(attempt);

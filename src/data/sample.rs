@@ -1,0 +1,315 @@
+//! The synthetic sample (data stage): writes a small, learnable stand-in
+//! for the competition data through the store, in the real layout:
+//! `data/labels.csv` (the real 1,103-name vocabulary), `data/train.csv`,
+//! `data/sample_submission.csv`, `data/train/{id}.png`, `data/test/{id}.png`.
+//! Reads nothing from the store; the real vocabulary and the real
+//! `train.csv` (for label co-occurrence) are embedded in the binary.
+//!
+//! Label sets are real `train.csv` rows restricted to the `classes` most
+//! frequent attributes (rows left empty are redrawn), so the sample keeps the
+//! real co-occurrence. Images come from [`draw::paint`]. `data/train.csv` is
+//! written last: its presence marks a complete sample.
+
+pub mod draw;
+
+use super::{AttributeId, Group, ImageId, Vocabulary};
+use crate::error::{Error, Result};
+use crate::spec::SampleSection;
+use crate::storage::keys::{self, Split};
+use crate::storage::Store;
+use futures::stream::{self, TryStreamExt};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use std::collections::HashSet;
+use tracing::info;
+
+/// The competition's `labels.csv`, embedded.
+pub const REAL_LABELS: &str = include_str!("../../data/imet2019/labels.csv");
+/// The competition's `train.csv`, embedded for its label co-occurrence.
+pub const REAL_TRAIN: &str = include_str!("../../data/imet2019/train.csv");
+const ORIGIN_LABELS: &str = "<embedded data/imet2019/labels.csv>";
+const ORIGIN_TRAIN: &str = "<embedded data/imet2019/train.csv>";
+
+/// One image of the sample and the labels painted into it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Planned {
+    pub id: ImageId,
+    pub labels: Vec<AttributeId>,
+    /// Seed of [`draw::paint`] for this image.
+    pub seed: u64,
+}
+
+/// The sample's ids and labels, before any pixel is painted.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub vocab: Vocabulary,
+    /// The frequent attributes labels are drawn from, most frequent first.
+    pub classes: Vec<AttributeId>,
+    pub train: Vec<Planned>,
+    /// Test images carry labels too (not written; used to score models).
+    pub test: Vec<Planned>,
+}
+
+impl Plan {
+    /// The painter's view of `labels`: culture and tag indices among the
+    /// sample's classes (attributes outside them are ignored).
+    pub fn look(&self, labels: &[AttributeId]) -> draw::Look {
+        let mut look = draw::Look::default();
+        let (mut ci, mut ti) = (0, 0);
+        for c in &self.classes {
+            let group = self.vocab.group(*c);
+            if labels.contains(c) {
+                match group {
+                    Group::Culture => look.cultures.push(ci),
+                    Group::Tag => look.tags.push(ti),
+                }
+            }
+            match group {
+                Group::Culture => ci += 1,
+                Group::Tag => ti += 1,
+            }
+        }
+        look
+    }
+
+    /// The PNG bytes of `p`.
+    ///
+    /// # Errors
+    /// [`Error::Format`] naming the image key if encoding fails.
+    pub fn render(&self, p: &Planned, split: Split) -> Result<Vec<u8>> {
+        let img = draw::paint(&self.look(&p.labels), p.seed);
+        draw::encode_png(&img).map_err(|reason| Error::Format { key: keys::image(split, &p.id), what: "PNG image", reason })
+    }
+}
+
+/// The real vocabulary, parsed from the embedded `labels.csv`.
+///
+/// # Errors
+/// Only if the embedded file were corrupt.
+pub fn real_vocabulary() -> Result<Vocabulary> {
+    Vocabulary::parse(ORIGIN_LABELS, REAL_LABELS.as_bytes())
+}
+
+/// Draws ids and label sets for `section`; deterministic by its seed.
+///
+/// # Errors
+/// [`Error::Usage`] when `classes` is outside 2..=1103 or a split is empty.
+pub fn plan(section: &SampleSection) -> Result<Plan> {
+    let vocab = real_vocabulary()?;
+    if !(2..=vocab.len()).contains(&section.classes) {
+        return Err(Error::Usage(format!("sample classes = {}: must be between 2 and {}", section.classes, vocab.len())));
+    }
+    if section.train == 0 || section.test == 0 {
+        return Err(Error::Usage("the sample needs at least one training and one test image".into()));
+    }
+    let real = super::Annotations::parse(ORIGIN_TRAIN, REAL_TRAIN.as_bytes(), &vocab)?;
+
+    // The most frequent attributes (ties by id).
+    let mut freq = vec![0usize; vocab.len()];
+    for row in &real.labels {
+        for a in row {
+            freq[a.0 as usize] += 1;
+        }
+    }
+    let mut by_freq: Vec<usize> = (0..vocab.len()).collect();
+    by_freq.sort_by_key(|&c| (std::cmp::Reverse(freq[c]), c));
+    let classes: Vec<AttributeId> = by_freq[..section.classes].iter().map(|&c| AttributeId(c as u16)).collect();
+    let keep: HashSet<AttributeId> = classes.iter().copied().collect();
+    let rows: Vec<Vec<AttributeId>> = real
+        .labels
+        .iter()
+        .map(|row| row.iter().copied().filter(|a| keep.contains(a)).collect::<Vec<_>>())
+        .filter(|r: &Vec<AttributeId>| !r.is_empty())
+        .collect();
+
+    let mut rng = ChaCha8Rng::seed_from_u64(section.seed);
+    let mut seen = HashSet::new();
+    let mut draw_split = |n: usize, rng: &mut ChaCha8Rng| -> Vec<Planned> {
+        (0..n)
+            .map(|_| {
+                let id = loop {
+                    let len = if rng.random_bool(0.85) { 16 } else { rng.random_range(12..16) };
+                    let raw: String = (0..len).map(|_| char::from(b"0123456789abcdef"[rng.random_range(0..16)])).collect();
+                    if seen.insert(raw.clone()) {
+                        break ImageId::new(&raw).expect("generated ids are 12-16 lowercase hex characters");
+                    }
+                };
+                let labels = rows[rng.random_range(0..rows.len())].clone();
+                Planned { id, labels, seed: rng.random() }
+            })
+            .collect()
+    };
+    let train = draw_split(section.train, &mut rng);
+    let test = draw_split(section.test, &mut rng);
+    Ok(Plan { vocab, classes, train, test })
+}
+
+/// What [`generate`] wrote.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SampleSummary {
+    pub train: usize,
+    pub test: usize,
+    pub classes: usize,
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
+/// Images painted and encoded per batch (bounds memory).
+const CHUNK: usize = 64;
+/// Concurrent uploads.
+const UPLOADS: usize = 16;
+
+/// Writes the whole sample for `section` into `store` (overwriting any
+/// earlier sample files with the same keys). Paints on the rayon pool,
+/// uploads with bounded concurrency, and writes `data/train.csv` last.
+///
+/// # Errors
+/// [`Error::Usage`] for bad sizes; storage errors naming the key.
+pub async fn generate(store: &Store, section: &SampleSection) -> Result<SampleSummary> {
+    let t = std::time::Instant::now();
+    let plan = std::sync::Arc::new(tokio::task::spawn_blocking({
+        let section = section.clone();
+        move || plan(&section)
+    })
+    .await??);
+    let progress = crate::telemetry::Progress::new("sample images", (plan.train.len() + plan.test.len()) as u64);
+    let mut bytes = 0u64;
+    for split in [Split::Test, Split::Train] {
+        let n = match split {
+            Split::Train => plan.train.len(),
+            Split::Test => plan.test.len(),
+        };
+        for start in (0..n).step_by(CHUNK) {
+            let end = (start + CHUNK).min(n);
+            let encoded: Vec<(String, Vec<u8>)> = tokio::task::spawn_blocking({
+                let plan = plan.clone();
+                move || -> Result<Vec<(String, Vec<u8>)>> {
+                    let items = match split {
+                        Split::Train => &plan.train[start..end],
+                        Split::Test => &plan.test[start..end],
+                    };
+                    items.par_iter().map(|p| Ok((keys::image(split, &p.id), plan.render(p, split)?))).collect()
+                }
+            })
+            .await??;
+            bytes += encoded.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
+            stream::iter(encoded.into_iter().map(Ok))
+                .try_for_each_concurrent(UPLOADS, |(key, png)| async move { store.put(&key, png).await })
+                .await?;
+            progress.inc((end - start) as u64);
+        }
+    }
+    let labels = REAL_LABELS.to_string();
+    let mut train_csv = String::from("id,attribute_ids\n");
+    for p in &plan.train {
+        let ids: Vec<String> = p.labels.iter().map(|a| a.0.to_string()).collect();
+        train_csv.push_str(&format!("{},{}\n", p.id, ids.join(" ")));
+    }
+    let submission = super::TestIds { ids: plan.test.iter().map(|p| p.id.clone()).collect() }.to_csv();
+    bytes += (labels.len() + train_csv.len() + submission.len()) as u64;
+    store.put(keys::LABELS, labels).await?;
+    store.put(keys::SAMPLE_SUBMISSION, submission).await?;
+    store.put(keys::TRAIN, train_csv).await?;
+    let summary = SampleSummary {
+        train: plan.train.len(),
+        test: plan.test.len(),
+        classes: plan.classes.len(),
+        bytes,
+        seconds: t.elapsed().as_secs_f64(),
+    };
+    info!(train = summary.train, test = summary.test, classes = summary.classes, bytes, seconds = summary.seconds, "sample written");
+    Ok(summary)
+}
+
+/// Generates the spec's `[data.sample]` when `data/train.csv` is absent
+/// (what `imet run` does first); `None` when there is nothing to do.
+///
+/// # Errors
+/// As [`generate`].
+pub async fn ensure(store: &Store, spec: &crate::spec::JobSpec) -> Result<Option<SampleSummary>> {
+    let Some(section) = &spec.data.sample else { return Ok(None) };
+    if store.exists(keys::TRAIN).await? {
+        return Ok(None);
+    }
+    generate(store, section).await.map(Some)
+}
+
+/// [`generate`] into the store at `root` (a URL or a path).
+///
+/// # Errors
+/// As [`generate`], plus an unusable root.
+pub async fn generate_at(root: &str, section: &SampleSection) -> Result<SampleSummary> {
+    let store = Store::open(&crate::spec::root_to_url(root)?)?;
+    generate(&store, section).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn section(train: usize, test: usize, classes: usize, seed: u64) -> SampleSection {
+        SampleSection { train, test, classes, seed }
+    }
+
+    #[test]
+    fn plans_are_deterministic_by_seed() {
+        let a = plan(&section(50, 10, 30, 1)).unwrap();
+        let b = plan(&section(50, 10, 30, 1)).unwrap();
+        let c = plan(&section(50, 10, 30, 2)).unwrap();
+        assert_eq!(a.train, b.train);
+        assert_eq!(a.test, b.test);
+        assert_ne!(a.train, c.train);
+    }
+
+    #[test]
+    fn labels_come_from_the_frequent_classes_of_both_groups() {
+        let p = plan(&section(300, 10, 30, 3)).unwrap();
+        assert_eq!(p.classes.len(), 30);
+        assert_eq!(p.vocab.len(), 1103);
+        // tag::men, tag::women, culture::french lead the real data.
+        let names: Vec<&str> = p.classes.iter().take(3).map(|c| p.vocab.name(*c)).collect();
+        assert_eq!(names, ["tag::men", "tag::women", "culture::french"]);
+        assert!(p.classes.iter().any(|c| p.vocab.group(*c) == Group::Culture));
+        assert!(p.classes.iter().any(|c| p.vocab.group(*c) == Group::Tag));
+        for row in p.train.iter().chain(&p.test) {
+            assert!(!row.labels.is_empty());
+            assert!(row.labels.iter().all(|a| p.classes.contains(a)));
+        }
+        let ids: HashSet<&ImageId> = p.train.iter().chain(&p.test).map(|r| &r.id).collect();
+        assert_eq!(ids.len(), 310);
+    }
+
+    #[test]
+    fn bad_sizes_are_refused() {
+        assert!(plan(&section(10, 10, 1, 0)).is_err());
+        assert!(plan(&section(10, 0, 30, 0)).is_err());
+    }
+
+    #[tokio::test]
+    async fn ensure_generates_only_when_train_csv_is_missing() {
+        let spec = crate::spec::JobSpec::parse(
+            "s",
+            "experiment = \"e\"\n[storage]\nroot = \"memory://\"\n[data.sample]\ntrain = 10\ntest = 2\nclasses = 5\n[folds]\nk = 2\n",
+        )
+        .unwrap();
+        let store = Store::memory();
+        assert_eq!(ensure(&store, &spec).await.unwrap().map(|s| s.train), Some(10));
+        assert!(ensure(&store, &spec).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_generated_sample_passes_input_validation() {
+        let store = Store::memory();
+        let s = generate(&store, &section(12, 4, 10, 5)).await.unwrap();
+        assert_eq!((s.train, s.test), (12, 4));
+        let inputs = crate::data::load_inputs(&store).await.unwrap();
+        assert_eq!(inputs.vocab.len(), 1103);
+        assert_eq!(inputs.train.len(), 12);
+        for id in &inputs.test.ids {
+            let png = store.get(&keys::image(Split::Test, id)).await.unwrap();
+            let img = image::load_from_memory(&png).unwrap();
+            assert_eq!(img.width().min(img.height()), draw::SHORT_SIDE);
+        }
+    }
+}
