@@ -93,6 +93,11 @@ pub enum Error {
     TorchScript { file: String, message: String },
 
     // ---- ensemble (issue 6) ----------------------------------------------
+    #[error("ensemble input `{key}`: {message}")]
+    Member { key: String, message: String },
+
+    #[error("ensemble: {0}")]
+    Ensemble(String),
 }
 
 impl Error {

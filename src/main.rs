@@ -60,6 +60,26 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         classes: usize,
     },
+    /// Blend every member's predictions, fit thresholds on OOF F2, write the submission.
+    Ensemble {
+        #[arg(long)]
+        spec: PathBuf,
+    },
+    /// Score a predictions parquet against a train.csv-format truth file (prints JSON).
+    Eval {
+        /// Predictions file (path or URL) following schemas/predictions.parquet.json.
+        #[arg(long)]
+        pred: String,
+        /// Truth as `id,attribute_ids` CSV (path or URL), e.g. data/train.csv.
+        #[arg(long)]
+        truth: String,
+        /// labels.csv (path or URL), for culture/tag scores.
+        #[arg(long)]
+        labels: Option<String>,
+        /// Threshold to apply; the best global one when omitted.
+        #[arg(long)]
+        threshold: Option<f32>,
+    },
     /// Run an experiment's whole pipeline on this machine, resuming where it stopped.
     Run {
         #[arg(long)]
@@ -131,6 +151,17 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("writing the synthetic sample to {out}"))?;
             println!("{}", serde_json::to_string_pretty(&summary)?);
+        }
+        Command::Ensemble { spec } => {
+            let spec = JobSpec::load(&spec)?;
+            let s = imet::ensemble::run(&spec).await.with_context(|| format!("ensemble of experiment `{}`", spec.experiment))?;
+            println!("{}", serde_json::to_string_pretty(&s)?);
+        }
+        Command::Eval { pred, truth, labels, threshold } => {
+            let v = imet::ensemble::eval(&pred, &truth, labels.as_deref(), threshold)
+                .await
+                .with_context(|| format!("scoring {pred} against {truth}"))?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
         }
         Command::Run { spec } => {
             let spec = JobSpec::load(&spec)?;

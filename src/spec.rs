@@ -23,6 +23,9 @@ pub struct JobSpec {
     #[serde(default)]
     pub data: DataSection,
     pub folds: FoldsSection,
+    /// Blending, thresholds and the submission (`imet ensemble`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ensemble: Option<EnsembleSection>,
     #[serde(default)]
     pub image: ImageSection,
 }
@@ -119,6 +122,111 @@ impl Default for ImageSection {
     }
 }
 
+/// The ensemble: which models to blend, how, and how to threshold.
+/// Every member's folds come from `[folds] k`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnsembleSection {
+    /// Model names (`runs/{experiment}/models/{model}/`) to blend.
+    pub members: Vec<String>,
+    /// `mean`, `weighted` (weights fitted on OOF F2), `rank` or `geometric`.
+    #[serde(default = "defaults::blend")]
+    pub blend: crate::ensemble::BlendKind,
+    /// Divide each image's blended probabilities by their maximum (R1).
+    #[serde(default)]
+    pub normalize_max: bool,
+    /// Folds whose test predictions are averaged (R1 uses 9 of 10); all when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_folds: Option<Vec<u8>>,
+    /// Threshold strategies to fit; the best cross-validated one is used.
+    #[serde(default = "defaults::strategies")]
+    pub strategies: Vec<crate::ensemble::threshold::StrategyKind>,
+    /// Candidate thresholds are `j / threshold_bins`.
+    #[serde(default = "defaults::threshold_bins")]
+    pub threshold_bins: usize,
+    /// Labels per image, overall: `[min, max]` (max 0 = unbounded).
+    #[serde(default = "defaults::total_labels")]
+    pub labels: [u32; 2],
+    /// Culture labels per image for the `*_limits` strategies (R2: 0-3).
+    #[serde(default = "defaults::culture_labels")]
+    pub culture_labels: [u32; 2],
+    /// Tag labels per image for the `*_limits` strategies (R2: 1-8).
+    #[serde(default = "defaults::tag_labels")]
+    pub tag_labels: [u32; 2],
+    /// Pseudo-count shrinking per-class thresholds to their group's.
+    #[serde(default = "defaults::class_shrink")]
+    pub class_shrink: f64,
+    /// `r` of the `ratio_default` strategy (keep `p >= max / r`, R4: 7).
+    #[serde(default = "defaults::ratio")]
+    pub ratio: f32,
+    /// Most labels per image of the ratio strategies (R4: 10).
+    #[serde(default = "defaults::ratio_max_labels")]
+    pub ratio_max_labels: u32,
+    /// Mean labels per image the `target_count` strategy aims for on test;
+    /// unset: the global strategy's mean count on OOF.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_label_count: Option<f64>,
+    /// OOF rows used to fit blend weights (held quantised to bytes).
+    #[serde(default = "defaults::weight_rows")]
+    pub weight_rows: usize,
+}
+
+impl EnsembleSection {
+    fn validate(&self, k: u8) -> std::result::Result<(), String> {
+        if self.members.is_empty() {
+            return Err("`ensemble.members` is empty: name at least one model".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for m in &self.members {
+            let ok = !m.is_empty() && m.len() <= 64 && m.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) && !m.starts_with('.');
+            if !ok {
+                return Err(format!("`ensemble.members` entry {m:?}: use 1-64 characters from a-z, A-Z, 0-9, '-', '_', '.'"));
+            }
+            if !seen.insert(m) {
+                return Err(format!("`ensemble.members` lists {m:?} twice"));
+            }
+        }
+        if let Some(tf) = &self.test_folds {
+            if tf.is_empty() {
+                return Err("`ensemble.test_folds` is empty: leave it out to use every fold".into());
+            }
+            if let Some(f) = tf.iter().find(|&&f| f >= k) {
+                return Err(format!("`ensemble.test_folds` has fold {f} but `folds.k` = {k}"));
+            }
+        }
+        if self.strategies.is_empty() {
+            return Err("`ensemble.strategies` is empty: leave it out to fit every strategy".into());
+        }
+        if !(2..=250).contains(&self.threshold_bins) {
+            return Err(format!("`ensemble.threshold_bins` = {}: must be between 2 and 250", self.threshold_bins));
+        }
+        let lim = crate::ensemble::threshold::MAX_LIMIT;
+        for (name, [lo, hi]) in [("labels", self.labels), ("culture_labels", self.culture_labels), ("tag_labels", self.tag_labels)] {
+            if lo > lim || hi > lim || (hi != 0 && hi < lo) {
+                return Err(format!("`ensemble.{name}` = [{lo}, {hi}]: need min <= max <= {lim} (max 0 = unbounded)"));
+            }
+        }
+        if !(self.class_shrink >= 0.0) {
+            return Err(format!("`ensemble.class_shrink` = {}: must be >= 0", self.class_shrink));
+        }
+        if !(self.ratio > 1.0) {
+            return Err(format!("`ensemble.ratio` = {}: must be above 1", self.ratio));
+        }
+        if self.ratio_max_labels == 0 || self.ratio_max_labels > lim {
+            return Err(format!("`ensemble.ratio_max_labels` = {}: must be 1 to {lim}", self.ratio_max_labels));
+        }
+        if let Some(t) = self.target_label_count {
+            if !(t > 0.0 && t < 1103.0) {
+                return Err(format!("`ensemble.target_label_count` = {t}: must be positive"));
+            }
+        }
+        if self.weight_rows < 10 {
+            return Err(format!("`ensemble.weight_rows` = {}: use at least 10", self.weight_rows));
+        }
+        Ok(())
+    }
+}
+
 mod defaults {
     pub fn max_pixels() -> u64 {
         crate::image::decode::DEFAULT_MAX_PIXELS
@@ -128,6 +236,36 @@ mod defaults {
     }
     pub fn fetch_concurrency() -> usize {
         16
+    }
+    pub fn blend() -> crate::ensemble::BlendKind {
+        crate::ensemble::BlendKind::Mean
+    }
+    pub fn strategies() -> Vec<crate::ensemble::threshold::StrategyKind> {
+        crate::ensemble::threshold::StrategyKind::ALL.to_vec()
+    }
+    pub fn threshold_bins() -> usize {
+        100
+    }
+    pub fn total_labels() -> [u32; 2] {
+        [1, 0]
+    }
+    pub fn culture_labels() -> [u32; 2] {
+        [0, 3]
+    }
+    pub fn tag_labels() -> [u32; 2] {
+        [1, 8]
+    }
+    pub fn class_shrink() -> f64 {
+        20.0
+    }
+    pub fn ratio() -> f32 {
+        7.0
+    }
+    pub fn ratio_max_labels() -> u32 {
+        10
+    }
+    pub fn weight_rows() -> usize {
+        20_000
     }
     pub fn seed() -> u64 {
         42
@@ -188,6 +326,9 @@ impl JobSpec {
             if !(2..=1103).contains(&s.classes) {
                 return Err(format!("`data.sample.classes` = {}: must be between 2 and 1103", s.classes));
             }
+        }
+        if let Some(e) = &self.ensemble {
+            e.validate(self.folds.k)?;
         }
         if self.image.max_pixels < 90_000 {
             return Err(format!("`image.max_pixels` = {}: too small for the 300-pixel shortest side", self.image.max_pixels));
@@ -310,6 +451,26 @@ mod tests {
         assert!(err.contains("on_bad_image") || err.contains("ignore"), "{err}");
         let err = JobSpec::parse("x.toml", &format!("{MINIMAL}[image]\naugment = [{{ hflip = {{ p = 2.0 }} }}]\n")).unwrap_err().to_string();
         assert!(err.contains("hflip"), "{err}");
+    }
+
+    #[test]
+    fn ensemble_section_has_defaults_and_checks_its_ranges() {
+        let a = JobSpec::parse("a", &format!("{MINIMAL}[ensemble]\nmembers = [\"resnet34\"]\n")).unwrap();
+        let e = a.ensemble.as_ref().unwrap();
+        assert_eq!((e.threshold_bins, e.labels, e.tag_labels, e.strategies.len()), (100, [1, 0], [1, 8], 8));
+        assert_eq!(JobSpec::parse("again", &a.to_toml()).unwrap(), a);
+        for (bad, field) in [
+            ("members = []", "ensemble.members"),
+            ("members = [\"a\", \"a\"]", "twice"),
+            ("members = [\"a\"]\ntest_folds = [5]", "ensemble.test_folds"),
+            ("members = [\"a\"]\ntag_labels = [4, 2]", "ensemble.tag_labels"),
+            ("members = [\"a\"]\nratio = 1.0", "ensemble.ratio"),
+            ("members = [\"a\"]\nblend = \"median\"", "median"),
+            ("members = [\"a\"]\nstrategies = [\"global\", \"magic\"]", "magic"),
+        ] {
+            let err = JobSpec::parse("x.toml", &format!("{MINIMAL}[ensemble]\n{bad}\n")).unwrap_err().to_string();
+            assert!(err.contains(field), "{bad}: {err}");
+        }
     }
 
     #[test]
