@@ -31,7 +31,7 @@ fn five_folds_on_the_real_train_csv_keep_every_class_and_balance_sizes() {
     assert!(q.size_spread <= 0.01, "fold sizes differ by more than 1%: {q:?}");
     // iterative-stratification 0.1.9 on the same data and seed reaches a mean
     // per-class share deviation of 0.0205838 and a size spread of 1.32%
-    // (ci/bench/folds_iterstrat.py, docs/bench/data.md; two minutes of Python,
+    // (ci/bench/folds_iterstrat.py, BENCHMARKS.md, data section; two minutes of Python,
     // so measured once rather than in CI). Ours must be no worse.
     assert!(q.mean_share_deviation <= 0.0205838, "{q:?}");
     assert!(q.max_share_deviation <= 0.8 + 1e-9, "{q:?}");

@@ -5,6 +5,7 @@
 //! every parameter's gradient norm, updated running means). Needs the
 //! torch Python of ci/setup-torch-python.sh (fails without it).
 
+mod common;
 mod model_support;
 
 use imet::model::{load_weights_url, Arch, ModelConfig};

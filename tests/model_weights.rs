@@ -5,6 +5,7 @@
 //! buffers through save/load, and matches PyTorch's logits. Needs the torch
 //! Python of ci/setup-torch-python.sh (fails without it).
 
+mod common;
 mod model_support;
 
 use imet::model::{load_weights, load_weights_url, Arch, ModelConfig, ScriptModel};

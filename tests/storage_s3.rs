@@ -167,16 +167,21 @@ async fn slow_upload(store: &imet::storage::Store, key: &str, attempts: Arc<Atom
         .await
 }
 
+type Upload = tokio::task::JoinHandle<imet::Result<u64>>;
+
+/// Starts [`slow_upload`] of `runs/e/big.bin` in the background.
+fn start_slow_upload(store: &imet::storage::Store) -> (Arc<AtomicUsize>, Upload) {
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let store = store.clone();
+    let counter = attempts.clone();
+    (attempts, tokio::spawn(async move { slow_upload(&store, "runs/e/big.bin", counter).await }))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_completes_by_retry_across_a_server_restart() {
     let mut server = S3Server::start("imet");
     let store = server.store("imet", "", RetryPolicy { retries: 10, initial_backoff_ms: 300, max_backoff_ms: 2000 });
-    let attempts = Arc::new(AtomicUsize::new(0));
-    let upload = {
-        let store = store.clone();
-        let attempts = attempts.clone();
-        tokio::spawn(async move { slow_upload(&store, "runs/e/big.bin", attempts).await })
-    };
+    let (attempts, upload) = start_slow_upload(&store);
     tokio::time::sleep(Duration::from_millis(400)).await;
     server.stop();
     assert!(!upload.is_finished(), "upload finished before the server stopped; the test proves nothing");
@@ -205,12 +210,7 @@ async fn an_upload_completes_by_retry_across_a_server_restart() {
 async fn an_outage_longer_than_the_retry_budget_fails_clearly_and_leaves_nothing_visible() {
     let mut server = S3Server::start("imet");
     let store = server.store("imet", "", RetryPolicy { retries: 2, initial_backoff_ms: 100, max_backoff_ms: 200 });
-    let attempts = Arc::new(AtomicUsize::new(0));
-    let upload = {
-        let store = store.clone();
-        let attempts = attempts.clone();
-        tokio::spawn(async move { slow_upload(&store, "runs/e/big.bin", attempts).await })
-    };
+    let (attempts, upload) = start_slow_upload(&store);
     tokio::time::sleep(Duration::from_millis(400)).await;
     server.stop();
     let err = upload.await.unwrap().unwrap_err();

@@ -1,5 +1,5 @@
 """NumPy reference of `imet ensemble` for the scale benchmark
-(docs/bench/ensemble.md): the same steps, written the way the reference
+(BENCHMARKS.md, ensemble section): the same steps, written the way the reference
 pipelines write them (a loop over 100 candidate thresholds, scoring F2 per
 image with NumPy for each candidate).
 

@@ -56,7 +56,7 @@ def main():
     torch.manual_seed(0)
     for arch in args.archs or list(TIMM):
         if arch == "sedensenet161":
-            continue  # no timm counterpart; see docs/bench/model.md
+            continue  # no timm counterpart; see BENCHMARKS.md, model section
         model = timm.create_model(TIMM[arch], pretrained=False, num_classes=1103)
         params = sum(p.numel() for p in model.parameters())
         x = torch.randn(args.batch, 3, args.size, args.size)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Training-step time per arch, tch (examples/model_step.rs) against PyTorch
 # (ci/bench/model_step.py), batch 2, 96 px, CPU, same thread count; prints a
-# markdown table for docs/bench/model.md. Usage:
+# markdown table for BENCHMARKS.md, model section. Usage:
 #   bash ci/bench/model_step.sh [ARCH...]     (IMET_BENCH_ITERS, IMET_BENCH_THREADS)
 set -euo pipefail
 cd "$(dirname "$0")/../.."

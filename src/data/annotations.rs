@@ -55,6 +55,28 @@ impl std::fmt::Display for ImageId {
     }
 }
 
+/// The rows of an `id,attribute_ids` file: line number, a valid id (unique
+/// in the file) and the raw attribute field.
+fn id_rows(file: &str, bytes: &[u8]) -> Result<Vec<(usize, ImageId, String)>> {
+    let mut rdr = csv_reader(bytes);
+    check_header(file, &mut rdr, &["id", "attribute_ids"])?;
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, rec) in rdr.records().enumerate() {
+        let line = i + 2;
+        let rec = rec.map_err(|e| Error::input(file, line, format!("unreadable CSV row: {e}")))?;
+        if rec.len() != 2 {
+            return Err(Error::input(file, line, format!("expected 2 fields (id,attribute_ids), found {}", rec.len())));
+        }
+        let id = ImageId::new(rec[0].trim()).map_err(|m| Error::input(file, line, m))?;
+        if !seen.insert(id.clone()) {
+            return Err(Error::input(file, line, format!("duplicate image id `{id}`")));
+        }
+        out.push((line, id, rec[1].to_string()));
+    }
+    Ok(out)
+}
+
 /// The training annotations: one entry per image, in file order.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Annotations {
@@ -70,23 +92,11 @@ impl Annotations {
     /// [`Error::Input`] naming `file` and line for a bad id, a duplicate id,
     /// an empty label list or an attribute id outside the vocabulary.
     pub fn parse(file: &str, bytes: &[u8], vocab: &Vocabulary) -> Result<Self> {
-        let mut rdr = csv_reader(bytes);
-        check_header(file, &mut rdr, &["id", "attribute_ids"])?;
         let mut ids = Vec::new();
         let mut labels = Vec::new();
-        let mut seen = HashSet::new();
-        for (i, rec) in rdr.records().enumerate() {
-            let line = i + 2;
-            let rec = rec.map_err(|e| Error::input(file, line, format!("unreadable CSV row: {e}")))?;
-            if rec.len() != 2 {
-                return Err(Error::input(file, line, format!("expected 2 fields (id,attribute_ids), found {}", rec.len())));
-            }
-            let id = ImageId::new(rec[0].trim()).map_err(|m| Error::input(file, line, m))?;
-            if !seen.insert(id.clone()) {
-                return Err(Error::input(file, line, format!("duplicate image id `{id}`")));
-            }
+        for (line, id, attrs) in id_rows(file, bytes)? {
             let mut row: Vec<AttributeId> = Vec::new();
-            for raw in rec[1].split_ascii_whitespace() {
+            for raw in attrs.split_ascii_whitespace() {
                 row.push(vocab.check_id(file, line, raw)?);
             }
             if row.is_empty() {
@@ -147,22 +157,7 @@ impl TestIds {
     /// # Errors
     /// [`Error::Input`] naming `file` and line for a bad or duplicate id.
     pub fn parse(file: &str, bytes: &[u8]) -> Result<Self> {
-        let mut rdr = csv_reader(bytes);
-        check_header(file, &mut rdr, &["id", "attribute_ids"])?;
-        let mut ids = Vec::new();
-        let mut seen = HashSet::new();
-        for (i, rec) in rdr.records().enumerate() {
-            let line = i + 2;
-            let rec = rec.map_err(|e| Error::input(file, line, format!("unreadable CSV row: {e}")))?;
-            if rec.len() != 2 {
-                return Err(Error::input(file, line, format!("expected 2 fields (id,attribute_ids), found {}", rec.len())));
-            }
-            let id = ImageId::new(rec[0].trim()).map_err(|m| Error::input(file, line, m))?;
-            if !seen.insert(id.clone()) {
-                return Err(Error::input(file, line, format!("duplicate image id `{id}`")));
-            }
-            ids.push(id);
-        }
+        let ids: Vec<ImageId> = id_rows(file, bytes)?.into_iter().map(|(_, id, _)| id).collect();
         if ids.is_empty() {
             return Err(Error::input(file, 1, "no test ids; sample_submission.csv needs at least one row"));
         }

@@ -8,7 +8,7 @@
 //!
 //! Memory: members are streamed into one accumulator per split, so the
 //! peak is about two OOF matrices plus two test matrices, whatever the
-//! number of members (see docs/bench/ensemble.md).
+//! number of members (see BENCHMARKS.md, ensemble section).
 
 pub mod blend;
 pub mod members;

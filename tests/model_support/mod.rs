@@ -12,15 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use tch::Tensor;
 
-fn deps_dir() -> PathBuf {
-    if let Ok(dir) = std::env::var("IMET_DEPS_DIR") {
-        return PathBuf::from(dir);
-    }
-    let cache = std::env::var("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").expect("HOME is set")).join(".cache"));
-    cache.join("imet-deps")
-}
+use crate::common::deps_dir;
 
 /// The Python with torch 2.11.0 and timm; panics (fails the test) when absent.
 pub fn torch_python() -> PathBuf {
