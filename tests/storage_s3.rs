@@ -214,6 +214,7 @@ async fn an_outage_longer_than_the_retry_budget_fails_clearly_and_leaves_nothing
     tokio::time::sleep(Duration::from_millis(400)).await;
     server.stop();
     let err = upload.await.unwrap().unwrap_err();
+    assert!(attempts.load(Ordering::SeqCst) >= 2, "gave up without retrying");
     let msg = format!("{err:#}");
     assert!(msg.contains("put_streamed") || msg.contains("runs/e/big.bin"), "{msg}");
     server.restart();
