@@ -229,14 +229,6 @@ async fn bad_member_files_fail_before_any_output_naming_file_and_first_bad_id() 
     assert!(err.contains("fold=4/test.parquet") && err.contains("imet predict"), "{err}");
 }
 
-const JSONSCHEMA_CHECK: &str = r#"
-import sys, json, jsonschema
-schema = json.load(open(sys.argv[1]))
-doc = json.load(open(sys.argv[2]))
-jsonschema.validate(doc, schema, format_checker=jsonschema.FormatChecker())
-print("ok")
-"#;
-
 const SUBMISSION_CHECK: &str = r#"
 import sys, json, re, csv
 contract = json.load(open(sys.argv[1]))
@@ -265,10 +257,8 @@ async fn thresholds_and_submission_follow_their_contracts_in_schemas() {
     let store = Store::open(&format!("file://{}", dir.path().display())).unwrap();
     let fx = fixture(&store, spec("contract", "")).await;
     ensemble::run_in(&store, &fx.spec).await.unwrap();
+    common::assert_matches_json_schema("thresholds.schema.json", &dir.path().join(keys::thresholds("contract")));
     let schemas = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas");
-    let th = dir.path().join(keys::thresholds("contract"));
-    let out = common::run_python(JSONSCHEMA_CHECK, &[schemas.join("thresholds.schema.json").to_str().unwrap(), th.to_str().unwrap()]);
-    assert_eq!(out.trim(), "ok");
     let sub = dir.path().join(keys::submission("contract"));
     let sample = dir.path().join(keys::SAMPLE_SUBMISSION);
     let out = common::run_python(

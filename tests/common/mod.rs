@@ -40,6 +40,22 @@ pub fn run_python(script: &str, args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("python prints UTF-8")
 }
 
+const JSONSCHEMA_CHECK: &str = r#"
+import sys, json, jsonschema
+schema = json.load(open(sys.argv[1]))
+doc = json.load(open(sys.argv[2]))
+jsonschema.validate(doc, schema, format_checker=jsonschema.FormatChecker())
+print("ok")
+"#;
+
+/// Validates the JSON file `doc` against `schemas/{schema}` with the
+/// reference Python's jsonschema (formats checked); panics with its error.
+pub fn assert_matches_json_schema(schema: &str, doc: &std::path::Path) {
+    let schema = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("schemas").join(schema);
+    let out = run_python(JSONSCHEMA_CHECK, &[schema.to_str().expect("UTF-8 path"), doc.to_str().expect("UTF-8 path")]);
+    assert_eq!(out.trim(), "ok");
+}
+
 /// The real competition files shipped beside the repository.
 pub fn real_data_dir() -> PathBuf {
     let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
