@@ -10,6 +10,12 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
+mod models;
+pub use models::{
+    parse_duration, EvalResize, LabelScope, LossSpec, MixupSpec, ModelSpec, OptimizerSpec, PhaseSpec, Precision,
+    PredictSection, Resources, Sampling, ScheduleSpec, Trainable, TrainSection,
+};
+
 /// A whole experiment.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -28,6 +34,9 @@ pub struct JobSpec {
     pub ensemble: Option<EnsembleSection>,
     #[serde(default)]
     pub image: ImageSection,
+    /// The models trained per fold (`[[models]]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<ModelSpec>,
 }
 
 /// Where the experiment's data and outputs live.
@@ -327,8 +336,20 @@ impl JobSpec {
                 return Err(format!("`data.sample.classes` = {}: must be between 2 and 1103", s.classes));
             }
         }
+        let mut names = std::collections::HashSet::new();
+        for m in &self.models {
+            m.validate()?;
+            if !names.insert(m.name.as_str()) {
+                return Err(format!("`models`: two models are named {:?}", m.name));
+            }
+        }
         if let Some(e) = &self.ensemble {
             e.validate(self.folds.k)?;
+            if !self.models.is_empty() {
+                if let Some(m) = e.members.iter().find(|m| !names.contains(m.as_str())) {
+                    return Err(format!("`ensemble.members` names {m:?}, which is not a `[[models]]` name ({names:?})"));
+                }
+            }
         }
         if self.image.max_pixels < 90_000 {
             return Err(format!("`image.max_pixels` = {}: too small for the 300-pixel shortest side", self.image.max_pixels));
@@ -366,6 +387,30 @@ impl JobSpec {
         hash_parts(&[
             serde_json::to_value(&self.data).expect("spec sections serialise"),
             serde_json::to_value(&self.folds).expect("spec sections serialise"),
+        ])
+    }
+
+    /// The model called `name`.
+    ///
+    /// # Errors
+    /// [`Error::Usage`] listing the spec's model names.
+    pub fn model(&self, name: &str) -> Result<&ModelSpec> {
+        self.models.iter().find(|m| m.name == name).ok_or_else(|| {
+            let names: Vec<&str> = self.models.iter().map(|m| m.name.as_str()).collect();
+            Error::Usage(format!("the spec has no model {name:?}; its models are {names:?}"))
+        })
+    }
+
+    /// Hash of what one model's fold jobs depend on: seed, data, folds,
+    /// image settings and that model's table (not the other models, not the
+    /// ensemble).
+    pub fn model_hash(&self, model: &ModelSpec) -> String {
+        hash_parts(&[
+            serde_json::json!(self.seed),
+            serde_json::to_value(&self.data).expect("spec sections serialise"),
+            serde_json::to_value(&self.folds).expect("spec sections serialise"),
+            serde_json::to_value(&self.image).expect("spec sections serialise"),
+            serde_json::to_value(model).expect("spec sections serialise"),
         ])
     }
 

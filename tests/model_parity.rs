@@ -17,6 +17,7 @@ use tch::{Device, Kind, Reduction, Tensor};
 
 /// (case name, arch, timm model, input size, SE blocks, partial conv, train step)
 const CASES: &[(&str, Arch, &str, i64, bool, bool, bool)] = &[
+    ("resnet18", Arch::Resnet18, "resnet18", 64, false, false, false),
     ("resnet50", Arch::Resnet50, "resnet50", 64, false, false, true),
     ("resnet101", Arch::Resnet101, "resnet101", 64, false, false, false),
     ("resnext50_32x4d", Arch::Resnext50_32x4d, "resnext50_32x4d", 64, false, false, false),
@@ -76,6 +77,11 @@ fn check_logits(name: &str) {
     let diff = max_abs_diff(&logits, &reference["logits"]);
     eprintln!("{name}: max abs diff {diff:.3e}");
     assert!(diff <= TOLERANCE, "{name}: logits differ from timm by {diff:.3e} (> {TOLERANCE:e})");
+}
+
+#[test]
+fn resnet18_matches_timm() {
+    check_logits("resnet18");
 }
 
 #[test]

@@ -5,6 +5,7 @@
 pub mod annotations;
 pub mod folds;
 pub mod labels;
+pub mod metric;
 pub mod sample;
 
 pub use annotations::{Annotations, ImageId, TestIds};

@@ -12,7 +12,7 @@
 
 pub mod blend;
 pub mod members;
-pub mod metric;
+pub use crate::data::metric;
 pub mod plots;
 pub mod report;
 pub mod submission;

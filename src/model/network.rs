@@ -131,12 +131,12 @@ impl Network {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Pool;
+    use crate::model::{HeadConfig, Pool};
     use tch::{Device, Kind};
 
     #[tokio::test]
     async fn a_native_checkpoint_restores_the_same_logits() {
-        let config = ModelConfig { classes: 4, pool: Pool::AvgMax, ..ModelConfig::new(Arch::Densenet121) };
+        let config = ModelConfig { head: HeadConfig { classes: 4, pool: Pool::AvgMax, dropout: 0.0 }, ..ModelConfig::new(Arch::Densenet121) };
         let vs = nn::VarStore::new(Device::Cpu);
         let (mut net, report) = Network::open(&config, &vs).await.expect("opens");
         assert!(report.is_none());
@@ -149,7 +149,7 @@ mod tests {
         let mut again = Network::restore(&config, &vs2, &store, "ckpt.safetensors").await.expect("restores");
         let after = tch::no_grad(|| again.forward_t(&xs, false)).expect("forward");
         assert_eq!(before, after);
-        let other = ModelConfig { classes: 5, ..config.clone() };
+        let other = ModelConfig { head: HeadConfig { classes: 5, ..config.head }, ..config.clone() };
         let vs3 = nn::VarStore::new(Device::Cpu);
         assert!(Network::restore(&other, &vs3, &store, "ckpt.safetensors").await.is_err());
     }

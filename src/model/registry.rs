@@ -3,7 +3,7 @@
 //! `arch` fails when the spec is parsed. Reads and writes nothing.
 
 use super::densenet::{DenseNet, DenseNetConfig};
-use super::head::{HeadConfig, Pool, DEFAULT_CLASSES};
+use super::head::HeadConfig;
 use super::inception_resnet::InceptionResnetV2;
 use super::layers::ConvOptions;
 use super::pnasnet::PnasNet5Large;
@@ -20,6 +20,8 @@ use tch::nn;
 #[serde(rename_all = "lowercase")]
 #[value(rename_all = "lower")]
 pub enum Arch {
+    Resnet18,
+    Resnet34,
     Resnet50,
     Resnet101,
     #[serde(rename = "resnext50_32x4d")]
@@ -53,7 +55,9 @@ pub enum Arch {
 
 impl Arch {
     /// Every native architecture (all but `torchscript`).
-    pub const NATIVE: [Arch; 12] = [
+    pub const NATIVE: [Arch; 14] = [
+        Arch::Resnet18,
+        Arch::Resnet34,
         Arch::Resnet50,
         Arch::Resnet101,
         Arch::Resnext50_32x4d,
@@ -71,6 +75,8 @@ impl Arch {
     /// The name in specs and on the command line.
     pub fn name(self) -> &'static str {
         match self {
+            Arch::Resnet18 => "resnet18",
+            Arch::Resnet34 => "resnet34",
             Arch::Resnet50 => "resnet50",
             Arch::Resnet101 => "resnet101",
             Arch::Resnext50_32x4d => "resnext50_32x4d",
@@ -128,6 +134,8 @@ impl Arch {
     pub fn build(self, vs: &nn::VarStore, head: &HeadConfig, opts: ConvOptions) -> Result<Model> {
         let root = vs.root();
         let backbone: Box<dyn Backbone> = match self {
+            Arch::Resnet18 => Box::new(ResNet::new(&root, ResNetConfig::RESNET18, opts)),
+            Arch::Resnet34 => Box::new(ResNet::new(&root, ResNetConfig::RESNET34, opts)),
             Arch::Resnet50 => Box::new(ResNet::new(&root, ResNetConfig::RESNET50, opts)),
             Arch::Resnet101 => Box::new(ResNet::new(&root, ResNetConfig::RESNET101, opts)),
             Arch::Resnext50_32x4d => Box::new(ResNet::new(&root, ResNetConfig::RESNEXT50_32X4D, opts)),
@@ -164,9 +172,8 @@ impl std::fmt::Display for Arch {
 /// ```toml
 /// arch = "seresnext50_32x4d"
 /// weights = "s3://imet/weights/legacy_seresnext50_32x4d.safetensors"
-/// pool = "avgmax"
-/// dropout = 0.2
 /// partial_conv = true
+/// head = { pool = "avgmax", dropout = 0.2 }
 /// ```
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -177,30 +184,18 @@ pub struct ModelConfig {
     /// `torchscript` (required). Any store URL.
     #[serde(default)]
     pub weights: Option<String>,
-    #[serde(default = "default_classes")]
-    pub classes: i64,
-    #[serde(default)]
-    pub pool: Pool,
-    #[serde(default)]
-    pub dropout: f64,
     /// Partial-convolution padding in every padded convolution (R3).
     #[serde(default)]
     pub partial_conv: bool,
-}
-
-fn default_classes() -> i64 {
-    DEFAULT_CLASSES
+    /// Pooling, dropout and the number of logits.
+    #[serde(default)]
+    pub head: HeadConfig,
 }
 
 impl ModelConfig {
     /// A config with defaults for `arch`.
     pub fn new(arch: Arch) -> Self {
-        ModelConfig { arch, weights: None, classes: DEFAULT_CLASSES, pool: Pool::Avg, dropout: 0.0, partial_conv: false }
-    }
-
-    /// The head part.
-    pub fn head(&self) -> HeadConfig {
-        HeadConfig { classes: self.classes, pool: self.pool, dropout: self.dropout }
+        ModelConfig { arch, weights: None, partial_conv: false, head: HeadConfig::default() }
     }
 
     /// The convolution options.
@@ -214,11 +209,11 @@ impl ModelConfig {
     /// [`Error::Spec`] naming the field and the allowed values.
     pub fn validate(&self, origin: &str) -> Result<()> {
         let fail = |message: String| Err(Error::Spec { path: origin.to_string(), message });
-        if self.classes < 1 {
-            return fail(format!("model.classes = {} must be at least 1", self.classes));
+        if self.head.classes < 1 {
+            return fail(format!("model.head.classes = {} must be at least 1", self.head.classes));
         }
-        if !(0.0..1.0).contains(&self.dropout) {
-            return fail(format!("model.dropout = {} must be in [0, 1)", self.dropout));
+        if !(0.0..1.0).contains(&self.head.dropout) {
+            return fail(format!("model.head.dropout = {} must be in [0, 1)", self.head.dropout));
         }
         if self.arch == Arch::Torchscript {
             if self.weights.is_none() {
@@ -236,13 +231,14 @@ impl ModelConfig {
     /// # Errors
     /// As [`Arch::build`].
     pub fn build(&self, vs: &nn::VarStore) -> Result<Model> {
-        self.arch.build(vs, &self.head(), self.conv_options())
+        self.arch.build(vs, &self.head, self.conv_options())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::DEFAULT_CLASSES;
     use clap::ValueEnum;
     use tch::nn::ModuleT;
     use tch::{Device, Kind, Tensor};
@@ -262,7 +258,7 @@ mod tests {
     fn a_misspelt_arch_fails_at_parse_time() {
         let err = toml::from_str::<ModelConfig>("arch = \"resnet5\"").expect_err("unknown arch");
         assert!(err.to_string().contains("resnet5"), "{err}");
-        let ok: ModelConfig = toml::from_str("arch = \"inception_resnet_v2\"\npool = \"avgmax\"").expect("valid");
+        let ok: ModelConfig = toml::from_str("arch = \"inception_resnet_v2\"\nhead = { pool = \"avgmax\" }").expect("valid");
         assert_eq!(ok.arch, Arch::InceptionResnetV2);
         assert!(toml::from_str::<ModelConfig>("arch = \"resnet50\"\nheads = 2").is_err());
     }
