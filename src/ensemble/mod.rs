@@ -155,13 +155,19 @@ pub async fn run_in(store: &Store, spec: &JobSpec) -> Result<Summary> {
     run_inner(store, spec).instrument(span).await
 }
 
+/// The spec hash the ensemble's manifest is committed with: the whole
+/// spec but its storage (the ensemble depends on every member).
+pub fn spec_hash(spec: &JobSpec) -> String {
+    spec.hash()
+}
+
 async fn run_inner(store: &Store, spec: &JobSpec) -> Result<Summary> {
     let cfg = spec
         .ensemble
         .as_ref()
         .ok_or_else(|| Error::Usage(format!("spec of experiment `{}` has no [ensemble] section; add `[ensemble] members = [...]`", spec.experiment)))?;
     let exp = spec.experiment.as_str();
-    let spec_hash = spec.hash();
+    let spec_hash = spec_hash(spec);
     let success = keys::ensemble_success(exp);
     if let Some(m) = Manifest::committed(store, &success, &spec_hash).await? {
         info!(key = %success, "ensemble already committed for this spec; skipping");

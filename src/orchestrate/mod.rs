@@ -2,3 +2,4 @@
 //! them. Reads the spec, calls every earlier stage, writes what they write.
 
 pub mod local;
+pub mod plan;

@@ -75,6 +75,18 @@ pub fn test_predictions(experiment: &str, model: &str, fold: Fold) -> String {
     format!("{}/test.parquet", fold_dir(experiment, model, fold))
 }
 
+/// The train job's manifest (weights and history committed).
+pub fn trained(experiment: &str, model: &str, fold: Fold) -> String {
+    format!("{}/_TRAINED.json", fold_dir(experiment, model, fold))
+}
+
+/// Prediction throughput of a fold model (`{images, views, seconds,
+/// images_per_sec, device}`), for inference budgets.
+pub fn predict_stats(experiment: &str, model: &str, fold: Fold) -> String {
+    format!("{}/predict_stats.json", fold_dir(experiment, model, fold))
+}
+
+/// The predict job's manifest: the fold job is complete.
 pub fn success(experiment: &str, model: &str, fold: Fold) -> String {
     format!("{}/_SUCCESS.json", fold_dir(experiment, model, fold))
 }
