@@ -98,6 +98,13 @@ pub enum Error {
 
     #[error("ensemble: {0}")]
     Ensemble(String),
+
+    // ---- orchestrate: local runner (issue 7) ------------------------------
+    #[error("experiment `{experiment}`: job(s) {failed:?} failed (logs in {log_dir}); fix the cause and run the same command again: committed jobs are skipped")]
+    JobsFailed { experiment: String, failed: Vec<String>, log_dir: String },
+
+    #[error("experiment `{experiment}`: interrupted with {unfinished} job(s) unfinished; run the same command again to finish them")]
+    Interrupted { experiment: String, unfinished: usize },
 }
 
 impl Error {

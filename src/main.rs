@@ -80,10 +80,48 @@ enum Command {
         #[arg(long)]
         threshold: Option<f32>,
     },
-    /// Run an experiment's whole pipeline on this machine, resuming where it stopped.
+    /// Run an experiment's whole job DAG on this machine as child processes, resuming where it stopped.
     Run {
         #[arg(long)]
         spec: PathBuf,
+        /// Jobs at a time.
+        #[arg(long, default_value_t = 1)]
+        parallel: usize,
+        /// Run the spec's smoke version instead: sample data, tiny inputs, one epoch per phase, under out/smoke/.
+        #[arg(long)]
+        smoke: bool,
+        /// Job logs folder [default: {root}/logs/{experiment} for a local root, else .imet/logs/{experiment}].
+        #[arg(long)]
+        log_dir: Option<PathBuf>,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Where an experiment stands, from its store: jobs done and pending, train checkpoints, the OOF F2.
+    Status {
+        #[arg(long)]
+        spec: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Estimate each ensemble member's test-time hours and which fit an inference budget.
+    Budget {
+        #[arg(long)]
+        spec: PathBuf,
+        /// The budget, e.g. `9h`, `90m`, `1h30m`.
+        #[arg(long, default_value = "9h")]
+        budget: String,
+        /// Test images [default: rows of data/sample_submission.csv in the store].
+        #[arg(long)]
+        test_images: Option<usize>,
+        /// Time the networks here even when earlier runs measured them.
+        #[arg(long)]
+        calibrate: bool,
+        /// Forward batches timed per calibrated member.
+        #[arg(long, default_value_t = 3)]
+        calibration_batches: usize,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -163,14 +201,36 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 .with_context(|| format!("scoring {pred} against {truth}"))?;
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
-        Command::Run { spec } => {
+        Command::Run { spec, parallel, smoke, log_dir, json } => {
+            let options = imet::orchestrate::local::RunOptions { parallel, log_dir, ..imet::orchestrate::local::RunOptions::current_exe()? };
+            let summary = imet::orchestrate::local::run_path(&spec, smoke, &options).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                print!("{}", summary.render());
+            }
+            summary.outcome()?;
+        }
+        Command::Status { spec, json } => {
             let spec = JobSpec::load(&spec)?;
-            let summary = imet::orchestrate::local::run(&spec)
+            let s = imet::orchestrate::status::status(&spec)
                 .await
-                .with_context(|| format!("running experiment `{}`", spec.experiment))?;
-            println!("{:<12} {:<8} {:>8}  output", "stage", "state", "seconds");
-            for s in &summary.stages {
-                println!("{:<12} {:<8} {:>8.1}  {}", s.stage, s.state, s.seconds, s.output);
+                .with_context(|| format!("reading the status of experiment `{}`", spec.experiment))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                print!("{}", s.render());
+            }
+        }
+        Command::Budget { spec, budget, test_images, calibrate, calibration_batches, json } => {
+            let spec = JobSpec::load(&spec)?;
+            let r = imet::orchestrate::budget::estimate_spec(&spec, &budget, test_images, calibrate, calibration_batches)
+                .await
+                .with_context(|| format!("estimating the inference budget of experiment `{}`", spec.experiment))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{}", r.render());
             }
         }
     }

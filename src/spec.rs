@@ -178,6 +178,50 @@ pub struct EnsembleSection {
     /// OOF rows used to fit blend weights (held quantised to bytes).
     #[serde(default = "defaults::weight_rows")]
     pub weight_rows: usize,
+    /// A second-level model over the members' predictions (R2 stage 5,
+    /// LightGBM stacking). Not built yet: refused by validation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level2: Option<Level2Spec>,
+    /// k-NN "tag relevance" over embeddings added to the blend (4th place).
+    /// Not built yet: refused by validation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub knn_tag_relevance: Option<KnnTagRelevance>,
+    /// Folds each member is trained on when not all of `folds.k` (R4: 10,
+    /// 5 and 5 fold-models of a 40-fold split). Not built yet: refused by
+    /// validation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member_folds: Option<std::collections::BTreeMap<String, Vec<u8>>>,
+}
+
+/// A second-level (stacking) model fitted on OOF predictions.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Level2Spec {
+    /// `pair_classifier`: a binary classifier on (image, class) rows with
+    /// the members' probabilities as features (R2); `lightgbm`: gradient
+    /// boosted trees on the same rows.
+    pub kind: Level2Kind,
+    /// Extra per-row features, e.g. `"class_frequency"`, `"rank_in_image"`.
+    #[serde(default)]
+    pub features: Vec<String>,
+}
+
+/// The model family of a second-level model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Level2Kind {
+    PairClassifier,
+    Lightgbm,
+}
+
+/// k-NN tag relevance: neighbours' labels, weighted by similarity, added
+/// to the blended tag probabilities.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KnnTagRelevance {
+    pub k: usize,
+    /// Weight of the neighbours' vote in the sum.
+    pub weight: f64,
 }
 
 impl EnsembleSection {
@@ -231,6 +275,15 @@ impl EnsembleSection {
         }
         if self.weight_rows < 10 {
             return Err(format!("`ensemble.weight_rows` = {}: use at least 10", self.weight_rows));
+        }
+        if self.member_folds.is_some() {
+            return Err("`ensemble.member_folds`: not supported yet: training a member on a subset of the folds".into());
+        }
+        if self.level2.is_some() {
+            return Err("`ensemble.level2`: not supported yet: a second-level model over the members' predictions".into());
+        }
+        if self.knn_tag_relevance.is_some() {
+            return Err("`ensemble.knn_tag_relevance`: not supported yet: k-NN tag relevance over embeddings".into());
         }
         Ok(())
     }

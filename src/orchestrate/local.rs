@@ -1,80 +1,494 @@
-//! Runs an experiment on this machine, stage after stage, skipping stages
-//! already committed in the store: the README's main command.
+//! Local executor (orchestrate stage): runs an experiment's job DAG on this
+//! machine as child processes of the `imet` binary, N at a time, in
+//! dependency order: the README's main command, `imet run`. Reads the spec,
+//! the jobs' manifests and, at the end, the ensemble's `report.json`;
+//! writes `runs/{experiment}/spec.toml`, the synthetic sample when the spec
+//! asks for one, and one log file per job on the local disk. Every job
+//! resumes itself, so a killed run that is started again finishes the rest.
 
-use crate::data;
-use crate::error::Result;
+use super::plan::{Job, JobKind, Plan};
+use crate::data::{self, Fold};
+use crate::error::{Error, Result};
 use crate::spec::JobSpec;
 use crate::storage::{keys, Store};
-use tracing::{info, info_span, Instrument};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tokio::task::JoinSet;
+use tracing::{info, info_span, warn, Instrument};
 
-/// What a local run did.
-#[derive(Clone, Debug, Default, serde::Serialize)]
-pub struct RunSummary {
-    pub stages: Vec<StageOutcome>,
+/// Lines of a failed job's log printed under the failure.
+pub const LOG_TAIL_LINES: usize = 30;
+
+/// How `imet run` runs the plan.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// The program every job runs (`imet`); its arguments come from the plan.
+    pub program: PathBuf,
+    /// Jobs at a time (at least 1).
+    pub parallel: usize,
+    /// Where job logs go; [`default_log_dir`] when unset.
+    pub log_dir: Option<PathBuf>,
 }
 
-/// One stage of a local run.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct StageOutcome {
-    pub stage: String,
-    /// `done` or `skipped` (already committed).
-    pub state: String,
+impl RunOptions {
+    /// The current executable, one job at a time, default log folder.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the running executable cannot be found.
+    pub fn current_exe() -> Result<RunOptions> {
+        let program = std::env::current_exe().map_err(|source| Error::Io { path: PathBuf::from("/proc/self/exe"), source })?;
+        Ok(RunOptions { program, parallel: 1, log_dir: None })
+    }
+}
+
+/// Where a job stands in a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Not started (the run was interrupted first).
+    Pending,
+    /// Its manifest was already committed for this spec.
+    Skipped,
+    Done,
+    Failed,
+    /// A dependency failed, was blocked or was interrupted.
+    Blocked,
+    /// Stopped by an interrupt of `imet run`.
+    Interrupted,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Pending => "pending",
+            JobState::Skipped => "skipped",
+            JobState::Done => "done",
+            JobState::Failed => "failed",
+            JobState::Blocked => "blocked",
+            JobState::Interrupted => "interrupted",
+        }
+    }
+
+    /// Done now or before: dependents may start.
+    fn satisfied(self) -> bool {
+        matches!(self, JobState::Done | JobState::Skipped)
+    }
+}
+
+/// One row of the summary table.
+#[derive(Clone, Debug, Serialize)]
+pub struct JobOutcome {
+    pub job: String,
+    pub state: JobState,
     pub seconds: f64,
+    /// The job's main output key (done, skipped), its log file (failed), or
+    /// why it did not run (blocked).
     pub output: String,
 }
 
-/// Runs every stage of `spec` that exists so far, in data-flow order:
-/// writes the resolved spec, generates the synthetic sample when the spec
-/// asks for one and `data/` has none, validates the inputs, assigns folds.
-/// Committed stages are skipped, so a rerun resumes where the last stopped.
+/// What a local run did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RunSummary {
+    pub experiment: String,
+    /// The in-process steps before the jobs (spec, sample), then every job
+    /// of the plan in plan order.
+    pub jobs: Vec<JobOutcome>,
+    /// The ensemble's OOF F2 (its chosen thresholds, in-sample) when the
+    /// ensemble is committed.
+    pub oof_f2: Option<f64>,
+    /// The chosen threshold strategy's cross-validated OOF F2.
+    pub cv_f2: Option<f64>,
+    pub log_dir: PathBuf,
+    /// An interrupt stopped the run before every job ended.
+    pub interrupted: bool,
+}
+
+impl RunSummary {
+    /// Ids of the jobs that failed.
+    pub fn failed(&self) -> Vec<&str> {
+        self.jobs.iter().filter(|j| j.state == JobState::Failed).map(|j| j.job.as_str()).collect()
+    }
+
+    /// Whether every job is done or skipped.
+    pub fn complete(&self) -> bool {
+        self.jobs.iter().all(|j| j.state.satisfied())
+    }
+
+    /// `Ok` when no job failed and the run was not interrupted.
+    ///
+    /// # Errors
+    /// [`Error::JobsFailed`] naming the failed jobs and the log folder;
+    /// [`Error::Interrupted`].
+    pub fn outcome(&self) -> Result<()> {
+        let failed = self.failed();
+        if !failed.is_empty() {
+            return Err(Error::JobsFailed {
+                experiment: self.experiment.clone(),
+                failed: failed.into_iter().map(String::from).collect(),
+                log_dir: self.log_dir.display().to_string(),
+            });
+        }
+        if self.interrupted {
+            let unfinished = self.jobs.iter().filter(|j| !j.state.satisfied()).count();
+            return Err(Error::Interrupted { experiment: self.experiment.clone(), unfinished });
+        }
+        Ok(())
+    }
+
+    /// The summary table (job, state, seconds, output) and the OOF F2.
+    pub fn render(&self) -> String {
+        let width = self.jobs.iter().map(|j| j.job.len()).max().unwrap_or(3).max(3);
+        let mut out = format!("{:<width$}  {:<11} {:>8}  output\n", "job", "state", "seconds");
+        for j in &self.jobs {
+            out.push_str(&format!("{:<width$}  {:<11} {:>8.1}  {}\n", j.job, j.state.as_str(), j.seconds, j.output));
+        }
+        if let Some(f2) = self.oof_f2 {
+            out.push_str(&format!("OOF F2 of experiment `{}`: {f2:.4}", self.experiment));
+            if let Some(cv) = self.cv_f2 {
+                out.push_str(&format!(" (chosen thresholds; cross-validated {cv:.4})"));
+            }
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// The log folder of `spec`'s jobs: `{root}/logs/{experiment}/` when the
+/// store is a local folder, else `.imet/logs/{experiment}/` in the working
+/// directory.
 ///
 /// # Errors
-/// The first failing stage's error; earlier stages' outputs stay committed.
-pub async fn run(spec: &JobSpec) -> Result<RunSummary> {
+/// As [`JobSpec::root_url`].
+pub fn default_log_dir(spec: &JobSpec) -> Result<PathBuf> {
+    let url = spec.root_url()?;
+    Ok(match url.strip_prefix("file://") {
+        Some(path) => Path::new(path).join("logs").join(&spec.experiment),
+        None => Path::new(".imet").join("logs").join(&spec.experiment),
+    })
+}
+
+/// The log file of job `id` (`train/m/0` -> `train_m_0.log`).
+pub fn log_file(dir: &Path, id: &str) -> PathBuf {
+    dir.join(format!("{}.log", id.replace('/', "_")))
+}
+
+/// The key a job's outputs are best known by.
+pub fn main_output(experiment: &str, job: &Job) -> String {
+    let (model, fold) = (job.model.as_deref().unwrap_or_default(), Fold(job.fold.unwrap_or_default()));
+    match job.kind {
+        JobKind::Folds => keys::folds(experiment),
+        JobKind::Train => keys::weights(experiment, model, fold),
+        JobKind::Predict => keys::test_predictions(experiment, model, fold),
+        JobKind::Ensemble => keys::submission(experiment),
+    }
+}
+
+/// `imet run`: loads the spec at `spec_path` and runs it, or with `smoke`
+/// its smoke version ([`super::smoke::derive`]), whose resolved spec is
+/// written to `{smoke root}/spec.toml` for the jobs to read.
+///
+/// # Errors
+/// [`Error::Spec`] for a spec that does not load (a recipe element not
+/// built yet included), [`Error::Io`] when the smoke spec cannot be
+/// written, and the errors of [`run`].
+pub async fn run_path(spec_path: &Path, smoke: bool, options: &RunOptions) -> Result<RunSummary> {
+    let spec = JobSpec::load(spec_path)?;
+    if !smoke {
+        return run(&spec, spec_path, options).await;
+    }
+    let origin = spec_path.display().to_string();
+    let derived = super::smoke::derive(&spec).map_err(|message| Error::Spec { path: format!("{origin} (smoke)"), message })?;
+    let dir = PathBuf::from(&derived.storage.root);
+    std::fs::create_dir_all(&dir).map_err(|source| Error::Io { path: dir.clone(), source })?;
+    let path = dir.join("spec.toml");
+    let text = format!("# Smoke version of {origin} (imet run --smoke); regenerated by every smoke run.\n{}", derived.to_toml());
+    std::fs::write(&path, text).map_err(|source| Error::Io { path: path.clone(), source })?;
+    run(&derived, &path, options).await
+}
+
+/// Runs `spec` (loaded from `spec_path`) on this machine: writes the
+/// resolved spec, generates the synthetic sample when asked and absent,
+/// then runs every job of [`Plan::new`] as `{program} {job.args}`,
+/// `parallel` at a time. A job whose manifest is committed is skipped; a
+/// failed job's log tail is printed and its dependents are blocked while
+/// independent jobs still run. On Ctrl-C (SIGINT) no new job starts, the
+/// running ones get the signal, and the run waits for them.
+///
+/// Returns the summary whatever the jobs did: check
+/// [`RunSummary::failed`] and [`RunSummary::interrupted`].
+///
+/// # Errors
+/// Store errors before the jobs start, the sample generator's errors, and
+/// [`Error::Io`] when the log folder cannot be created.
+pub async fn run(spec: &JobSpec, spec_path: &Path, options: &RunOptions) -> Result<RunSummary> {
     let store = spec.open_store()?;
     let span = info_span!("job", kind = "run", experiment = %spec.experiment);
     async move {
-        let mut summary = RunSummary::default();
+        let log_dir = match &options.log_dir {
+            Some(d) => d.clone(),
+            None => default_log_dir(spec)?,
+        };
+        std::fs::create_dir_all(&log_dir).map_err(|source| Error::Io { path: log_dir.clone(), source })?;
+        let mut summary = RunSummary { experiment: spec.experiment.clone(), log_dir: log_dir.clone(), ..Default::default() };
         write_spec(&store, spec).await?;
 
-        let t = std::time::Instant::now();
+        let t = Instant::now();
         let sample = data::sample::ensure(&store, spec).instrument(info_span!("stage", name = "sample")).await?;
-        summary.stages.push(StageOutcome {
-            stage: "sample".into(),
-            state: if sample.is_some() { "done" } else { "skipped" }.into(),
+        summary.jobs.push(JobOutcome {
+            job: "sample".into(),
+            state: if sample.is_some() { JobState::Done } else { JobState::Skipped },
             seconds: t.elapsed().as_secs_f64(),
             output: match &sample {
                 Some(s) => format!("{} train + {} test images over {} classes in data/", s.train, s.test, s.classes),
-                None => "data/train.csv present".into(),
+                None => keys::TRAIN.into(),
             },
         });
 
-        let t = std::time::Instant::now();
-        let inputs = data::load_inputs(&store).await?;
-        summary.stages.push(StageOutcome {
-            stage: "validate".into(),
-            state: "done".into(),
-            seconds: t.elapsed().as_secs_f64(),
-            output: format!("{} classes, {} train, {} test", inputs.vocab.len(), inputs.train.len(), inputs.test.ids.len()),
-        });
-
-        let t = std::time::Instant::now();
-        let folds = data::folds::run(&store, spec).instrument(info_span!("stage", name = "folds")).await?;
-        summary.stages.push(StageOutcome {
-            stage: "folds".into(),
-            state: if folds.computed { "done" } else { "skipped" }.into(),
-            seconds: t.elapsed().as_secs_f64(),
-            output: folds.key.clone(),
-        });
-        info!(stages = summary.stages.len(), "run finished");
+        let plan = Plan::new(spec, spec_path)?;
+        let (outcomes, interrupted) = execute(&store, &plan, options, &log_dir).await?;
+        summary.jobs.extend(outcomes);
+        summary.interrupted = interrupted;
+        if summary.jobs.iter().any(|j| j.job == "ensemble" && j.state.satisfied()) {
+            let (oof, cv) = ensemble_f2(&store, &spec.experiment).await?;
+            summary.oof_f2 = oof;
+            summary.cv_f2 = cv;
+        }
+        info!(jobs = summary.jobs.len(), failed = summary.failed().len(), interrupted, "run finished");
         Ok(summary)
     }
     .instrument(span)
     .await
 }
 
+/// Reads the ensemble's OOF F2 from `report.json`: `scores.samples.f` (the
+/// chosen thresholds on every OOF row) and the chosen strategy's `cv_f2`.
+///
+/// # Errors
+/// Store errors and [`Error::Format`] for a report that is not JSON.
+pub async fn ensemble_f2(store: &Store, experiment: &str) -> Result<(Option<f64>, Option<f64>)> {
+    let key = keys::report(experiment);
+    let Some(bytes) = store.get_opt(&key).await? else {
+        return Ok((None, None));
+    };
+    let v: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| Error::Format { key: key.clone(), what: "ensemble report", reason: e.to_string() })?;
+    let oof = v.pointer("/scores/samples/f").and_then(|f| f.as_f64());
+    let chosen = v.get("chosen").and_then(|c| c.as_str()).unwrap_or_default();
+    let cv = v
+        .get("strategies")
+        .and_then(|s| s.as_array())
+        .and_then(|all| all.iter().find(|e| e.pointer("/strategy/name").and_then(|n| n.as_str()) == Some(chosen)))
+        .and_then(|e| e.get("cv_f2"))
+        .and_then(|f| f.as_f64());
+    Ok((oof, cv))
+}
+
+/// A job in flight: its index in the plan and when it started.
+struct Running {
+    index: usize,
+    started: Instant,
+}
+
+/// Runs the plan's jobs; returns one outcome per job in plan order and
+/// whether an interrupt stopped the run.
+async fn execute(store: &Store, plan: &Plan, options: &RunOptions, log_dir: &Path) -> Result<(Vec<JobOutcome>, bool)> {
+    let n = plan.jobs.len();
+    let index: HashMap<&str, usize> = plan.jobs.iter().enumerate().map(|(i, j)| (j.id.as_str(), i)).collect();
+    let mut state = vec![JobState::Pending; n];
+    let mut outcomes: Vec<JobOutcome> = plan
+        .jobs
+        .iter()
+        .map(|j| JobOutcome { job: j.id.clone(), state: JobState::Pending, seconds: 0.0, output: String::new() })
+        .collect();
+    let width = plan.jobs.iter().map(|j| j.id.len()).max().unwrap_or(0);
+
+    // Committed jobs first, so the table shows them even when an earlier
+    // job fails; a manifest of another spec is reported as the job's failure.
+    for (i, job) in plan.jobs.iter().enumerate() {
+        match job.committed(store).await {
+            Ok(true) => {
+                state[i] = JobState::Skipped;
+                outcomes[i].output = main_output(&plan.experiment, job);
+                println!("skipped      {:<width$}  already committed", job.id);
+            }
+            Ok(false) => {}
+            Err(e @ Error::SpecChanged { .. }) => {
+                state[i] = JobState::Failed;
+                outcomes[i].output = e.to_string();
+                println!("failed       {:<width$}  {e}", job.id);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+
+    let parallel = options.parallel.max(1);
+    let mut running: HashMap<u32, Running> = HashMap::new();
+    let mut set: JoinSet<(u32, std::io::Result<std::process::ExitStatus>)> = JoinSet::new();
+    let mut interrupted = false;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+
+    loop {
+        // Block every job whose dependency can no longer succeed.
+        let mut changed = true;
+        while changed {
+            changed = false;
+            for (i, job) in plan.jobs.iter().enumerate() {
+                if state[i] != JobState::Pending {
+                    continue;
+                }
+                if let Some(dep) = job.deps.iter().find(|d| {
+                    index.get(d.as_str()).is_some_and(|&k| matches!(state[k], JobState::Failed | JobState::Blocked))
+                }) {
+                    state[i] = JobState::Blocked;
+                    outcomes[i].output = format!("{dep} did not finish");
+                    println!("blocked      {:<width$}  {dep} did not finish", job.id);
+                    changed = true;
+                }
+            }
+        }
+        // Start ready jobs, in plan order.
+        if !interrupted {
+            for (i, job) in plan.jobs.iter().enumerate() {
+                if running.len() >= parallel {
+                    break;
+                }
+                let ready = state[i] == JobState::Pending
+                    && !running.values().any(|r| r.index == i)
+                    && job.deps.iter().all(|d| index.get(d.as_str()).is_some_and(|&k| state[k].satisfied()));
+                if !ready {
+                    continue;
+                }
+                let log = log_file(log_dir, &job.id);
+                match spawn(&options.program, job, &log) {
+                    Ok(mut child) => {
+                        let Some(pid) = child.id() else {
+                            state[i] = JobState::Failed;
+                            outcomes[i].output = format!("exited before it could be watched; see {}", log.display());
+                            continue;
+                        };
+                        println!("started      {:<width$}  log {}", job.id, log.display());
+                        running.insert(pid, Running { index: i, started: Instant::now() });
+                        set.spawn(async move { (pid, child.wait().await) });
+                    }
+                    Err(e) => {
+                        state[i] = JobState::Failed;
+                        outcomes[i].output = e.to_string();
+                        println!("failed       {:<width$}  {e}", job.id);
+                    }
+                }
+            }
+        }
+        if running.is_empty() {
+            break;
+        }
+        tokio::select! {
+            done = set.join_next() => {
+                let Some(done) = done else { break };
+                let (pid, status) = done?;
+                let Some(r) = running.remove(&pid) else { continue };
+                let job = &plan.jobs[r.index];
+                let seconds = r.started.elapsed().as_secs_f64();
+                outcomes[r.index].seconds = seconds;
+                let log = log_file(log_dir, &job.id);
+                match status {
+                    Ok(s) if s.success() => {
+                        state[r.index] = JobState::Done;
+                        outcomes[r.index].output = main_output(&plan.experiment, job);
+                        println!("done         {:<width$}  {seconds:.1} s", job.id);
+                    }
+                    Ok(s) => {
+                        state[r.index] = if interrupted { JobState::Interrupted } else { JobState::Failed };
+                        outcomes[r.index].output = log.display().to_string();
+                        let how = s.code().map_or_else(|| "was killed by a signal".to_string(), |c| format!("exited with status {c}"));
+                        if interrupted {
+                            println!("interrupted  {:<width$}  {how}", job.id);
+                        } else {
+                            eprintln!("failed       {:<width$}  {how} after {seconds:.1} s; last lines of {}:", job.id, log.display());
+                            eprintln!("{}", indent(&log_tail(&log, LOG_TAIL_LINES)));
+                        }
+                    }
+                    Err(e) => {
+                        state[r.index] = JobState::Failed;
+                        outcomes[r.index].output = format!("waiting for the job failed: {e}");
+                    }
+                }
+            }
+            _ = &mut ctrl_c, if !interrupted => {
+                interrupted = true;
+                warn!(running = running.len(), "interrupted: forwarding SIGINT to the running jobs and waiting for them");
+                eprintln!("interrupted: stopping {} running job(s); run the same command again to finish the rest", running.len());
+                for pid in running.keys() {
+                    forward_sigint(*pid);
+                }
+            }
+        }
+    }
+    for (o, s) in outcomes.iter_mut().zip(state) {
+        o.state = s;
+    }
+    Ok((outcomes, interrupted))
+}
+
+/// Starts `{program} {job.args}` with stdout and stderr appended to `log`.
+fn spawn(program: &Path, job: &Job, log: &Path) -> Result<tokio::process::Child> {
+    let io = |source| Error::Io { path: log.to_path_buf(), source };
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(io)?;
+    {
+        use std::io::Write;
+        let stamp = chrono::Utc::now().to_rfc3339();
+        writeln!(file, "=== {stamp} {}", job.command_line(&program.display().to_string())).map_err(io)?;
+    }
+    let err = file.try_clone().map_err(io)?;
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(&job.args).stdin(std::process::Stdio::null()).stdout(file).stderr(err);
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl is async-signal-safe; the closure allocates nothing.
+    unsafe {
+        // A child outlives a killed `imet run` otherwise, and a rerun would
+        // race it; it gets SIGTERM when the runner dies.
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().map_err(|source| Error::Io { path: program.to_path_buf(), source })
+}
+
+/// Sends SIGINT to process `pid`.
+fn forward_sigint(pid: u32) {
+    // SAFETY: kill(2) with a pid of our own child and a valid signal.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGINT) };
+    if rc != 0 {
+        warn!(pid, error = %std::io::Error::last_os_error(), "could not forward SIGINT");
+    }
+}
+
+/// The last `n` lines of `path` (a note when it cannot be read).
+pub fn log_tail(path: &Path, n: usize) -> String {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(n)..].join("\n")
+        }
+        Err(e) => format!("(cannot read {}: {e})", path.display()),
+    }
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("    | {l}")).collect::<Vec<_>>().join("\n")
+}
+
 /// Writes `runs/{experiment}/spec.toml` first. A different spec already
 /// there is kept, and this one is stored beside it under its hash.
+///
+/// # Errors
+/// Store errors.
 pub async fn write_spec(store: &Store, spec: &JobSpec) -> Result<()> {
     let key = keys::spec(&spec.experiment);
     let text = spec.to_toml();

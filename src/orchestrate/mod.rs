@@ -1,5 +1,8 @@
 //! Orchestration stage: turns an experiment spec into its jobs and runs
 //! them. Reads the spec, calls every earlier stage, writes what they write.
 
+pub mod budget;
 pub mod local;
 pub mod plan;
+pub mod smoke;
+pub mod status;

@@ -1,0 +1,189 @@
+//! Smoke specs (orchestrate stage): derives from a recipe's spec a tiny
+//! experiment that exercises its whole DAG in CI on a CPU: the synthetic
+//! sample, at most 3 folds, every model at a tiny input size, one epoch per
+//! phase, small batches, few images, random weights. Every other element of
+//! the recipe (architectures, augmentations, losses, optimisers, schedules,
+//! TTA, the ensemble) is kept. Pure: reads and writes nothing.
+
+use crate::image::augment::{Pipeline, Transform};
+use crate::spec::{JobSpec, SampleSection, ScheduleSpec};
+
+/// Training images of the smoke sample.
+pub const SMOKE_TRAIN: usize = 60;
+/// Test images of the smoke sample.
+pub const SMOKE_TEST: usize = 20;
+/// Most folds of a smoke run.
+pub const SMOKE_MAX_FOLDS: u8 = 3;
+/// Smallest input side of a smoke model (the arch's minimum when larger).
+pub const SMOKE_SIZE: u32 = 32;
+/// Largest training batch of a smoke model.
+pub const SMOKE_BATCH: usize = 4;
+/// Largest prediction batch of a smoke model.
+pub const SMOKE_PREDICT_BATCH: usize = 8;
+
+/// The smoke version of `spec`: experiment `{experiment}-smoke` under the
+/// local folder `out/smoke/{experiment}` (the caller may move it), a
+/// 60-train / 20-test synthetic sample, `min(k, 3)` folds (test folds kept
+/// when they exist), every model at `max(32, arch minimum)` pixels with
+/// size-producing augmentations resized to match, one epoch per phase
+/// (step milestones dropped, warmup shortened), batch at most 4 (8 to
+/// predict), the
+/// effective batch at most twice the batch (accumulation still exercised),
+/// at most 24 training and 20 predicted images per job, no initial weights.
+///
+/// The result is validated again, so a recipe element not built yet fails
+/// here with the same "not supported yet" message as the recipe itself.
+///
+/// # Errors
+/// The validation message of the derived spec.
+pub fn derive(spec: &JobSpec) -> Result<JobSpec, String> {
+    let mut s = spec.clone();
+    s.experiment = format!("{}-smoke", spec.experiment);
+    s.storage.root = format!("out/smoke/{}", spec.experiment);
+    s.storage.cache_dir = None;
+    let sample_seed = spec.data.sample.as_ref().map_or(7, |x| x.seed);
+    let classes = spec.data.sample.as_ref().map_or(30, |x| x.classes.min(30));
+    s.data.sample = Some(SampleSection { train: SMOKE_TRAIN, test: SMOKE_TEST, classes, seed: sample_seed });
+    s.folds.k = spec.folds.k.min(SMOKE_MAX_FOLDS);
+    if let Some(e) = s.ensemble.as_mut() {
+        if let Some(tf) = e.test_folds.take() {
+            let kept: Vec<u8> = tf.into_iter().filter(|&f| f < s.folds.k).collect();
+            e.test_folds = if kept.is_empty() { None } else { Some(kept) };
+        }
+        e.weight_rows = e.weight_rows.min(SMOKE_TRAIN).max(10);
+    }
+    s.image.workers = s.image.workers.min(2);
+    let global_size = s.image.augment.output_size();
+    if global_size.is_some() {
+        // The global pipeline feeds every model without its own list; the
+        // smallest size any of them accepts keeps it valid for all.
+        let size = s.models.iter().map(|m| smoke_size(m.arch)).max().unwrap_or(SMOKE_SIZE);
+        resize_pipeline(&mut s.image.augment, size);
+    }
+    for m in &mut s.models {
+        let size = smoke_size(m.arch);
+        m.size = size;
+        m.weights = None;
+        if let Some(p) = m.augment.as_mut() {
+            resize_pipeline(p, size);
+        } else if global_size.is_some() {
+            m.augment = Some(s.image.augment.clone());
+            if let Some(p) = m.augment.as_mut() {
+                resize_pipeline(p, size);
+            }
+        }
+        let t = &mut m.train;
+        t.batch_size = t.batch_size.clamp(1, SMOKE_BATCH);
+        t.effective_batch = t.effective_batch.map(|e| e.min(2 * t.batch_size).max(t.batch_size) / t.batch_size * t.batch_size);
+        t.limit_images = Some(t.limit_images.map_or(24, |l| l.min(24)));
+        for p in &mut t.phases {
+            p.epochs = 1;
+            match &mut p.schedule {
+                ScheduleSpec::Step { milestones, .. } => milestones.clear(),
+                ScheduleSpec::Cosine { warmup_epochs, .. } => *warmup_epochs = warmup_epochs.min(0.5),
+                ScheduleSpec::Constant => {}
+            }
+        }
+        m.predict.batch_size = Some(m.predict.batch_size.unwrap_or(SMOKE_PREDICT_BATCH).min(SMOKE_PREDICT_BATCH));
+        m.predict.limit_images = Some(m.predict.limit_images.map_or(SMOKE_TEST, |l| l.min(SMOKE_TEST)));
+        m.resources.time_limit = "30m".into();
+        m.resources.predict_time_limit = "15m".into();
+    }
+    s.validate()?;
+    Ok(s)
+}
+
+/// The input side of a smoke model.
+pub fn smoke_size(arch: crate::model::Arch) -> u32 {
+    (arch.min_input_size().max(0) as u32).max(SMOKE_SIZE)
+}
+
+/// Sets every size-producing transform of `p` to `size` (crop windows
+/// scaled alike).
+fn resize_pipeline(p: &mut Pipeline, size: u32) {
+    for t in &mut p.0 {
+        resize_transform(t, size);
+    }
+}
+
+fn resize_transform(t: &mut Transform, size: u32) {
+    match t {
+        Transform::RandomResizedCrop(x) => x.size = size,
+        Transform::CropIfNeeded(x) | Transform::Resize(x) => x.size = size,
+        Transform::RandomCrop(x) => x.size = size,
+        Transform::CenterCropResize(x) => {
+            let ratio = x.crop as f64 / x.size.max(1) as f64;
+            x.size = size;
+            x.crop = ((size as f64 * ratio).round() as u32).max(size);
+        }
+        Transform::OneOf(x) => x.of.iter_mut().for_each(|t| resize_transform(t, size)),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RECIPE: &str = r#"
+experiment = "r"
+[storage]
+root = "s3://bucket/prefix"
+[folds]
+k = 10
+[[models]]
+name = "p"
+arch = "pnasnet5large"
+size = 331
+weights = "s3://w/pnasnet.safetensors"
+augment = [{ random_resized_crop = { size = 331, scale = [0.4, 1.0] } }, { hflip = {} }]
+[models.train]
+batch_size = 32
+effective_batch = 1024
+phases = [{ epochs = 10, optimizer = { kind = "adam", lr = 1e-4 }, schedule = { kind = "step", milestones = [7, 9], factor = 0.5 } }]
+[[models]]
+name = "i"
+arch = "inception_resnet_v2"
+size = 320
+augment = [{ one_of = { of = [{ center_crop_resize = { crop = 640, size = 320 } }, { resize = { size = 320 } }] } }]
+[models.train]
+batch_size = 16
+phases = [{ epochs = 5, optimizer = { kind = "sgd", lr = 1e-3 }, schedule = { kind = "cosine", warmup_epochs = 1.0 } }]
+[ensemble]
+members = ["p", "i"]
+test_folds = [0, 1, 2, 3, 4, 5, 6, 7, 8]
+"#;
+
+    #[test]
+    fn a_smoke_spec_keeps_the_recipe_but_shrinks_every_size() {
+        let spec = JobSpec::parse("r.toml", RECIPE).unwrap();
+        let s = derive(&spec).unwrap();
+        assert_eq!(s.experiment, "r-smoke");
+        assert_eq!(s.storage.root, "out/smoke/r");
+        assert_eq!(s.folds.k, 3);
+        assert_eq!(s.data.sample.as_ref().map(|x| (x.train, x.test)), Some((60, 20)));
+        let e = s.ensemble.as_ref().unwrap();
+        assert_eq!(e.test_folds.as_deref(), Some(&[0u8, 1, 2][..]));
+        let p = &s.models[0];
+        assert_eq!((p.size, p.weights.as_deref(), p.train.batch_size, p.train.effective_batch), (32, None, 4, Some(8)));
+        assert_eq!(p.augment.as_ref().unwrap().output_size(), Some(32));
+        assert_eq!(p.train.phases[0].epochs, 1);
+        assert_eq!(p.train.phases[0].schedule, ScheduleSpec::Step { milestones: vec![], factor: 0.5 });
+        assert_eq!((p.train.limit_images, p.predict.limit_images), (Some(24), Some(20)));
+        let i = &s.models[1];
+        assert_eq!(i.size, 75, "inception_resnet_v2 needs 75 pixels");
+        let Transform::OneOf(o) = &i.augment.as_ref().unwrap().0[0] else { panic!("one_of kept") };
+        assert_eq!(o.of[0], Transform::CenterCropResize(crate::image::augment::CenterCropResize { crop: 150, size: 75 }));
+        assert_eq!(i.train.phases[0].schedule, ScheduleSpec::Cosine { warmup_epochs: 0.5, min_factor: 0.0 });
+        assert_eq!(i.train.effective_batch, None);
+        assert_eq!(JobSpec::parse("again", &s.to_toml()).unwrap(), s);
+    }
+
+    #[test]
+    fn folds_the_smoke_run_lacks_leave_test_folds_unset() {
+        let spec = JobSpec::parse("r.toml", &RECIPE.replace("[0, 1, 2, 3, 4, 5, 6, 7, 8]", "[7, 8]")).unwrap();
+        let s = derive(&spec).unwrap();
+        assert_eq!(s.ensemble.as_ref().unwrap().test_folds, None);
+        assert_eq!(s.folds.k, 3);
+    }
+}
