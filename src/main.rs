@@ -96,6 +96,9 @@ enum Command {
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
+        /// The program every job runs [default: this executable] (tests, wrappers).
+        #[arg(long, hide = true)]
+        program: Option<PathBuf>,
     },
     /// Where an experiment stands, from its store: jobs done and pending, train checkpoints, the OOF F2.
     Status {
@@ -201,8 +204,11 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 .with_context(|| format!("scoring {pred} against {truth}"))?;
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
-        Command::Run { spec, parallel, smoke, log_dir, json } => {
-            let options = imet::orchestrate::local::RunOptions { parallel, log_dir, ..imet::orchestrate::local::RunOptions::current_exe()? };
+        Command::Run { spec, parallel, smoke, log_dir, json, program } => {
+            let mut options = imet::orchestrate::local::RunOptions { parallel, log_dir, ..imet::orchestrate::local::RunOptions::current_exe()? };
+            if let Some(p) = program {
+                options.program = p;
+            }
             let summary = imet::orchestrate::local::run_path(&spec, smoke, &options).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
