@@ -572,6 +572,18 @@ mod tests {
     }
 
     #[test]
+    fn ensemble_elements_not_built_yet_are_refused_by_name() {
+        for (line, element) in [
+            ("level2 = { kind = \"lightgbm\" }", "`ensemble.level2`: not supported yet: a second-level model"),
+            ("knn_tag_relevance = { k = 10, weight = 0.5 }", "`ensemble.knn_tag_relevance`: not supported yet: k-NN tag relevance"),
+            ("member_folds = { a = [0, 1] }", "`ensemble.member_folds`: not supported yet: training a member on a subset"),
+        ] {
+            let err = JobSpec::parse("x.toml", &format!("{MINIMAL}[ensemble]\nmembers = [\"a\"]\n{line}\n")).unwrap_err().to_string();
+            assert!(err.contains(element), "{line}: {err}");
+        }
+    }
+
+    #[test]
     fn plain_paths_become_file_urls() {
         assert_eq!(root_to_url("/tmp/x").unwrap(), "file:///tmp/x");
         assert!(root_to_url("out").unwrap().starts_with("file:///"));
