@@ -311,13 +311,13 @@ async fn execute(store: &Store, plan: &Plan, options: &RunOptions, log_dir: &Pat
             Ok(true) => {
                 state[i] = JobState::Skipped;
                 outcomes[i].output = main_output(&plan.experiment, job);
-                println!("skipped      {:<width$}  already committed", job.id);
+                eprintln!("skipped      {:<width$}  already committed", job.id);
             }
             Ok(false) => {}
             Err(e @ Error::SpecChanged { .. }) => {
                 state[i] = JobState::Failed;
                 outcomes[i].output = e.to_string();
-                println!("failed       {:<width$}  {e}", job.id);
+                eprintln!("failed       {:<width$}  {e}", job.id);
             }
             Err(e) => return Err(e),
         }
@@ -327,8 +327,8 @@ async fn execute(store: &Store, plan: &Plan, options: &RunOptions, log_dir: &Pat
     let mut running: HashMap<u32, Running> = HashMap::new();
     let mut set: JoinSet<(u32, std::io::Result<std::process::ExitStatus>)> = JoinSet::new();
     let mut interrupted = false;
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|source| Error::Io { path: PathBuf::from("SIGINT handler"), source })?;
 
     loop {
         // Block every job whose dependency can no longer succeed.
@@ -344,7 +344,7 @@ async fn execute(store: &Store, plan: &Plan, options: &RunOptions, log_dir: &Pat
                 }) {
                     state[i] = JobState::Blocked;
                     outcomes[i].output = format!("{dep} did not finish");
-                    println!("blocked      {:<width$}  {dep} did not finish", job.id);
+                    eprintln!("blocked      {:<width$}  {dep} did not finish", job.id);
                     changed = true;
                 }
             }
@@ -369,14 +369,14 @@ async fn execute(store: &Store, plan: &Plan, options: &RunOptions, log_dir: &Pat
                             outcomes[i].output = format!("exited before it could be watched; see {}", log.display());
                             continue;
                         };
-                        println!("started      {:<width$}  log {}", job.id, log.display());
+                        eprintln!("started      {:<width$}  log {}", job.id, log.display());
                         running.insert(pid, Running { index: i, started: Instant::now() });
                         set.spawn(async move { (pid, child.wait().await) });
                     }
                     Err(e) => {
                         state[i] = JobState::Failed;
                         outcomes[i].output = e.to_string();
-                        println!("failed       {:<width$}  {e}", job.id);
+                        eprintln!("failed       {:<width$}  {e}", job.id);
                     }
                 }
             }
@@ -397,14 +397,14 @@ async fn execute(store: &Store, plan: &Plan, options: &RunOptions, log_dir: &Pat
                     Ok(s) if s.success() => {
                         state[r.index] = JobState::Done;
                         outcomes[r.index].output = main_output(&plan.experiment, job);
-                        println!("done         {:<width$}  {seconds:.1} s", job.id);
+                        eprintln!("done         {:<width$}  {seconds:.1} s", job.id);
                     }
                     Ok(s) => {
                         state[r.index] = if interrupted { JobState::Interrupted } else { JobState::Failed };
                         outcomes[r.index].output = log.display().to_string();
                         let how = s.code().map_or_else(|| "was killed by a signal".to_string(), |c| format!("exited with status {c}"));
                         if interrupted {
-                            println!("interrupted  {:<width$}  {how}", job.id);
+                            eprintln!("interrupted  {:<width$}  {how}", job.id);
                         } else {
                             eprintln!("failed       {:<width$}  {how} after {seconds:.1} s; last lines of {}:", job.id, log.display());
                             eprintln!("{}", indent(&log_tail(&log, LOG_TAIL_LINES)));
@@ -416,12 +416,17 @@ async fn execute(store: &Store, plan: &Plan, options: &RunOptions, log_dir: &Pat
                     }
                 }
             }
-            _ = &mut ctrl_c, if !interrupted => {
+            _ = sigint.recv() => {
+                // First Ctrl-C: jobs stop cleanly; a second one kills them.
+                let signal = if interrupted { libc::SIGKILL } else { libc::SIGINT };
                 interrupted = true;
-                warn!(running = running.len(), "interrupted: forwarding SIGINT to the running jobs and waiting for them");
-                eprintln!("interrupted: stopping {} running job(s); run the same command again to finish the rest", running.len());
+                warn!(running = running.len(), signal, "interrupted: signalling the running jobs and waiting for them");
+                eprintln!(
+                    "interrupted: stopping {} running job(s) (Ctrl-C again kills them); run the same command again to finish the rest",
+                    running.len()
+                );
                 for pid in running.keys() {
-                    forward_sigint(*pid);
+                    forward_signal(*pid, signal);
                 }
             }
         }
@@ -459,12 +464,12 @@ fn spawn(program: &Path, job: &Job, log: &Path) -> Result<tokio::process::Child>
     cmd.spawn().map_err(|source| Error::Io { path: program.to_path_buf(), source })
 }
 
-/// Sends SIGINT to process `pid`.
-fn forward_sigint(pid: u32) {
-    // SAFETY: kill(2) with a pid of our own child and a valid signal.
-    let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGINT) };
+/// Sends `signal` to process `pid` (a running child: not yet reaped).
+fn forward_signal(pid: u32, signal: libc::c_int) {
+    // SAFETY: kill(2) with the pid of our own unreaped child and a valid signal.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, signal) };
     if rc != 0 {
-        warn!(pid, error = %std::io::Error::last_os_error(), "could not forward SIGINT");
+        warn!(pid, signal, error = %std::io::Error::last_os_error(), "could not signal a job");
     }
 }
 
