@@ -290,3 +290,30 @@ fn a_killed_runner_takes_its_jobs_down_and_a_rerun_finishes() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(f.started().iter().filter(|s| *s == "folds").count(), 2);
 }
+
+#[test]
+fn status_reads_where_the_experiment_stands_from_the_store() {
+    let f = fixture(2);
+    f.fail("train/b/1", true);
+    let _ = imet(&f).output().unwrap();
+    let status = |json: bool| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_imet"));
+        c.env("RUST_LOG", "warn").arg("status").arg("--spec").arg(&f.spec_path);
+        if json {
+            c.arg("--json");
+        }
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let v: serde_json::Value = serde_json::from_str(&status(true)).unwrap();
+    assert_eq!((v["done"].as_u64(), v["total"].as_u64()), (Some(7), Some(10)), "{v}");
+    assert!(v["oof_f2"].is_null());
+    let table = status(false);
+    assert!(table.lines().any(|l| l.starts_with("train/b/1") && l.contains("pending") && l.contains("no checkpoint yet (2 epochs)")), "{table}");
+
+    f.fail("train/b/1", false);
+    assert!(imet(&f).output().unwrap().status.success());
+    let v: serde_json::Value = serde_json::from_str(&status(true)).unwrap();
+    assert_eq!((v["done"].as_u64(), v["oof_f2"].as_f64()), (Some(10), Some(0.5)), "{v}");
+}
