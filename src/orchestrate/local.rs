@@ -305,7 +305,7 @@ async fn execute(store: &Store, plan: &Plan, options: &RunOptions, log_dir: &Pat
     let width = plan.jobs.iter().map(|j| j.id.len()).max().unwrap_or(0);
 
     // Committed jobs first, so the table shows them even when an earlier
-    // job fails; a manifest of another spec is reported as the job's failure.
+    // job fails.
     for (i, job) in plan.jobs.iter().enumerate() {
         match job.committed(store).await {
             Ok(true) => {
@@ -314,7 +314,9 @@ async fn execute(store: &Store, plan: &Plan, options: &RunOptions, log_dir: &Pat
                 eprintln!("skipped      {:<width$}  already committed", job.id);
             }
             Ok(false) => {}
-            Err(e @ Error::SpecChanged { .. }) => {
+            // Another spec's manifest, or one whose outputs were removed:
+            // the job's own failure, with the fix in the message.
+            Err(e @ (Error::SpecChanged { .. } | Error::Format { .. })) => {
                 state[i] = JobState::Failed;
                 outcomes[i].output = e.to_string();
                 eprintln!("failed       {:<width$}  {e}", job.id);
