@@ -114,7 +114,7 @@ fn fake_script(dir: &Path, root: &Path, plan: &Plan) -> String {
         s.push_str(&format!("    mkdir -p '{}'\n", path.parent().unwrap().display()));
         s.push_str(&format!("    echo '{}' > '{}'\n", serde_json::to_string(&manifest).unwrap(), path.display()));
         s.push_str(&format!("    echo \"end {id} $(date +%s.%N)\" >> \"$calls\"\n"));
-        s.push_str("    echo \"did $*\"\n    ;;\n");
+        s.push_str("    echo \"did $* with $OMP_NUM_THREADS threads\"\n    ;;\n");
     }
     s.push_str("  *) echo \"fake imet: unexpected arguments: $*\" >&2; exit 64;;\nesac\n");
     s
@@ -163,6 +163,8 @@ async fn jobs_run_after_their_dependencies_and_a_rerun_skips_every_committed_job
     let log = f.root().join("logs/fake/train_a_1.log");
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("did train --spec") && text.contains("--model a --fold 1"), "{text}");
+    let threads = local::threads_per_job(2);
+    assert!(text.contains(&format!("with {threads} threads")), "two jobs at a time share the cores: {text}");
     assert!(f.root().join(keys::spec("fake")).exists(), "the resolved spec is written first");
 
     let before = f.calls().len();

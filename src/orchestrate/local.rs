@@ -326,6 +326,7 @@ async fn execute(store: &Store, plan: &Plan, options: &RunOptions, log_dir: &Pat
     }
 
     let parallel = options.parallel.max(1);
+    let threads = threads_per_job(parallel);
     let mut running: HashMap<u32, Running> = HashMap::new();
     let mut set: JoinSet<(u32, std::io::Result<std::process::ExitStatus>)> = JoinSet::new();
     let mut interrupted = false;
@@ -364,7 +365,7 @@ async fn execute(store: &Store, plan: &Plan, options: &RunOptions, log_dir: &Pat
                     continue;
                 }
                 let log = log_file(log_dir, &job.id);
-                match spawn(&options.program, job, &log) {
+                match spawn(&options.program, job, &log, threads) {
                     Ok(mut child) => {
                         let Some(pid) = child.id() else {
                             state[i] = JobState::Failed;
@@ -439,8 +440,18 @@ async fn execute(store: &Store, plan: &Plan, options: &RunOptions, log_dir: &Pat
     Ok((outcomes, interrupted))
 }
 
+/// Threads each of `parallel` concurrent jobs gets: the cores shared out,
+/// at least 1.
+pub fn threads_per_job(parallel: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / parallel.max(1)).max(1)
+}
+
 /// Starts `{program} {job.args}` with stdout and stderr appended to `log`.
-fn spawn(program: &Path, job: &Job, log: &Path) -> Result<tokio::process::Child> {
+/// Unless the caller set them, `OMP_NUM_THREADS` (libtorch's intra-op
+/// threads) and `RAYON_NUM_THREADS` (decoding) are `threads`, so parallel
+/// jobs share the cores instead of each taking all of them.
+fn spawn(program: &Path, job: &Job, log: &Path, threads: usize) -> Result<tokio::process::Child> {
     let io = |source| Error::Io { path: log.to_path_buf(), source };
     let mut file = std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(io)?;
     {
@@ -451,6 +462,11 @@ fn spawn(program: &Path, job: &Job, log: &Path) -> Result<tokio::process::Child>
     let err = file.try_clone().map_err(io)?;
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(&job.args).stdin(std::process::Stdio::null()).stdout(file).stderr(err);
+    for var in ["OMP_NUM_THREADS", "RAYON_NUM_THREADS"] {
+        if std::env::var_os(var).is_none() {
+            cmd.env(var, threads.to_string());
+        }
+    }
     #[cfg(target_os = "linux")]
     // SAFETY: prctl is async-signal-safe; the closure allocates nothing.
     unsafe {
