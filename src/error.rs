@@ -98,6 +98,16 @@ pub enum Error {
 
     #[error("ensemble: {0}")]
     Ensemble(String),
+
+    // ---- train and predict (issue 5) -------------------------------------
+    #[error("checkpoint `{key}`: {message}")]
+    Checkpoint { key: String, message: String },
+
+    #[error("train {job}: {message}")]
+    Train { job: String, message: String },
+
+    #[error("predict {job}: {message}")]
+    Predict { job: String, message: String },
 }
 
 impl Error {
