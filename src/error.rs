@@ -98,6 +98,10 @@ pub enum Error {
 
     #[error("ensemble: {0}")]
     Ensemble(String),
+
+    // ---- train numerics (optimiser state) --------------------------------
+    #[error("optimiser state: {message}")]
+    OptimizerState { message: String },
 }
 
 impl Error {

@@ -25,6 +25,7 @@ pub mod storage;
 pub mod data;
 pub mod image;
 pub mod model;
+pub mod train;
 pub mod ensemble;
 pub mod orchestrate;
 
