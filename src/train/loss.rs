@@ -57,7 +57,7 @@ fn bce(logits: &Tensor, targets: &Tensor) -> Tensor {
 /// Element-wise focal loss, `[batch, classes]`.
 fn focal(logits: &Tensor, targets: &Tensor, gamma: f64, alpha: Option<f64>) -> Tensor {
     let bce = bce(logits, targets);
-    let mut out = if gamma == 0.0 {
+    let out = if gamma == 0.0 {
         bce
     } else {
         let p_t = bce.neg().exp();
@@ -65,12 +65,11 @@ fn focal(logits: &Tensor, targets: &Tensor, gamma: f64, alpha: Option<f64>) -> T
         // which is PyTorch's behaviour too.
         (p_t.neg() + 1.0).pow_tensor_scalar(gamma) * &bce
     };
-    if let Some(alpha) = alpha {
+    match alpha {
         // alpha y + (1 - alpha)(1 - y) = (1 - alpha) + (2 alpha - 1) y
-        let alpha_t = targets * (2.0 * alpha - 1.0) + (1.0 - alpha);
-        out = out * alpha_t;
+        Some(alpha) => out * (targets * (2.0 * alpha - 1.0) + (1.0 - alpha)),
+        None => out,
     }
-    out
 }
 
 /// Mean of `[batch, classes]` element losses over images x unmasked classes.
@@ -86,12 +85,11 @@ fn masked_mean(elements: &Tensor, mask: Option<&Tensor>) -> Tensor {
 
 /// `1 - mean over images of soft F2`, over unmasked classes.
 fn soft_f2(logits: &Tensor, targets: &Tensor, mask: Option<&Tensor>) -> Tensor {
-    let mut probs = logits.sigmoid();
-    let mut targets = targets.shallow_clone();
-    if let Some(mask) = mask {
-        probs = probs * mask;
-        targets = targets * mask;
-    }
+    // Not `*=`: that would scale the caller's targets in place.
+    let (probs, targets) = match mask {
+        Some(mask) => (logits.sigmoid() * mask, targets * mask),
+        None => (logits.sigmoid(), targets.shallow_clone()),
+    };
     let dims: &[i64] = &[1];
     let tp = (&probs * &targets).sum_dim_intlist(dims, false, Kind::Float);
     let positives = targets.sum_dim_intlist(dims, false, Kind::Float);
@@ -205,6 +203,14 @@ mod tests {
         let y = t(&[&[1.0, 0.0, 1.0]]);
         let expected = value(LossSpec::Bce, &logits, &y, None) + 0.3 * value(LossSpec::SoftF2, &logits, &y, None);
         close(value(LossSpec::BceSoftF2 { weight: 0.3 }, &logits, &y, None), expected);
+    }
+
+    #[test]
+    fn the_callers_targets_are_left_unchanged() {
+        let targets = t(&[&[1.0, 1.0]]);
+        let mask = Tensor::from_slice(&[1.0f32, 0.0]);
+        let _ = loss(&LossSpec::BceSoftF2 { weight: 1.0 }, &t(&[&[0.5, -0.5]]), &targets, Some(&mask));
+        assert_eq!(Vec::<f32>::try_from(&targets).expect("f32"), vec![1.0, 1.0]);
     }
 
     #[test]

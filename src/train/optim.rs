@@ -387,8 +387,10 @@ mod tests {
 
     #[test]
     fn plain_sgd_uses_each_groups_learning_rate() {
-        let mut opt =
-            Optimizer::new(&sgd_spec(0.0, false, 0.0), vec![("a".into(), param(&[1.0])), ("head.b".into(), param(&[1.0]))]);
+        let mut opt = Optimizer::new(
+            &sgd_spec(0.0, false, 0.0),
+            vec![("a".into(), param(&[1.0])), ("head.b".into(), param(&[1.0]))],
+        );
         give_grads(&opt, &[("a", &[2.0]), ("head.b", &[2.0])]);
         opt.step(0.1, 0.5);
         close(&values(&opt, "a"), &[0.8]);
@@ -544,8 +546,10 @@ mod tests {
 
     #[test]
     fn clip_grad_norm_scales_to_the_maximum_and_returns_the_norm_before() {
-        let opt =
-            Optimizer::new(&sgd_spec(0.0, false, 0.0), vec![("a".into(), param(&[0.0, 0.0])), ("b".into(), param(&[0.0]))]);
+        let opt = Optimizer::new(
+            &sgd_spec(0.0, false, 0.0),
+            vec![("a".into(), param(&[0.0, 0.0])), ("b".into(), param(&[0.0]))],
+        );
         give_grads(&opt, &[("a", &[3.0, 0.0]), ("b", &[4.0])]);
         let norm = clip_grad_norm(opt.params(), 1.0);
         assert!((norm - 5.0).abs() < 1e-6, "{norm}");
