@@ -57,6 +57,8 @@ pub struct Optimizer {
     groups: Vec<Group>,
     state: Vec<ParamState>,
     steps: u64,
+    /// Temporaries of the updates, created on the first step.
+    scratch: Option<Scratch>,
 }
 
 impl Optimizer {
@@ -70,7 +72,7 @@ impl Optimizer {
         debug_assert!(params.windows(2).all(|w| w[0].0 != w[1].0), "parameter names are unique");
         let groups = params.iter().map(|(name, _)| Group::of(name)).collect();
         let state = params.iter().map(|_| ParamState::default()).collect();
-        Optimizer { spec: *spec, params, groups, state, steps: 0 }
+        Optimizer { spec: *spec, params, groups, state, steps: 0, scratch: None }
     }
 
     /// One update of every parameter that has a gradient, with the learning
@@ -83,6 +85,10 @@ impl Optimizer {
     /// update). No host synchronisation.
     pub fn step(&mut self, backbone_lr: f64, head_lr: f64) {
         let spec = self.spec;
+        if self.scratch.is_none() {
+            self.scratch = Scratch::for_params(&self.params);
+        }
+        let scratch = self.scratch.as_ref();
         tch::no_grad(|| {
             for ((_, param), (group, state)) in
                 self.params.iter_mut().zip(self.groups.iter().zip(self.state.iter_mut()))
@@ -95,15 +101,16 @@ impl Optimizer {
                     Group::Backbone => backbone_lr,
                     Group::Head => head_lr,
                 };
+                let tmp = Scratch::pair(scratch, param);
                 match spec {
                     OptimizerSpec::Sgd { momentum, nesterov, weight_decay, .. } => {
-                        sgd(param, &grad, state, lr, momentum, nesterov, weight_decay)
+                        sgd(param, &grad, state, tmp, lr, momentum, nesterov, weight_decay)
                     }
                     OptimizerSpec::Adam { betas, eps, weight_decay, .. } => {
-                        adam(param, &grad, state, lr, betas, eps, weight_decay, false)
+                        adam(param, &grad, state, tmp, lr, betas, eps, weight_decay, false)
                     }
                     OptimizerSpec::Adamw { betas, eps, weight_decay, .. } => {
-                        adam(param, &grad, state, lr, betas, eps, weight_decay, true)
+                        adam(param, &grad, state, tmp, lr, betas, eps, weight_decay, true)
                     }
                 }
             }
@@ -266,9 +273,61 @@ fn detached_cpu_copy(t: &Tensor) -> Tensor {
     cpu.contiguous()
 }
 
-/// `torch.optim.SGD` (dampening 0) on one parameter.
-fn sgd(param: &mut Tensor, grad: &Tensor, state: &mut ParamState, lr: f64, momentum: f64, nesterov: bool, wd: f64) {
-    let mut d = if wd != 0.0 { grad + &*param * wd } else { grad.shallow_clone() };
+/// Two flat buffers as large as the largest parameter, reused by every
+/// update for its temporaries: without them each step would allocate (and,
+/// on CPU, page-fault in) several parameter-sized tensors per parameter.
+/// Not part of the checkpoint.
+#[derive(Debug)]
+struct Scratch {
+    a: Tensor,
+    b: Tensor,
+}
+
+impl Scratch {
+    fn for_params(params: &[(String, Tensor)]) -> Option<Scratch> {
+        let first = params.first()?;
+        let numel = params.iter().map(|(_, p)| p.numel()).max().unwrap_or(0) as i64;
+        let options = (first.1.kind(), first.1.device());
+        Some(Scratch { a: Tensor::empty([numel], options), b: Tensor::empty([numel], options) })
+    }
+
+    /// Two temporaries shaped like `param`: views of the scratch buffers
+    /// when kind and device match, fresh tensors otherwise.
+    fn pair(scratch: Option<&Scratch>, param: &Tensor) -> (Tensor, Tensor) {
+        match scratch {
+            Some(s) if s.a.kind() == param.kind() && s.a.device() == param.device() => {
+                let n = param.numel() as i64;
+                let shape = param.size();
+                (s.a.narrow(0, 0, n).view(shape.as_slice()), s.b.narrow(0, 0, n).view(shape.as_slice()))
+            }
+            _ => (param.empty_like(), param.empty_like()),
+        }
+    }
+}
+
+/// `torch.optim.SGD` (dampening 0) on one parameter; `a`, `b`: scratch
+/// shaped like it. Same op sequence as PyTorch's single-tensor loop except
+/// that `add(x, alpha=s)` is `x * s` then an add (tch has no `alpha`).
+#[allow(clippy::too_many_arguments)]
+fn sgd(
+    param: &mut Tensor,
+    grad: &Tensor,
+    state: &mut ParamState,
+    (mut a, mut b): (Tensor, Tensor),
+    lr: f64,
+    momentum: f64,
+    nesterov: bool,
+    wd: f64,
+) {
+    // `d` is either the grad itself (never modified) or scratch `b`.
+    let mut d_is_b = false;
+    let mut d = grad.shallow_clone();
+    if wd != 0.0 {
+        let _ = param.mul_scalar_out(&a, wd);
+        let _ = grad.add_out(&b, &a);
+        d = b.shallow_clone();
+        d_is_b = true;
+    }
     if momentum != 0.0 {
         match state.momentum_buffer.as_mut() {
             None => state.momentum_buffer = Some(d.detach().copy()),
@@ -277,40 +336,62 @@ fn sgd(param: &mut Tensor, grad: &Tensor, state: &mut ParamState, lr: f64, momen
             }
         }
         let buf = state.momentum_buffer.as_ref().expect("momentum buffer exists (set above)");
-        d = if nesterov { &d + buf * momentum } else { buf.shallow_clone() };
+        if nesterov {
+            let _ = buf.mul_scalar_out(&a, momentum);
+            if d_is_b {
+                let _ = b.g_add_(&a);
+            } else {
+                let _ = d.add_out(&b, &a);
+            }
+            d = b.shallow_clone();
+        } else {
+            d = buf.shallow_clone();
+        }
     }
-    let _ = param.g_sub_(&(d * lr));
+    let _ = d.mul_scalar_out(&a, lr);
+    let _ = param.g_sub_(&a);
 }
 
-/// `torch.optim.Adam` / `AdamW` (no amsgrad) on one parameter.
+/// `torch.optim.Adam` / `AdamW` (no amsgrad) on one parameter; `a`, `b`:
+/// scratch shaped like it. Same op sequence (and so the same rounding) as
+/// PyTorch's single-tensor loop.
 #[allow(clippy::too_many_arguments)]
 fn adam(
     param: &mut Tensor,
     grad: &Tensor,
     state: &mut ParamState,
+    (mut a, b): (Tensor, Tensor),
     lr: f64,
     (beta1, beta2): (f64, f64),
     eps: f64,
     wd: f64,
     decoupled: bool,
 ) {
-    let grad = if wd != 0.0 && !decoupled { grad + &*param * wd } else { grad.shallow_clone() };
+    let grad = if wd != 0.0 && !decoupled {
+        let _ = param.mul_scalar_out(&a, wd);
+        grad.add_out(&b, &a)
+    } else {
+        grad.shallow_clone()
+    };
     if wd != 0.0 && decoupled {
         let _ = param.g_mul_scalar_(1.0 - lr * wd);
     }
     let exp_avg = state.exp_avg.get_or_insert_with(|| param.zeros_like().detach());
     let _ = exp_avg.lerp_(&grad, 1.0 - beta1);
     let exp_avg_sq = state.exp_avg_sq.get_or_insert_with(|| param.zeros_like().detach());
-    let _ = exp_avg_sq.g_mul_scalar_(beta2).addcmul_(&grad, &(&grad * (1.0 - beta2)));
+    let _ = grad.mul_scalar_out(&a, 1.0 - beta2);
+    let _ = exp_avg_sq.g_mul_scalar_(beta2).addcmul_(&grad, &a);
     state.step += 1;
     let step = state.step as i32;
     let bias_correction1 = 1.0 - beta1.powi(step);
     let bias_correction2 = 1.0 - beta2.powi(step);
     let step_size = lr / bias_correction1;
-    let mut denom = exp_avg_sq.sqrt() / bias_correction2.sqrt();
-    let _ = denom.g_add_scalar_(eps);
+    // denom = sqrt(v) / sqrt(bc2) + eps, in `a`; `b` (maybe the decayed grad) is free again.
+    let _ = exp_avg_sq.sqrt_out(&a);
+    let _ = a.g_div_scalar_(bias_correction2.sqrt()).g_add_scalar_(eps);
     let exp_avg = state.exp_avg.as_ref().expect("exp_avg exists (set above)");
-    let _ = param.addcdiv_(&(exp_avg * -step_size), &denom);
+    let _ = exp_avg.mul_scalar_out(&b, -step_size);
+    let _ = param.addcdiv_(&b, &a);
 }
 
 /// Scales all grads of `params` so their global L2 norm is at most
