@@ -108,6 +108,10 @@ pub enum Error {
 
     #[error("predict {job}: {message}")]
     Predict { job: String, message: String },
+
+    // ---- train numerics (optimiser state) --------------------------------
+    #[error("optimiser state: {message}")]
+    OptimizerState { message: String },
 }
 
 impl Error {
