@@ -99,6 +99,20 @@ pub enum Error {
     #[error("ensemble: {0}")]
     Ensemble(String),
 
+    // ---- train and predict (issue 5) -------------------------------------
+    #[error("checkpoint `{key}`: {message}")]
+    Checkpoint { key: String, message: String },
+
+    #[error("train {job}: {message}")]
+    Train { job: String, message: String },
+
+    #[error("predict {job}: {message}")]
+    Predict { job: String, message: String },
+
+    // ---- train numerics (optimiser state) --------------------------------
+    #[error("optimiser state: {message}")]
+    OptimizerState { message: String },
+
     // ---- orchestrate: local runner (issue 7) ------------------------------
     #[error("experiment `{experiment}`: job(s) {failed:?} failed (logs in {log_dir}); fix the cause and run the same command again: committed jobs are skipped")]
     JobsFailed { experiment: String, failed: Vec<String>, log_dir: String },

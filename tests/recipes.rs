@@ -4,6 +4,8 @@
 //! are removed; every recipe's smoke run (`imet run --smoke`) passes or
 //! names what is not supported yet.
 
+mod common;
+
 use imet::orchestrate::smoke;
 use imet::JobSpec;
 use std::collections::BTreeSet;
@@ -148,7 +150,7 @@ fn recipe_specs_state_their_key_elements() {
 }
 
 fn imet() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_imet"));
+    let mut c = Command::new(common::imet_bin());
     c.env("RUST_LOG", "warn").env_remove("IMET_ROOT");
     c
 }

@@ -4,6 +4,8 @@
 //! parallelism, skipping committed jobs, blocking dependents of a failed
 //! job, the log tail, SIGINT and a killed runner.
 
+mod common;
+
 use imet::orchestrate::local::{self, JobState, RunOptions};
 use imet::orchestrate::plan::{JobKind, Plan};
 use imet::storage::keys;
@@ -233,7 +235,7 @@ async fn a_manifest_of_another_spec_fails_that_job_and_names_the_key() {
 }
 
 fn imet(f: &Fixture) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_imet"));
+    let mut c = Command::new(common::imet_bin());
     c.env("RUST_LOG", "warn").current_dir(f.dir.path()).arg("run").arg("--spec").arg(&f.spec_path).arg("--program").arg(&f.program);
     c
 }
@@ -299,7 +301,7 @@ fn status_reads_where_the_experiment_stands_from_the_store() {
     f.fail("train/b/1", true);
     let _ = imet(&f).output().unwrap();
     let status = |json: bool| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_imet"));
+        let mut c = Command::new(common::imet_bin());
         c.env("RUST_LOG", "warn").arg("status").arg("--spec").arg(&f.spec_path);
         if json {
             c.arg("--json");
