@@ -98,6 +98,10 @@ pub enum Error {
 
     #[error("ensemble: {0}")]
     Ensemble(String),
+
+    // ---- batch engines (issue 7) -----------------------------------------
+    #[error("{engine}: {message}")]
+    Engine { engine: &'static str, message: String },
 }
 
 impl Error {
