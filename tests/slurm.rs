@@ -100,6 +100,23 @@ fn wait_for(root: &Path, done: &str, experiment: &str, conf: &str, logs: &Path, 
     }
 }
 
+/// Cancels the experiment's jobs still queued when a test ends early, so
+/// they do not outlive its temporary folder.
+struct CancelOnDrop<'a> {
+    conf: &'a str,
+    experiment: &'static str,
+    keys: &'static [&'static str],
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        for key in self.keys {
+            let name = format!("--name=imet-{}-{key}", self.experiment);
+            let _ = Command::new("scancel").env("SLURM_CONF", self.conf).arg(name).output();
+        }
+    }
+}
+
 fn file_root(dir: &Path) -> String {
     format!("file://{}", dir.display())
 }
@@ -116,6 +133,7 @@ fn a_folds_only_experiment_runs_as_a_slurm_job_and_a_second_submit_skips_it() {
     );
     std::fs::write(tmp.path().join("spec.toml"), spec).unwrap();
 
+    let _cancel = CancelOnDrop { conf: &cluster.conf, experiment: "slurm-folds", keys: &["folds"] };
     let text = ok(imet(tmp.path(), &cluster.conf).args(["submit", "--spec", "spec.toml", "--engine", "slurm"]).output().unwrap(), "imet submit");
     assert!(text.contains("1 batch(es) submitted"), "{text}");
     let dir = tmp.path().join(".imet/slurm/slurm-folds");
@@ -167,6 +185,7 @@ imet = {:?}
     );
     std::fs::write(tmp.path().join("spec.toml"), spec).unwrap();
 
+    let _cancel = CancelOnDrop { conf: &cluster.conf, experiment: "slurm-sample", keys: &["folds", "model-r18", "ensemble"] };
     let text = ok(
         imet(tmp.path(), &cluster.conf).args(["submit", "--spec", "spec.toml", "--engine", "slurm", "--out", "slurm-out"]).output().unwrap(),
         "imet submit",
