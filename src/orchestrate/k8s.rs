@@ -5,7 +5,7 @@
 //! Credentials come from the Secret the spec names (`envFrom`), never from
 //! the manifests. Reads the spec; writes files under the output folder.
 
-use super::plan::{Job, JobKind, JobResources, Plan};
+use super::plan::{JobKind, JobResources, Plan};
 use super::slurm::with_env_fold;
 use crate::error::{Error, Result};
 use crate::spec::JobSpec;
@@ -132,7 +132,7 @@ pub fn manifests(spec: &JobSpec) -> Result<Vec<(String, String, String)>> {
     });
     files.push(("00-spec.yaml".to_string(), to_yaml_docs(&[configmap]), format!("ConfigMap/{config_name}")));
 
-    let pod = |job: &Job, command: Vec<String>, r: &JobResources| {
+    let pod = |component: &str, command: Vec<String>, r: &JobResources| {
         let mut requests = json!({ "cpu": r.cpus.to_string(), "memory": format!("{}Gi", r.memory_gb) });
         let mut limits = json!({ "memory": format!("{}Gi", r.memory_gb) });
         if r.gpus > 0 {
@@ -163,7 +163,7 @@ pub fn manifests(spec: &JobSpec) -> Result<Vec<(String, String, String)>> {
         if let Some(sa) = &k.service_account {
             pod["serviceAccountName"] = json!(sa);
         }
-        json!({ "metadata": { "labels": labels(job.kind.as_str()) }, "spec": pod })
+        json!({ "metadata": { "labels": labels(component) }, "spec": pod })
     };
     let job_object = |name: &str, component: &str, template: Value, extra: Value| {
         let mut spec = json!({ "backoffLimit": k.backoff_limit, "template": template });
@@ -178,7 +178,7 @@ pub fn manifests(spec: &JobSpec) -> Result<Vec<(String, String, String)>> {
     if let Some(folds) = plan.jobs.iter().find(|j| j.kind == JobKind::Folds) {
         let name = object_name(&["imet", exp, "folds"])?;
         let command: Vec<String> = std::iter::once(c.imet().to_string()).chain(folds.args.iter().cloned()).collect();
-        let obj = job_object(&name, "folds", pod(folds, command, &folds.resources), json!({}));
+        let obj = job_object(&name, "folds", pod("folds", command, &folds.resources), json!({}));
         files.push(("01-folds.yaml".into(), to_yaml_docs(&[obj]), format!("Job/{name}")));
         order.push(("01-folds.yaml".into(), name, folds.resources.time_limit_s));
     }
@@ -200,7 +200,7 @@ pub fn manifests(spec: &JobSpec) -> Result<Vec<(String, String, String)>> {
         let obj = job_object(
             &name,
             "train-predict",
-            pod(train, vec!["sh".into(), "-c".into(), line], &r),
+            pod("train-predict", vec!["sh".into(), "-c".into(), line], &r),
             json!({ "completionMode": "Indexed", "completions": folds, "parallelism": parallelism }),
         );
         let file = format!("02-model-{}.yaml", sanitize(&m.name));
@@ -214,7 +214,7 @@ pub fn manifests(spec: &JobSpec) -> Result<Vec<(String, String, String)>> {
     if let Some(ens) = plan.jobs.iter().find(|j| j.kind == JobKind::Ensemble) {
         let name = object_name(&["imet", exp, "ensemble"])?;
         let command: Vec<String> = std::iter::once(c.imet().to_string()).chain(ens.args.iter().cloned()).collect();
-        let obj = job_object(&name, "ensemble", pod(ens, command, &ens.resources), json!({}));
+        let obj = job_object(&name, "ensemble", pod("ensemble", command, &ens.resources), json!({}));
         files.push(("03-ensemble.yaml".into(), to_yaml_docs(&[obj]), format!("Job/{name}")));
         order.push(("03-ensemble.yaml".into(), name, ens.resources.time_limit_s));
     }

@@ -108,6 +108,17 @@ pub async fn submit(spec_path: &Path, options: &SubmitOptions) -> Result<Submiss
     std::fs::write(&replay, submit_script(&plan.experiment, &batches)).map_err(io(&replay))?;
     let skipped: Vec<String> = plan.jobs.iter().filter(|j| done.contains(&j.id)).map(|j| j.id.clone()).collect();
     if !options.dry_run {
+        let queued = queued_names().await?;
+        let twice: Vec<&str> = batches.iter().map(|b| b.name.as_str()).filter(|n| queued.iter().any(|q| q == n)).collect();
+        if !twice.is_empty() {
+            return Err(Error::Engine {
+                engine: "slurm",
+                message: format!(
+                    "{} already queued or running (squeue); wait for them, or cancel them with `scancel --name=NAME` before submitting again",
+                    twice.join(", ")
+                ),
+            });
+        }
         for i in 0..batches.len() {
             let after: Vec<String> = batches[i]
                 .after
@@ -280,6 +291,27 @@ pub fn submit_script(experiment: &str, batches: &[Batch]) -> String {
         let _ = writeln!(s, "echo \"{} ${}\"", b.key, var(&b.key));
     }
     s
+}
+
+/// Names of this user's jobs in the queue (pending or running).
+async fn queued_names() -> Result<Vec<String>> {
+    let user = std::env::var("USER").ok();
+    let mut cmd = tokio::process::Command::new("squeue");
+    cmd.args(["-h", "-o", "%j"]);
+    if let Some(u) = &user {
+        cmd.arg(format!("--user={u}"));
+    }
+    let out = cmd.output().await.map_err(|e| Error::Engine {
+        engine: "slurm",
+        message: format!("cannot run `squeue` ({e}); install Slurm's client tools on this host, or pass --dry-run to only write the scripts"),
+    })?;
+    if !out.status.success() {
+        return Err(Error::Engine {
+            engine: "slurm",
+            message: format!("squeue failed ({}): {}; is slurmctld reachable (`sinfo`)?", out.status, String::from_utf8_lossy(&out.stderr).trim()),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect())
 }
 
 /// Runs `sbatch --parsable [--dependency=afterok:...] script`; the job id.
