@@ -99,6 +99,20 @@ pub enum Error {
     #[error("ensemble: {0}")]
     Ensemble(String),
 
+    // ---- train and predict (issue 5) -------------------------------------
+    #[error("checkpoint `{key}`: {message}")]
+    Checkpoint { key: String, message: String },
+
+    #[error("train {job}: {message}")]
+    Train { job: String, message: String },
+
+    #[error("predict {job}: {message}")]
+    Predict { job: String, message: String },
+
+    // ---- train numerics (optimiser state) --------------------------------
+    #[error("optimiser state: {message}")]
+    OptimizerState { message: String },
+
     // ---- batch engines (issue 7) -----------------------------------------
     #[error("{engine}: {message}")]
     Engine { engine: &'static str, message: String },

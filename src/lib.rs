@@ -25,6 +25,8 @@ pub mod storage;
 pub mod data;
 pub mod image;
 pub mod model;
+pub mod train;
+pub mod predict;
 pub mod ensemble;
 pub mod orchestrate;
 

@@ -81,6 +81,28 @@ enum Command {
         threshold: Option<f32>,
     },
     /// Run an experiment's whole pipeline on this machine, resuming where it stopped.
+    /// Train one fold of one model of a spec (resumes from its newest
+    /// checkpoint; a committed fold is skipped).
+    Train {
+        #[arg(long)]
+        spec: PathBuf,
+        /// A `name` of the spec's `[[models]]`.
+        #[arg(long)]
+        model: String,
+        /// Fold number, or `env` for the batch engine's array index
+        /// (SLURM_ARRAY_TASK_ID, JOB_COMPLETION_INDEX, AWS_BATCH_JOB_ARRAY_INDEX).
+        #[arg(long)]
+        fold: String,
+    },
+    /// OOF and test probabilities (TTA-averaged) of one trained fold model.
+    Predict {
+        #[arg(long)]
+        spec: PathBuf,
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        fold: String,
+    },
     Run {
         #[arg(long)]
         spec: PathBuf,
@@ -203,6 +225,28 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("scoring {pred} against {truth}"))?;
             println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Command::Train { spec, model, fold } => {
+            let spec = JobSpec::load(&spec)?;
+            let fold = imet::train::job::parse_fold(&fold, spec.folds.k)?;
+            let out = imet::train::run(&spec, &model, fold)
+                .await
+                .with_context(|| format!("training model `{model}` fold {} of experiment `{}`", fold.0, spec.experiment))?;
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            if spec.model(&model)?.train.predict_after {
+                let out = imet::predict::run(&spec, &model, fold)
+                    .await
+                    .with_context(|| format!("predicting model `{model}` fold {} of experiment `{}`", fold.0, spec.experiment))?;
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            }
+        }
+        Command::Predict { spec, model, fold } => {
+            let spec = JobSpec::load(&spec)?;
+            let fold = imet::train::job::parse_fold(&fold, spec.folds.k)?;
+            let out = imet::predict::run(&spec, &model, fold)
+                .await
+                .with_context(|| format!("predicting model `{model}` fold {} of experiment `{}`", fold.0, spec.experiment))?;
+            println!("{}", serde_json::to_string_pretty(&out)?);
         }
         Command::Run { spec } => {
             let spec = JobSpec::load(&spec)?;

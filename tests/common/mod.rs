@@ -66,3 +66,10 @@ pub fn real_data_dir() -> PathBuf {
     }
     panic!("the real competition CSVs are not at ../shared/data/imet2019 next to the checkout");
 }
+
+/// The `imet` binary under test (`IMET_TEST_BIN` overrides cargo's, for
+/// running the suite against a copied build).
+#[allow(dead_code)]
+pub fn imet_bin() -> PathBuf {
+    std::env::var_os("IMET_TEST_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_imet")))
+}

@@ -1,0 +1,60 @@
+//! Predict stage: each test-time view of `image::tta` as a loader
+//! pipeline: the original (the model's deterministic eval resize), its
+//! mirror, and seeded random resized crops, all at the model's input size.
+//! Touches no storage.
+
+use crate::image::augment::{Pipeline, Prob, RandomResizedCrop, Transform};
+use crate::image::{TtaSettings, View};
+
+/// One view, as the loader runs it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ViewPipeline {
+    pub view: View,
+    pub pipeline: Pipeline,
+    /// Loader seed and epoch: random crops differ per view and are
+    /// reproducible.
+    pub seed: u64,
+    pub epoch: u64,
+}
+
+/// The views of `settings` built on `base` (which ends at `size`).
+pub fn views(base: &Pipeline, size: u32, settings: &TtaSettings) -> Vec<ViewPipeline> {
+    settings
+        .views()
+        .into_iter()
+        .map(|view| {
+            let (pipeline, epoch) = match view {
+                View::Original => (base.clone(), 0),
+                View::Hflip => {
+                    let mut p = base.clone();
+                    p.0.push(Transform::Hflip(Prob { p: 1.0 }));
+                    (p, 0)
+                }
+                View::Crop(n) => (
+                    Pipeline(vec![Transform::RandomResizedCrop(RandomResizedCrop { size, scale: settings.scale, ratio: (3.0 / 4.0, 4.0 / 3.0) })]),
+                    n as u64 + 1,
+                ),
+            };
+            ViewPipeline { view, pipeline, seed: 0x7474_6100, epoch }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::augment::Side;
+
+    #[test]
+    fn views_are_the_base_its_mirror_and_seeded_crops_at_the_input_size() {
+        let base = Pipeline(vec![Transform::Resize(Side { size: 32 })]);
+        let s = TtaSettings { hflip: true, crops: 2, scale: (0.5, 1.0) };
+        let v = views(&base, 32, &s);
+        assert_eq!(v.iter().map(|v| v.view).collect::<Vec<_>>(), [View::Original, View::Hflip, View::Crop(0), View::Crop(1)]);
+        assert!(v.iter().all(|v| v.pipeline.output_size() == Some(32)));
+        assert_eq!(v[1].pipeline.0.last(), Some(&Transform::Hflip(Prob { p: 1.0 })));
+        assert_ne!(v[2].epoch, v[3].epoch);
+        let plain = views(&base, 32, &TtaSettings { hflip: false, crops: 0, scale: (0.4, 1.0) });
+        assert_eq!(plain.len(), 1);
+    }
+}

@@ -1,0 +1,284 @@
+//! Train stage: checkpoints. After every epoch one safetensors file holds
+//! the model's variables (`model.{name}`, BatchNorm buffers included), the
+//! optimiser's state (`optim.{slot}.{name}`) and, in its metadata, the
+//! loop's position, grad-scaler state, best epoch and history, so a job
+//! killed at any moment resumes from the latest complete file with the same
+//! result. Files are written with one atomic put, the previous one is only
+//! pruned after the new one is in place, and an unreadable newest file falls
+//! back to the one before. Reads and writes
+//! `runs/{exp}/models/{model}/fold={k}/checkpoints/epoch={e}.safetensors`.
+
+use crate::error::{Error, Result};
+use crate::storage::parquet::EpochRecord;
+use crate::storage::Store;
+use safetensors::tensor::{Dtype, View};
+use safetensors::SafeTensors;
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+use std::collections::HashMap;
+use tch::{Kind, Tensor};
+use tracing::warn;
+
+/// Metadata key holding [`LoopState`] as JSON.
+const STATE_KEY: &str = "imet_loop_state";
+
+/// Where the loop stands after a completed epoch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LoopState {
+    /// Epochs completed (the next epoch to run, 0-based).
+    pub epochs_done: u32,
+    /// Phase of the last completed epoch.
+    pub phase: usize,
+    /// Optimiser updates done in that phase.
+    pub optim_steps: u64,
+    pub scaler_scale: f64,
+    pub scaler_tracker: u32,
+    /// Best validation F2 so far and the epoch (1-based count) it came at.
+    pub best_f2: f64,
+    pub best_epoch: u32,
+    pub history: Vec<EpochRecord>,
+    /// Spec hash of the job that wrote it; another spec's checkpoint is
+    /// never resumed.
+    pub spec_hash: String,
+}
+
+/// A checkpoint in memory.
+pub struct Checkpoint {
+    pub state: LoopState,
+    /// Model variables by name (without the `model.` prefix).
+    pub model: HashMap<String, Tensor>,
+    /// Optimiser state tensors, with their `optim.` names.
+    pub optim: HashMap<String, Tensor>,
+}
+
+struct HostTensor {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    data: Vec<u8>,
+}
+
+impl View for &HostTensor {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&self.data)
+    }
+    fn data_len(&self) -> usize {
+        self.data.len()
+    }
+}
+
+fn host(name: &str, t: &Tensor) -> Result<HostTensor> {
+    let t = t.detach().to_device(tch::Device::Cpu).contiguous();
+    let kind = t.kind();
+    let dtype = match kind {
+        Kind::Float => Dtype::F32,
+        Kind::Double => Dtype::F64,
+        Kind::Half => Dtype::F16,
+        Kind::BFloat16 => Dtype::BF16,
+        Kind::Int64 => Dtype::I64,
+        Kind::Int => Dtype::I32,
+        Kind::Uint8 => Dtype::U8,
+        Kind::Bool => Dtype::BOOL,
+        other => return Err(Error::Checkpoint { key: name.to_string(), message: format!("cannot store a {other:?} tensor") }),
+    };
+    let numel = t.numel();
+    let mut data = vec![0u8; numel * kind.elt_size_in_bytes()];
+    t.f_copy_data_u8(&mut data, numel)?;
+    Ok(HostTensor { dtype, shape: t.size().iter().map(|&d| d as usize).collect(), data })
+}
+
+/// Serialises model variables, optimiser state and the loop state.
+///
+/// # Errors
+/// [`Error::Checkpoint`] for an unsupported tensor type or a serialisation
+/// failure; [`Error::Torch`] when a tensor cannot be copied to the host.
+pub fn encode(state: &LoopState, model: &[(String, Tensor)], optim: &[(String, Tensor)]) -> Result<Vec<u8>> {
+    let mut named: Vec<(String, HostTensor)> = Vec::with_capacity(model.len() + optim.len());
+    for (n, t) in model {
+        named.push((format!("model.{n}"), host(n, t)?));
+    }
+    for (n, t) in optim {
+        named.push((n.clone(), host(n, t)?));
+    }
+    let meta = HashMap::from([(STATE_KEY.to_string(), serde_json::to_string(state)?)]);
+    safetensors::tensor::serialize(named.iter().map(|(n, t)| (n.as_str(), t)), &Some(meta))
+        .map_err(|e| Error::Checkpoint { key: "<memory>".into(), message: format!("cannot serialise: {e}") })
+}
+
+/// Parses a checkpoint written by [`encode`]; `key` names it in errors.
+///
+/// # Errors
+/// [`Error::Checkpoint`] naming `key` for a truncated or foreign file.
+pub fn decode(key: &str, bytes: &[u8]) -> Result<Checkpoint> {
+    let bad = |message: String| Error::Checkpoint { key: key.to_string(), message };
+    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+    let state_json = meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(STATE_KEY))
+        .ok_or_else(|| bad(format!("no `{STATE_KEY}` metadata: not an imet checkpoint")))?;
+    let state: LoopState = serde_json::from_str(state_json).map_err(|e| bad(format!("bad loop state: {e}")))?;
+    let parsed = SafeTensors::deserialize(bytes).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+    let mut model = HashMap::new();
+    let mut optim = HashMap::new();
+    for (name, view) in parsed.tensors() {
+        let t = Tensor::try_from(view).map_err(|e| bad(format!("tensor {name}: {e}")))?;
+        match name.strip_prefix("model.") {
+            Some(n) => {
+                model.insert(n.to_string(), t);
+            }
+            None => {
+                optim.insert(name, t);
+            }
+        }
+    }
+    Ok(Checkpoint { state, model, optim })
+}
+
+/// Epoch numbers of the checkpoints under `prefix`, ascending.
+///
+/// # Errors
+/// Store errors.
+pub async fn list(store: &Store, prefix: &str) -> Result<Vec<u32>> {
+    let mut epochs: Vec<u32> = store
+        .list(prefix)
+        .await?
+        .into_iter()
+        .filter_map(|o| o.key.rsplit('/').next()?.strip_prefix("epoch=")?.strip_suffix(".safetensors")?.parse().ok())
+        .collect();
+    epochs.sort_unstable();
+    Ok(epochs)
+}
+
+/// The newest readable checkpoint under `prefix` written for `spec_hash`,
+/// with its key. An unreadable file (a foreign or damaged object) is skipped
+/// with a warning and the one before is used.
+///
+/// # Errors
+/// Store errors, and [`Error::SpecChanged`] when the newest checkpoint was
+/// written for another spec (delete the fold's checkpoints to restart).
+pub async fn latest(store: &Store, prefix: &str, key_of: impl Fn(u32) -> String, spec_hash: &str) -> Result<Option<(String, Checkpoint)>> {
+    for epoch in list(store, prefix).await?.into_iter().rev() {
+        let key = key_of(epoch);
+        let Some(bytes) = store.get_opt(&key).await? else { continue };
+        match decode(&key, &bytes) {
+            Ok(ck) if ck.state.spec_hash == spec_hash => return Ok(Some((key, ck))),
+            Ok(ck) => {
+                return Err(Error::SpecChanged {
+                    key,
+                    found: ck.state.spec_hash,
+                    expected: spec_hash.to_string(),
+                })
+            }
+            Err(e) => warn!(key = %key, error = %e, "skipping an unreadable checkpoint"),
+        }
+    }
+    Ok(None)
+}
+
+/// Deletes the checkpoints under `prefix` except the epochs in `keep`.
+///
+/// # Errors
+/// Store errors.
+pub async fn prune(store: &Store, prefix: &str, key_of: impl Fn(u32) -> String, keep: &[u32]) -> Result<()> {
+    for epoch in list(store, prefix).await? {
+        if !keep.contains(&epoch) {
+            store.delete(&key_of(epoch)).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Copies `tensors` into the same-named variables of `vars`.
+///
+/// # Errors
+/// [`Error::Checkpoint`] naming `key` and the first missing or misshapen
+/// variable.
+pub fn copy_into(key: &str, vars: &[(String, Tensor)], tensors: &HashMap<String, Tensor>) -> Result<()> {
+    let bad = |message: String| Error::Checkpoint { key: key.to_string(), message };
+    tch::no_grad(|| {
+        for (name, var) in vars {
+            let src = tensors.get(name).ok_or_else(|| bad(format!("lacks `{name}`; it was written for another model")))?;
+            if src.size() != var.size() {
+                return Err(bad(format!("`{name}` is {:?} in the file, {:?} in the model", src.size(), var.size())));
+            }
+            let mut dst = var.shallow_clone();
+            dst.f_copy_(&src.to_device(var.device()).to_kind(var.kind()))?;
+        }
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(epochs_done: u32) -> LoopState {
+        LoopState {
+            epochs_done,
+            phase: 1,
+            optim_steps: 12,
+            scaler_scale: 1024.0,
+            scaler_tracker: 3,
+            best_f2: 0.5,
+            best_epoch: 1,
+            history: vec![],
+            spec_hash: "h".into(),
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_round_trips_tensors_of_every_kind_and_the_loop_state() {
+        let w = Tensor::randn([3, 4], (Kind::Float, tch::Device::Cpu));
+        let n = Tensor::from(7i64);
+        let m = Tensor::randn([4], (Kind::Float, tch::Device::Cpu));
+        let bytes = encode(&state(2), &[("fc.weight".into(), w.shallow_clone()), ("bn.num_batches_tracked".into(), n.shallow_clone())], &[("optim.exp_avg.fc.weight".into(), m.shallow_clone())]).unwrap();
+        let ck = decode("k", &bytes).unwrap();
+        assert_eq!(ck.state, state(2));
+        assert_eq!(ck.model["fc.weight"], w);
+        assert_eq!(ck.model["bn.num_batches_tracked"].int64_value(&[]), 7);
+        assert_eq!(ck.optim["optim.exp_avg.fc.weight"], m);
+    }
+
+    #[test]
+    fn a_truncated_or_foreign_file_is_refused_by_key() {
+        let bytes = encode(&state(1), &[("a".into(), Tensor::from(1.0f32))], &[]).unwrap();
+        let err = decode("ck/epoch=1.safetensors", &bytes[..bytes.len() / 2]).err().unwrap().to_string();
+        assert!(err.contains("ck/epoch=1.safetensors"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("w.safetensors");
+        Tensor::write_safetensors(&[("a", Tensor::from(1.0f32))], &p).unwrap();
+        let err = decode("w", &std::fs::read(p).unwrap()).err().unwrap().to_string();
+        assert!(err.contains("not an imet checkpoint"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn the_latest_readable_checkpoint_wins_and_pruning_keeps_what_is_asked() {
+        let store = Store::memory();
+        let key_of = |e: u32| format!("c/epoch={e}.safetensors");
+        for e in [1, 2, 3] {
+            store.put(&key_of(e), encode(&state(e), &[], &[]).unwrap()).await.unwrap();
+        }
+        store.put(&key_of(4), b"garbage".to_vec()).await.unwrap();
+        let (key, ck) = latest(&store, "c", key_of, "h").await.unwrap().unwrap();
+        assert_eq!((key.as_str(), ck.state.epochs_done), ("c/epoch=3.safetensors", 3));
+        assert!(matches!(latest(&store, "c", key_of, "other").await, Err(Error::SpecChanged { .. })));
+        prune(&store, "c", key_of, &[1, 3]).await.unwrap();
+        assert_eq!(list(&store, "c").await.unwrap(), [1, 3]);
+    }
+
+    #[test]
+    fn copy_into_names_a_missing_variable() {
+        let var = Tensor::zeros([2], (Kind::Float, tch::Device::Cpu));
+        let src = HashMap::from([("a".to_string(), Tensor::from_slice(&[1.0f32, 2.0]))]);
+        copy_into("k", &[("a".into(), var.shallow_clone())], &src).unwrap();
+        assert_eq!(var, Tensor::from_slice(&[1.0f32, 2.0]));
+        let err = copy_into("k", &[("b".into(), var)], &src).unwrap_err().to_string();
+        assert!(err.contains("`b`"), "{err}");
+    }
+}

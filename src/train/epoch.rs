@@ -1,0 +1,324 @@
+//! Train stage: one epoch of training (forward, loss, scaled backward,
+//! gradient accumulation, clipping, optimiser step, schedule) and one pass
+//! of validation (loss, probabilities, F2 at the best global threshold).
+//! Works on tensors and the loader; reads and writes no store keys.
+
+use super::amp::GradScaler;
+use super::loss::loss;
+use super::optim::{clip_grad_norm, Optimizer};
+use super::schedule::lr_factor;
+use crate::data::metric::f2_counts;
+use crate::data::sample::draw::splitmix;
+use crate::data::AttributeId;
+use crate::error::{Error, Result};
+use crate::image::augment::Normalize;
+use crate::image::loader::{normalize_on_device, Epoch};
+use crate::image::mix::{mixup, smooth_labels};
+use crate::model::Network;
+use crate::spec::{LossSpec, MixupSpec, PhaseSpec};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tch::{Device, Kind, Reduction, Tensor};
+
+/// How batches are prepared and run on the device.
+pub struct DeviceSetup {
+    pub device: Device,
+    /// fp16 autocast (CUDA only).
+    pub autocast: bool,
+    /// NHWC layout (CUDA only).
+    pub channels_last: bool,
+    /// Batches arrive as u8 and are normalised on the device.
+    pub normalize: Option<Normalize>,
+}
+
+impl DeviceSetup {
+    /// Moves a loader batch to the device as normalised f32 NCHW.
+    pub fn images(&self, images: &Tensor) -> Tensor {
+        let xs = images.to_device(self.device);
+        let xs = match &self.normalize {
+            Some(n) => normalize_on_device(&xs, n),
+            None => xs,
+        };
+        if self.channels_last {
+            to_channels_last(&xs)
+        } else {
+            xs
+        }
+    }
+
+    /// Forward pass under autocast when enabled; logits as f32.
+    ///
+    /// # Errors
+    /// As [`Network::forward_t`].
+    pub fn forward(&self, net: &mut Network, xs: &Tensor, train: bool) -> Result<Tensor> {
+        let logits = if self.autocast { tch::autocast(true, || net.forward_t(xs, train))? } else { net.forward_t(xs, train)? };
+        Ok(logits.to_kind(Kind::Float))
+    }
+}
+
+/// Same values with NHWC strides (PyTorch's `channels_last`).
+pub fn to_channels_last(xs: &Tensor) -> Tensor {
+    xs.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
+}
+
+/// What one phase trains with.
+pub struct PhaseSetup<'a> {
+    pub phase: &'a PhaseSpec,
+    pub loss: LossSpec,
+    /// `[classes]` 0/1 mask of the labels the phase learns (None: all).
+    pub mask: Option<Tensor>,
+    pub label_smoothing: f64,
+    pub mixup: Option<MixupSpec>,
+    pub clip_grad_norm: Option<f64>,
+    /// Batches per optimiser step.
+    pub accumulation: usize,
+}
+
+/// Totals of one training epoch.
+#[derive(Clone, Copy, Debug)]
+pub struct TrainTotals {
+    pub loss: f64,
+    pub images: usize,
+    pub seconds: f64,
+    /// Learning rate of the epoch's last step (backbone group).
+    pub lr: f64,
+    /// Optimiser steps skipped by the grad scaler (inf/NaN gradients).
+    pub skipped_steps: usize,
+}
+
+/// Where the loop is, for error messages.
+pub struct Position<'a> {
+    pub job: &'a str,
+    /// 0-based epoch over all phases, and within the phase.
+    pub epoch: u32,
+    pub epoch_in_phase: u32,
+    /// Epochs of the last checkpoint kept.
+    pub last_checkpoint: Option<u32>,
+    pub seed: u64,
+}
+
+/// Trains one epoch over `batches` (of which there are `batch_count`).
+///
+/// # Errors
+/// Loader errors; [`Error::Train`] when the loss is NaN or infinite (the
+/// previous checkpoint is kept).
+pub fn train_epoch(
+    net: &mut Network,
+    dev: &DeviceSetup,
+    setup: &PhaseSetup<'_>,
+    optimizer: &mut Optimizer,
+    scaler: &mut GradScaler,
+    batches: Epoch,
+    batch_count: usize,
+    pos: &Position<'_>,
+) -> Result<TrainTotals> {
+    let start = std::time::Instant::now();
+    let steps_per_epoch = batch_count.div_ceil(setup.accumulation).max(1);
+    let base_lr = setup.phase.optimizer.lr();
+    let mut rng = ChaCha8Rng::seed_from_u64(splitmix(pos.seed ^ 0x6d69_7875_70 ^ splitmix(pos.epoch as u64)));
+    let (mut loss_sum, mut images, mut micro, mut step, mut skipped) = (0.0f64, 0usize, 0usize, 0usize, 0usize);
+    let mut lr = base_lr;
+    optimizer.zero_grad();
+    for (b, batch) in batches.enumerate() {
+        let batch = batch?;
+        let n = batch.ids.len();
+        let mut xs = dev.images(&batch.images);
+        let mut ys = batch.targets.to_device(dev.device);
+        if setup.label_smoothing > 0.0 {
+            ys = smooth_labels(&ys, setup.label_smoothing);
+        }
+        if let Some(m) = setup.mixup {
+            let mix_seed: u64 = rng.random();
+            if rng.random::<f64>() < m.p {
+                let (mx, my, _) = mixup(&xs, &ys, m.alpha, mix_seed);
+                xs = mx;
+                ys = my;
+            }
+        }
+        let logits = dev.forward(net, &xs, true)?;
+        let l = loss(&setup.loss, &logits, &ys, setup.mask.as_ref());
+        let value = l.double_value(&[]);
+        ensure_finite(value, pos, b)?;
+        scaler.scale(&(l / setup.accumulation as f64)).backward();
+        loss_sum += value * n as f64;
+        images += n;
+        micro += 1;
+        if micro == setup.accumulation || b + 1 == batch_count {
+            lr = base_lr * lr_factor(&setup.phase.schedule, setup.phase.epochs, pos.epoch_in_phase, step, steps_per_epoch);
+            let finite = scaler.unscale(optimizer.params());
+            if finite {
+                if let Some(c) = setup.clip_grad_norm {
+                    clip_grad_norm(optimizer.params(), c);
+                }
+                optimizer.step(lr, lr * setup.phase.head_lr_factor);
+            } else {
+                skipped += 1;
+            }
+            scaler.update(!finite);
+            optimizer.zero_grad();
+            micro = 0;
+            step += 1;
+        }
+    }
+    Ok(TrainTotals { loss: loss_sum / images.max(1) as f64, images, seconds: start.elapsed().as_secs_f64(), lr, skipped_steps: skipped })
+}
+
+/// Stops the job on a NaN or infinite loss.
+///
+/// # Errors
+/// [`Error::Train`] naming the epoch, batch and the checkpoint kept.
+pub fn ensure_finite(value: f64, pos: &Position<'_>, batch: usize) -> Result<()> {
+    if value.is_finite() {
+        return Ok(());
+    }
+    let kept = match pos.last_checkpoint {
+        Some(e) => format!("the checkpoint of epoch {e} is kept and a rerun resumes from it"),
+        None => "no checkpoint was written yet".to_string(),
+    };
+    Err(Error::Train {
+        job: pos.job.to_string(),
+        message: format!(
+            "the loss became {value} at epoch {} (batch {batch}); {kept}. Lower the learning rate, set train.clip_grad_norm, or check the inputs",
+            pos.epoch
+        ),
+    })
+}
+
+/// Validation results.
+#[derive(Clone, Debug)]
+pub struct Validation {
+    /// Mean binary cross-entropy over images and classes.
+    pub loss: f64,
+    pub f2: f64,
+    pub threshold: f64,
+    /// Row-major `[images, classes]` probabilities, in loader order.
+    pub probs: Vec<f32>,
+}
+
+/// Probabilities of every image of `batches` (sequential), with the mean
+/// BCE when targets are known.
+///
+/// # Errors
+/// Loader and forward errors.
+pub fn predict_probs(net: &mut Network, dev: &DeviceSetup, batches: Epoch) -> Result<(Vec<f32>, f64)> {
+    let _guard = tch::no_grad_guard();
+    let mut probs = Vec::new();
+    let (mut bce, mut count) = (0.0f64, 0usize);
+    for batch in batches {
+        let batch = batch?;
+        let xs = dev.images(&batch.images);
+        let logits = dev.forward(net, &xs, false)?;
+        let ys = batch.targets.to_device(dev.device);
+        bce += logits.binary_cross_entropy_with_logits::<Tensor>(&ys, None, None, Reduction::Sum).double_value(&[]);
+        count += ys.numel();
+        let p = logits.sigmoid().to_device(Device::Cpu).contiguous().view([-1]);
+        probs.extend(Vec::<f32>::try_from(&p)?);
+    }
+    Ok((probs, bce / count.max(1) as f64))
+}
+
+/// Validation: probabilities, loss, F2 at the best global threshold.
+///
+/// # Errors
+/// As [`predict_probs`].
+pub fn validate(net: &mut Network, dev: &DeviceSetup, batches: Epoch, labels: &[Vec<AttributeId>], classes: usize) -> Result<Validation> {
+    let (probs, loss) = predict_probs(net, dev, batches)?;
+    let (f2, threshold) = best_global_f2(&probs, classes, labels);
+    Ok(Validation { loss, f2, threshold, probs })
+}
+
+/// Candidate thresholds `t / 100`, `t = 1..=99`.
+const STEPS: usize = 100;
+
+/// Mean per-image F2 at the best single threshold over every class, and
+/// that threshold (candidates 0.01 to 0.99). An image with no probability
+/// above the threshold predicts nothing (F2 0 for it).
+pub fn best_global_f2(probs: &[f32], classes: usize, labels: &[Vec<AttributeId>]) -> (f64, f64) {
+    let n = labels.len();
+    if n == 0 || classes == 0 {
+        return (0.0, 0.5);
+    }
+    // Per image: how many predictions and hits at each threshold, from a
+    // histogram of probabilities counted from the top.
+    let mut totals = vec![0.0f64; STEPS];
+    let mut predicted = vec![0u32; STEPS + 1];
+    let mut hits = vec![0u32; STEPS + 1];
+    for (i, truth) in labels.iter().enumerate() {
+        let row = &probs[i * classes..(i + 1) * classes];
+        predicted.iter_mut().for_each(|v| *v = 0);
+        hits.iter_mut().for_each(|v| *v = 0);
+        let bin = |p: f32| ((p * STEPS as f32).floor() as usize).min(STEPS);
+        for &p in row {
+            predicted[bin(p)] += 1;
+        }
+        for a in truth {
+            hits[bin(row[a.0 as usize])] += 1;
+        }
+        // p >= t/100 <=> bin(p) >= t.
+        let (mut pc, mut hc) = (0u32, 0u32);
+        for t in (1..=STEPS).rev() {
+            pc += predicted[t];
+            hc += hits[t];
+            if t < STEPS {
+                totals[t] += f2_counts(hc, truth.len() as u32, pc);
+            }
+        }
+    }
+    let (best_t, best) = (1..STEPS).map(|t| (t, totals[t])).fold((50, f64::MIN), |a, b| if b.1 > a.1 { b } else { a });
+    (best / n as f64, best_t as f64 / STEPS as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_best_global_threshold_matches_a_direct_scan() {
+        let classes = 6;
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let labels: Vec<Vec<AttributeId>> =
+            (0..40).map(|i| (0..classes as u16).filter(|c| (i + *c as usize) % 3 == 0).map(AttributeId).collect()).collect();
+        let probs: Vec<f32> = (0..40 * classes)
+            .map(|k| {
+                let (i, c) = (k / classes, (k % classes) as u16);
+                let y = labels[i].contains(&AttributeId(c));
+                (if y { 0.5 } else { 0.0 }) + rng.random::<f32>() * 0.6
+            })
+            .collect();
+        let (f2, t) = best_global_f2(&probs, classes, &labels);
+        // Direct scan with the metric's own F2.
+        let direct = |t: f64| {
+            labels
+                .iter()
+                .enumerate()
+                .map(|(i, truth)| {
+                    let row = &probs[i * classes..(i + 1) * classes];
+                    let pred: Vec<u16> = (0..classes as u16).filter(|&c| row[c as usize] as f64 >= t - 1e-9).collect();
+                    let tp = pred.iter().filter(|c| truth.contains(&AttributeId(**c))).count();
+                    f2_counts(tp as u32, truth.len() as u32, pred.len() as u32)
+                })
+                .sum::<f64>()
+                / labels.len() as f64
+        };
+        let best_direct = (1..100).map(|t| direct(t as f64 / 100.0)).fold(f64::MIN, f64::max);
+        assert!((f2 - best_direct).abs() < 1e-9, "{f2} vs {best_direct}");
+        assert!((direct(t) - f2).abs() < 1e-3, "threshold {t} gives {}", direct(t));
+        assert!(f2 > 0.8, "separable data scores high: {f2}");
+    }
+
+    #[test]
+    fn a_nan_loss_names_the_epoch_and_the_checkpoint_kept() {
+        let pos = Position { job: "m fold 0", epoch: 3, epoch_in_phase: 1, last_checkpoint: Some(3), seed: 0 };
+        assert!(ensure_finite(0.5, &pos, 0).is_ok());
+        let err = ensure_finite(f64::NAN, &pos, 7).unwrap_err().to_string();
+        assert!(err.contains("NaN at epoch 3 (batch 7)") && err.contains("checkpoint of epoch 3 is kept"), "{err}");
+    }
+
+    #[test]
+    fn channels_last_keeps_values_and_changes_strides() {
+        let xs = Tensor::randn([2, 3, 4, 5], (Kind::Float, Device::Cpu));
+        let cl = to_channels_last(&xs);
+        assert_eq!(cl, xs);
+        assert_eq!(cl.stride(), [60, 1, 15, 3]);
+    }
+}
