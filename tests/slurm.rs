@@ -136,6 +136,15 @@ fn a_folds_only_experiment_runs_as_a_slurm_job_and_a_second_submit_skips_it() {
     let _cancel = CancelOnDrop { conf: &cluster.conf, experiment: "slurm-folds", keys: &["folds"] };
     let text = ok(imet(tmp.path(), &cluster.conf).args(["submit", "--spec", "spec.toml", "--engine", "slurm"]).output().unwrap(), "imet submit");
     assert!(text.contains("1 batch(es) submitted"), "{text}");
+    // Submitting again at once never queues the job twice: it is either
+    // still queued (refused) or done (skipped).
+    let twice = imet(tmp.path(), &cluster.conf).args(["submit", "--spec", "spec.toml", "--engine", "slurm"]).output().unwrap();
+    let twice_text = format!("{}{}", String::from_utf8_lossy(&twice.stdout), String::from_utf8_lossy(&twice.stderr));
+    assert!(
+        (!twice.status.success() && twice_text.contains("imet-slurm-folds-folds already queued or running"))
+            || (twice.status.success() && twice_text.contains("0 batch(es) submitted")),
+        "{twice_text}"
+    );
     let dir = tmp.path().join(".imet/slurm/slurm-folds");
     assert!(dir.join("folds.sbatch").exists() && dir.join("submit.sh").exists());
     wait_for(&slurm_root, "runs/slurm-folds/_FOLDS_SUCCESS.json", "slurm-folds", &cluster.conf, &dir.join("logs"), Duration::from_secs(120));
