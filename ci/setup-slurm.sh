@@ -8,8 +8,9 @@
 # a daemon) and `SLURM_CONF=<path>`; export the latter before calling
 # sbatch/squeue.
 #
-#   bash ci/setup-slurm.sh         # install if needed, start if needed
-#   bash ci/setup-slurm.sh stop    # stop the daemons it started (by pid file)
+#   bash ci/setup-slurm.sh           # install if needed, start if needed
+#   bash ci/setup-slurm.sh install   # only install the packages (ci/test.sh)
+#   bash ci/setup-slurm.sh stop      # stop the daemons it started (by pid file)
 #
 # State, logs and pid files live in $IMET_SLURM_DIR (default /tmp/imet-slurm).
 set -euo pipefail
@@ -46,6 +47,10 @@ if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null || ! comm
   fi
   export DEBIAN_FRONTEND=noninteractive
   apt-get install -y -q slurm-wlm munge >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q slurm-wlm munge >/dev/null; }
+fi
+if [ "${1:-}" = install ]; then
+  echo "slurm-wlm $(dpkg-query -W -f '${Version}' slurm-wlm 2>/dev/null || echo '(not from apt)') and munge installed"
+  exit 0
 fi
 
 mkdir -p "$dir/state" "$dir/spool"
