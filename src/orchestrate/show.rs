@@ -165,6 +165,20 @@ mod tests {
     }
 
     #[test]
+    fn json_lists_every_job_with_its_command_through_the_cluster_binary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.toml");
+        let text = "experiment = \"e\"\n[storage]\nroot = \"memory://\"\n[folds]\nk = 2\n[cluster]\nimet = \"/opt/imet\"\n";
+        std::fs::write(&path, text).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&plan_text(&path, true).unwrap()).unwrap();
+        assert_eq!(v["experiment"], "e");
+        assert_eq!(v["jobs"][0]["id"], "folds");
+        assert_eq!(v["jobs"][0]["command"], format!("/opt/imet folds --spec {}", path.display()));
+        assert_eq!(v["jobs"][0]["resources"]["cpus"], 4);
+        assert!(plan_text(&path, false).unwrap().contains("/opt/imet folds"));
+    }
+
+    #[test]
     fn the_table_has_a_row_per_job_with_its_resources_and_command() {
         let spec = JobSpec::parse(
             "s.toml",
