@@ -112,6 +112,10 @@ pub enum Error {
     // ---- train numerics (optimiser state) --------------------------------
     #[error("optimiser state: {message}")]
     OptimizerState { message: String },
+
+    // ---- batch engines (issue 7) -----------------------------------------
+    #[error("{engine}: {message}")]
+    Engine { engine: &'static str, message: String },
 }
 
 impl Error {

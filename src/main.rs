@@ -107,6 +107,47 @@ enum Command {
         #[arg(long)]
         spec: PathBuf,
     },
+    /// Show the experiment's job DAG: dependencies, command lines, resources.
+    Plan {
+        #[arg(long)]
+        spec: PathBuf,
+        /// Print the plan as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Submit the experiment's jobs not yet committed to a batch engine.
+    Submit {
+        #[arg(long)]
+        spec: PathBuf,
+        #[arg(long, value_enum)]
+        engine: SubmitEngine,
+        /// Folder for scripts and logs (default .imet/slurm/{experiment}).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Write the scripts and submit.sh without submitting.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Write the experiment's manifests for a batch engine (validated offline in CI).
+    Render {
+        #[arg(long)]
+        spec: PathBuf,
+        #[arg(long, value_enum)]
+        engine: RenderEngine,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SubmitEngine {
+    Slurm,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RenderEngine {
+    K8s,
+    AwsBatch,
 }
 
 fn main() -> std::process::ExitCode {
@@ -215,6 +256,38 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             println!("{:<12} {:<8} {:>8}  output", "stage", "state", "seconds");
             for s in &summary.stages {
                 println!("{:<12} {:<8} {:>8.1}  {}", s.stage, s.state, s.seconds, s.output);
+            }
+        }
+        Command::Plan { spec, json } => {
+            print!("{}", imet::orchestrate::show::plan_text(&spec, json)?);
+        }
+        Command::Submit { spec, engine: SubmitEngine::Slurm, out, dry_run } => {
+            let options = imet::orchestrate::slurm::SubmitOptions { out, dry_run };
+            let s = imet::orchestrate::slurm::submit(&spec, &options)
+                .await
+                .with_context(|| format!("submitting {} to Slurm", spec.display()))?;
+            let verb = if s.dry_run { "written (dry run, nothing submitted)" } else { "submitted" };
+            println!("experiment `{}`: {} batch(es) {verb}; scripts and logs in {}", s.experiment, s.batches.len(), s.dir.display());
+            println!("{:<24} {:>10} {:>8}  {:<24} script", "batch", "job id", "array", "after");
+            for b in &s.batches {
+                let id = b.job_id.as_deref().unwrap_or("-");
+                println!("{:<24} {:>10} {:>8}  {:<24} {}", b.key, id, b.array.as_deref().unwrap_or("-"), b.after.join(","), b.script.display());
+            }
+            if !s.skipped.is_empty() {
+                println!("already committed, not submitted: {}", s.skipped.join(" "));
+            }
+            if s.dry_run {
+                println!("to submit: bash {}", s.dir.join("submit.sh").display());
+            }
+        }
+        Command::Render { spec, engine, out } => {
+            let files = match engine {
+                RenderEngine::K8s => imet::orchestrate::k8s::render(&spec, &out),
+                RenderEngine::AwsBatch => imet::orchestrate::batch::render(&spec, &out),
+            }
+            .with_context(|| format!("rendering {} into {}", spec.display(), out.display()))?;
+            for f in &files {
+                println!("{}  {}", f.path.display(), f.what);
             }
         }
     }

@@ -3,3 +3,7 @@
 
 pub mod local;
 pub mod plan;
+pub mod show;
+pub mod slurm;
+pub mod k8s;
+pub mod batch;
