@@ -420,11 +420,14 @@ impl JobSpec {
         ])
     }
 
-    /// Hash of the whole spec except where its storage lives.
+    /// Hash of the whole spec except where its storage lives and how jobs
+    /// are scheduled (`[cluster]`).
     pub fn hash(&self) -> String {
         let mut v = serde_json::to_value(self).expect("spec serialises");
         if let Some(o) = v.as_object_mut() {
             o.remove("storage");
+            // Where and how jobs are scheduled does not change their outputs.
+            o.remove("cluster");
         }
         hash_parts(&[v])
     }
