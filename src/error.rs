@@ -119,6 +119,10 @@ pub enum Error {
 
     #[error("experiment `{experiment}`: interrupted with {unfinished} job(s) unfinished; run the same command again to finish them")]
     Interrupted { experiment: String, unfinished: usize },
+
+    // ---- batch engines (issue 7) -----------------------------------------
+    #[error("{engine}: {message}")]
+    Engine { engine: &'static str, message: String },
 }
 
 impl Error {

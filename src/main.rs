@@ -148,6 +148,53 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show the experiment's job DAG: dependencies, command lines, resources.
+    Plan {
+        #[arg(long)]
+        spec: PathBuf,
+        /// Print the plan as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Also estimate the ensemble's test-time hours against this budget (e.g. `9h`); see `imet budget`.
+        #[arg(long)]
+        budget: Option<String>,
+        /// Test images for --budget [default: rows of data/sample_submission.csv in the store].
+        #[arg(long, requires = "budget")]
+        test_images: Option<usize>,
+    },
+    /// Submit the experiment's jobs not yet committed to a batch engine.
+    Submit {
+        #[arg(long)]
+        spec: PathBuf,
+        #[arg(long, value_enum)]
+        engine: SubmitEngine,
+        /// Folder for scripts and logs (default .imet/slurm/{experiment}).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Write the scripts and submit.sh without submitting.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Write the experiment's manifests for a batch engine (validated offline in CI).
+    Render {
+        #[arg(long)]
+        spec: PathBuf,
+        #[arg(long, value_enum)]
+        engine: RenderEngine,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SubmitEngine {
+    Slurm,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RenderEngine {
+    K8s,
+    AwsBatch,
 }
 
 fn main() -> std::process::ExitCode {
@@ -281,6 +328,52 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
                 print!("{}", r.render());
+            }
+        }
+        Command::Plan { spec, json, budget, test_images } => {
+            let plan = imet::orchestrate::show::plan_text(&spec, json)?;
+            let Some(budget) = budget else {
+                print!("{plan}");
+                return Ok(());
+            };
+            let loaded = JobSpec::load(&spec)?;
+            let r = imet::orchestrate::budget::estimate_spec(&loaded, &budget, test_images, false, 3)
+                .await
+                .with_context(|| format!("estimating the inference budget of experiment `{}`", loaded.experiment))?;
+            if json {
+                let plan: serde_json::Value = serde_json::from_str(&plan)?;
+                println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "plan": plan, "budget": r }))?);
+            } else {
+                print!("{plan}\n{}", r.render());
+            }
+        }
+        Command::Submit { spec, engine: SubmitEngine::Slurm, out, dry_run } => {
+            let options = imet::orchestrate::slurm::SubmitOptions { out, dry_run };
+            let s = imet::orchestrate::slurm::submit(&spec, &options)
+                .await
+                .with_context(|| format!("submitting {} to Slurm", spec.display()))?;
+            let verb = if s.dry_run { "written (dry run, nothing submitted)" } else { "submitted" };
+            println!("experiment `{}`: {} batch(es) {verb}; scripts and logs in {}", s.experiment, s.batches.len(), s.dir.display());
+            println!("{:<24} {:>10} {:>8}  {:<24} script", "batch", "job id", "array", "after");
+            for b in &s.batches {
+                let id = b.job_id.as_deref().unwrap_or("-");
+                println!("{:<24} {:>10} {:>8}  {:<24} {}", b.key, id, b.array.as_deref().unwrap_or("-"), b.after.join(","), b.script.display());
+            }
+            if !s.skipped.is_empty() {
+                println!("already committed, not submitted: {}", s.skipped.join(" "));
+            }
+            if s.dry_run {
+                println!("to submit: bash {}", s.dir.join("submit.sh").display());
+            }
+        }
+        Command::Render { spec, engine, out } => {
+            let files = match engine {
+                RenderEngine::K8s => imet::orchestrate::k8s::render(&spec, &out),
+                RenderEngine::AwsBatch => imet::orchestrate::batch::render(&spec, &out),
+            }
+            .with_context(|| format!("rendering {} into {}", spec.display(), out.display()))?;
+            for f in &files {
+                println!("{}  {}", f.path.display(), f.what);
             }
         }
     }

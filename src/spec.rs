@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
+mod cluster;
 mod models;
+pub use cluster::{is_dns_label, is_dns_subdomain, AwsBatchSettings, AwsSecret, ClusterSection, KubernetesSettings, SlurmSettings};
 pub use models::{
     parse_duration, EvalResize, LabelScope, LossSpec, MixupSpec, ModelSpec, OptimizerSpec, PhaseSpec, Precision,
     PredictSection, Resources, Sampling, ScheduleSpec, Trainable, TrainSection,
@@ -37,6 +39,9 @@ pub struct JobSpec {
     /// The models trained per fold (`[[models]]`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub models: Vec<ModelSpec>,
+    /// How batch engines run the jobs (`imet submit`, `imet render`).
+    #[serde(default, skip_serializing_if = "ClusterSection::is_default")]
+    pub cluster: ClusterSection,
 }
 
 /// Where the experiment's data and outputs live.
@@ -411,6 +416,7 @@ impl JobSpec {
             return Err("`image.prefetch` and `image.fetch_concurrency` must be at least 1".into());
         }
         self.image.augment.validate().map_err(|e| format!("`image.augment`: {e}"))?;
+        self.cluster.validate()?;
         Ok(())
     }
 
@@ -467,11 +473,14 @@ impl JobSpec {
         ])
     }
 
-    /// Hash of the whole spec except where its storage lives.
+    /// Hash of the whole spec except where its storage lives and how jobs
+    /// are scheduled (`[cluster]`).
     pub fn hash(&self) -> String {
         let mut v = serde_json::to_value(self).expect("spec serialises");
         if let Some(o) = v.as_object_mut() {
             o.remove("storage");
+            // Where and how jobs are scheduled does not change their outputs.
+            o.remove("cluster");
         }
         hash_parts(&[v])
     }

@@ -218,3 +218,23 @@ fn r2_without_its_unbuilt_elements_runs_at_smoke_size() {
 fn r4_without_its_unbuilt_elements_runs_at_smoke_size() {
     smoke_run("r4-large-ensemble.toml");
 }
+
+#[test]
+fn plan_with_a_budget_estimates_each_member_and_says_which_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = jobs_dir().join("sample.toml");
+    let out = imet().current_dir(dir.path()).args(["plan", "--budget", "9h", "--test-images", "1000", "--json", "--spec"]).arg(&spec).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["plan"].is_object() || v["plan"].is_array(), "{v}");
+    let members = v["budget"]["members"].as_array().unwrap();
+    assert_eq!(members.len(), 2);
+    for m in members {
+        assert_eq!((m["test_images"].as_u64(), m["views"].as_u64(), m["folds"].as_u64()), (Some(1000), Some(2), Some(5)), "{m}");
+        assert_eq!(m["source"]["kind"], "calibration", "no earlier run in an empty folder: {m}");
+        assert!(m["views_per_sec"].as_f64().unwrap() > 0.0 && m["fits"].as_bool().unwrap(), "{m}");
+    }
+    let text = imet().current_dir(dir.path()).args(["plan", "--budget", "1s", "--test-images", "1000000", "--spec"]).arg(&spec).output().unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("fit in 0.00 h: none") && text.contains("left out: r18, r34"), "{text}");
+}

@@ -122,6 +122,10 @@ fn a_run_killed_mid_epoch_resumes_to_the_same_weights_and_oof() {
     assert!((1..3).contains(&resumed), "resumed from {resumed}");
     ok(imet(b.path(), &["predict", "--spec", "spec.toml", "--model", "r18", "--fold", "0"]).output().unwrap(), "predict");
 
+    let fold0 = a.path().join("store").join(keys::fold_dir(EXP, "r18", Fold(0)));
+    common::assert_matches_json_schema("predict_stats.schema.json", &fold0.join("predict_stats.json"));
+    common::assert_matches_json_schema("manifest.schema.json", &fold0.join("_TRAINED.json"));
+    common::assert_matches_json_schema("manifest.schema.json", &fold0.join("_SUCCESS.json"));
     let (wa, oa) = weights_and_oof(a.path());
     let (wb, ob) = weights_and_oof(b.path());
     assert!(wa == wb, "weights differ after kill and resume");

@@ -6,3 +6,7 @@ pub mod local;
 pub mod plan;
 pub mod smoke;
 pub mod status;
+pub mod show;
+pub mod slurm;
+pub mod k8s;
+pub mod batch;

@@ -22,6 +22,9 @@ use tracing::warn;
 /// Metadata key holding [`LoopState`] as JSON.
 const STATE_KEY: &str = "imet_loop_state";
 
+/// Name of the one-byte marker tensor every checkpoint holds.
+const MARKER: &str = "imet.checkpoint";
+
 /// Where the loop stands after a completed epoch.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LoopState {
@@ -105,6 +108,8 @@ pub fn encode(state: &LoopState, model: &[(String, Tensor)], optim: &[(String, T
     for (n, t) in optim {
         named.push((n.clone(), host(n, t)?));
     }
+    // A marker tensor: a header without tensors does not parse back.
+    named.push((MARKER.to_string(), HostTensor { dtype: Dtype::U8, shape: vec![1], data: vec![1] }));
     let meta = HashMap::from([(STATE_KEY.to_string(), serde_json::to_string(state)?)]);
     safetensors::tensor::serialize(named.iter().map(|(n, t)| (n.as_str(), t)), &Some(meta))
         .map_err(|e| Error::Checkpoint { key: "<memory>".into(), message: format!("cannot serialise: {e}") })
@@ -127,6 +132,9 @@ pub fn decode(key: &str, bytes: &[u8]) -> Result<Checkpoint> {
     let mut model = HashMap::new();
     let mut optim = HashMap::new();
     for (name, view) in parsed.tensors() {
+        if name == MARKER {
+            continue;
+        }
         let t = Tensor::try_from(view).map_err(|e| bad(format!("tensor {name}: {e}")))?;
         match name.strip_prefix("model.") {
             Some(n) => {
@@ -265,6 +273,9 @@ mod tests {
             store.put(&key_of(e), encode(&state(e), &[], &[]).unwrap()).await.unwrap();
         }
         store.put(&key_of(4), b"garbage".to_vec()).await.unwrap();
+        assert_eq!(list(&store, "c").await.unwrap(), [1, 2, 3, 4]);
+        let empty = decode("x", &encode(&state(1), &[], &[]).unwrap()).expect("an empty checkpoint decodes");
+        assert!(empty.model.is_empty() && empty.optim.is_empty());
         let (key, ck) = latest(&store, "c", key_of, "h").await.unwrap().unwrap();
         assert_eq!((key.as_str(), ck.state.epochs_done), ("c/epoch=3.safetensors", 3));
         assert!(matches!(latest(&store, "c", key_of, "other").await, Err(Error::SpecChanged { .. })));

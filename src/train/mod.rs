@@ -172,8 +172,35 @@ fn open_network(ctx: &Ctx, vs: &nn::VarStore, resume: Option<&(String, checkpoin
             checkpoint::copy_into(key, &sorted_variables(vs), &ck.model)?;
             Ok(net)
         }
-        None => Ok(ctx.handle.block_on(Network::open(&config, vs))?.0),
+        None => {
+            let (net, report) = ctx.handle.block_on(Network::open(&config, vs))?;
+            let fresh_head = report.as_ref().is_none_or(|r| r.fresh.iter().any(|n| n == "head.fc.bias"));
+            if let (Network::Native(_), true) = (&net, fresh_head) {
+                init_head_bias(vs, &ctx.train_items, ctx.classes);
+            }
+            Ok(net)
+        }
     }
+}
+
+/// Starts a fresh head at the label prior: `head.fc.bias[c] = logit(p_c)`
+/// with `p_c` the class's frequency in the training images (clamped to
+/// [1e-4, 0.5]), so the first epoch does not spend itself learning that
+/// almost every attribute is absent.
+fn init_head_bias(vs: &nn::VarStore, items: &[crate::image::loader::Item], classes: usize) {
+    let Some(bias) = vs.variables().get("head.fc.bias").map(|b| b.shallow_clone()) else { return };
+    let mut counts = vec![0f64; classes];
+    for item in items {
+        for a in &item.labels {
+            counts[a.0 as usize] += 1.0;
+        }
+    }
+    let n = items.len().max(1) as f64;
+    let prior: Vec<f32> = counts.iter().map(|c| (c / n).clamp(1e-4, 0.5)).map(|p| (p / (1.0 - p)).ln() as f32).collect();
+    tch::no_grad(|| {
+        let mut b = bias;
+        b.copy_(&Tensor::from_slice(&prior).to_device(b.device()).to_kind(b.kind()));
+    });
 }
 
 /// Every variable of `vs`, sorted by name.

@@ -313,7 +313,7 @@ fn sgd(
     param: &mut Tensor,
     grad: &Tensor,
     state: &mut ParamState,
-    (mut a, mut b): (Tensor, Tensor),
+    (a, mut b): (Tensor, Tensor),
     lr: f64,
     momentum: f64,
     nesterov: bool,

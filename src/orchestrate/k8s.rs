@@ -1,0 +1,390 @@
+//! Kubernetes manifests (`imet render --engine k8s`): a ConfigMap holding
+//! the spec, the folds Job, one Indexed Job per model (completion index =
+//! fold; each pod trains then predicts its fold) and the ensemble Job, plus
+//! a `submit.sh` that applies them in dependency order with `kubectl wait`.
+//! Credentials come from the Secret the spec names (`envFrom`), never from
+//! the manifests. Reads the spec; writes files under the output folder.
+
+use super::plan::{JobKind, JobResources, Plan};
+use super::slurm::with_env_fold;
+use crate::error::{Error, Result};
+use crate::spec::JobSpec;
+use serde_json::{json, Value};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// One rendered file.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Rendered {
+    pub path: PathBuf,
+    /// Object kinds and names in the file, or what the script does.
+    pub what: String,
+}
+
+/// Writes the manifests and `submit.sh` for `spec_path` under `out`.
+///
+/// # Errors
+/// Spec errors; [`Error::Engine`] for a spec the cluster cannot run (no
+/// `[cluster] image`, a store root pods cannot reach, names Kubernetes
+/// refuses); [`Error::Io`] writing files.
+pub fn render(spec_path: &Path, out: &Path) -> Result<Vec<Rendered>> {
+    let spec = JobSpec::load(spec_path)?;
+    let files = manifests(&spec)?;
+    write_files(out, &files)
+}
+
+/// Writes `(relative path, text)` pairs under `out`; scripts become
+/// executable.
+pub(crate) fn write_files(out: &Path, files: &[(String, String, String)]) -> Result<Vec<Rendered>> {
+    let mut done = Vec::new();
+    for (rel, text, what) in files {
+        let path = out.join(rel);
+        let io = |source| Error::Io { path: path.clone(), source };
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(io)?;
+        }
+        std::fs::write(&path, text).map_err(io)?;
+        if rel.ends_with(".sh") {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).map_err(io)?;
+        }
+        done.push(Rendered { path, what: what.clone() });
+    }
+    Ok(done)
+}
+
+fn engine(message: String) -> Error {
+    Error::Engine { engine: "kubernetes", message }
+}
+
+/// The store root containers use: `IMET_ROOT` when set, else the spec's.
+/// It must be an object store every pod reaches.
+///
+/// # Errors
+/// A message naming `storage.root` for plain paths, `file://` and `memory://`.
+pub fn container_root(spec: &JobSpec, engine: &'static str) -> Result<String> {
+    let root = std::env::var("IMET_ROOT").unwrap_or_else(|_| spec.storage.root.clone());
+    if !root.starts_with("s3://") {
+        return Err(Error::Engine {
+            engine,
+            message: format!(
+                "`storage.root` = {root:?}: containers share outputs only through an object store; set it (or IMET_ROOT) to s3://bucket/prefix, with credentials and endpoint from the cluster's secret"
+            ),
+        });
+    }
+    Ok(root)
+}
+
+/// The container image the spec names.
+///
+/// # Errors
+/// [`Error::Engine`] when `[cluster] image` is unset.
+pub fn container_image(spec: &JobSpec, engine: &'static str) -> Result<String> {
+    spec.cluster.image.clone().ok_or_else(|| Error::Engine {
+        engine,
+        message: "the spec has no `[cluster] image`; add `image = \"registry/imet:tag\"` (an image with `imet` on its PATH)".into(),
+    })
+}
+
+/// A Kubernetes object name from parts: lowercase, `_` and `.` become `-`.
+///
+/// # Errors
+/// When the name would pass 52 characters (Job names must leave room for
+/// the pods' suffixes) or start or end badly.
+pub fn object_name(parts: &[&str]) -> Result<String> {
+    let name = sanitize(&parts.join("-"));
+    if name.len() > 52 || !crate::spec::is_dns_label(&name) {
+        return Err(engine(format!(
+            "object name {name:?} (from {parts:?}) is not a valid Kubernetes Job name of at most 52 characters; shorten the experiment or model name"
+        )));
+    }
+    Ok(name)
+}
+
+/// Lowercase ASCII letters and digits; everything else becomes `-`.
+pub fn sanitize(s: &str) -> String {
+    s.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect()
+}
+
+/// Every file of the rendering as `(relative path, text, description)`.
+///
+/// # Errors
+/// As [`render`].
+pub fn manifests(spec: &JobSpec) -> Result<Vec<(String, String, String)>> {
+    let c = &spec.cluster;
+    let k = &c.kubernetes;
+    let image = container_image(spec, "kubernetes")?;
+    let root = container_root(spec, "kubernetes")?;
+    let spec_path = c.spec_path();
+    let plan = Plan::new(spec, Path::new(spec_path))?;
+    let exp = &plan.experiment;
+    let config_name = object_name(&["imet", exp, "spec"])?;
+    let (spec_dir, spec_file) = spec_path.rsplit_once('/').map(|(d, f)| (if d.is_empty() { "/" } else { d }, f)).unwrap_or(("/", spec_path));
+    let labels = |component: &str| json!({ "app.kubernetes.io/name": "imet", "app.kubernetes.io/component": component, "imet/experiment": label_value(exp) });
+    let meta = |name: &str, component: &str| json!({ "name": name, "namespace": k.namespace, "labels": labels(component) });
+
+    let mut files = Vec::new();
+    let configmap = json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": meta(&config_name, "spec"),
+        "data": { "spec.toml": spec.to_toml() },
+    });
+    files.push(("00-spec.yaml".to_string(), to_yaml_docs(&[configmap]), format!("ConfigMap/{config_name}")));
+
+    let pod = |component: &str, command: Vec<String>, r: &JobResources| {
+        let mut requests = json!({ "cpu": r.cpus.to_string(), "memory": format!("{}Gi", r.memory_gb) });
+        let mut limits = json!({ "memory": format!("{}Gi", r.memory_gb) });
+        if r.gpus > 0 {
+            requests["nvidia.com/gpu"] = json!(r.gpus.to_string());
+            limits["nvidia.com/gpu"] = json!(r.gpus.to_string());
+        }
+        let mut container = json!({
+            "name": "imet",
+            "image": image,
+            "imagePullPolicy": k.image_pull_policy,
+            "command": command,
+            "env": [
+                { "name": "IMET_ROOT", "value": root },
+                { "name": "IMET_LOG_FORMAT", "value": "json" },
+            ],
+            "resources": { "requests": requests, "limits": limits },
+            "volumeMounts": [{ "name": "spec", "mountPath": spec_dir, "readOnly": true }],
+        });
+        if let Some(secret) = &k.secret {
+            container["envFrom"] = json!([{ "secretRef": { "name": secret } }]);
+        }
+        let mut pod = json!({
+            "restartPolicy": "Never",
+            "activeDeadlineSeconds": r.time_limit_s,
+            "containers": [container],
+            "volumes": [{ "name": "spec", "configMap": { "name": config_name, "items": [{ "key": "spec.toml", "path": spec_file }] } }],
+        });
+        if let Some(sa) = &k.service_account {
+            pod["serviceAccountName"] = json!(sa);
+        }
+        json!({ "metadata": { "labels": labels(component) }, "spec": pod })
+    };
+    let job_object = |name: &str, component: &str, template: Value, extra: Value| {
+        let mut spec = json!({ "backoffLimit": k.backoff_limit, "template": template });
+        if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+            s.extend(e.clone());
+        }
+        json!({ "apiVersion": "batch/v1", "kind": "Job", "metadata": meta(name, component), "spec": spec })
+    };
+
+    // Jobs in apply order with the time `kubectl wait` allows each.
+    let mut order: Vec<(String, String, u64)> = Vec::new();
+    if let Some(folds) = plan.jobs.iter().find(|j| j.kind == JobKind::Folds) {
+        let name = object_name(&["imet", exp, "folds"])?;
+        let command: Vec<String> = std::iter::once(c.imet().to_string()).chain(folds.args.iter().cloned()).collect();
+        let obj = job_object(&name, "folds", pod("folds", command, &folds.resources), json!({}));
+        files.push(("01-folds.yaml".into(), to_yaml_docs(&[obj]), format!("Job/{name}")));
+        order.push(("01-folds.yaml".into(), name, folds.resources.time_limit_s));
+    }
+    let mut ensemble_after = Vec::new();
+    for m in &spec.models {
+        let of = |kind: JobKind| plan.jobs.iter().find(|j| j.kind == kind && j.model.as_deref() == Some(m.name.as_str()) && j.fold == Some(0));
+        let (Some(train), Some(predict)) = (of(JobKind::Train), of(JobKind::Predict)) else { continue };
+        let name = object_name(&["imet", exp, &m.name])?;
+        let (tr, pr) = (&train.resources, &predict.resources);
+        let r = JobResources {
+            gpus: tr.gpus.max(pr.gpus),
+            cpus: tr.cpus.max(pr.cpus),
+            memory_gb: tr.memory_gb.max(pr.memory_gb),
+            time_limit_s: tr.time_limit_s + pr.time_limit_s,
+        };
+        let line = format!("{} && {}", with_env_fold(train).command_line(c.imet()), with_env_fold(predict).command_line(c.imet()));
+        let folds = u32::from(spec.folds.k);
+        let parallelism = k.parallelism.unwrap_or(folds).min(folds);
+        let obj = job_object(
+            &name,
+            "train-predict",
+            pod("train-predict", vec!["sh".into(), "-c".into(), line], &r),
+            json!({ "completionMode": "Indexed", "completions": folds, "parallelism": parallelism }),
+        );
+        let file = format!("02-model-{}.yaml", sanitize(&m.name));
+        files.push((file.clone(), to_yaml_docs(&[obj]), format!("Job/{name} (Indexed, {folds} completions)")));
+        let waves = u64::from(folds.div_ceil(parallelism));
+        order.push((file, name.clone(), r.time_limit_s * waves * u64::from(k.backoff_limit + 1)));
+        if spec.ensemble.as_ref().is_some_and(|e| e.members.contains(&m.name)) {
+            ensemble_after.push(name);
+        }
+    }
+    if let Some(ens) = plan.jobs.iter().find(|j| j.kind == JobKind::Ensemble) {
+        let name = object_name(&["imet", exp, "ensemble"])?;
+        let command: Vec<String> = std::iter::once(c.imet().to_string()).chain(ens.args.iter().cloned()).collect();
+        let obj = job_object(&name, "ensemble", pod("ensemble", command, &ens.resources), json!({}));
+        files.push(("03-ensemble.yaml".into(), to_yaml_docs(&[obj]), format!("Job/{name}")));
+        order.push(("03-ensemble.yaml".into(), name, ens.resources.time_limit_s));
+    }
+    files.push(("submit.sh".into(), submit_script(exp, &k.namespace, &order), "applies the manifests in dependency order".into()));
+    Ok(files)
+}
+
+/// Label values allow 63 characters from `[A-Za-z0-9_.-]`.
+fn label_value(s: &str) -> String {
+    s.chars().take(63).collect::<String>().trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_string()
+}
+
+/// Applies every file in order; each stage waits for the previous one to
+/// complete (models are applied together and waited for together).
+fn submit_script(experiment: &str, namespace: &str, order: &[(String, String, u64)]) -> String {
+    let mut s = format!(
+        "#!/bin/sh\n# Runs experiment `{experiment}` on Kubernetes; written by `imet render --engine k8s`.\n\
+         # Jobs already run are deleted and applied again: imet skips work already committed in the store.\n\
+         set -eu\ncd \"$(dirname \"$0\")\"\nNS={namespace}\n\
+         run() {{ kubectl -n \"$NS\" delete job \"$2\" --ignore-not-found; kubectl apply -f \"$1\"; }}\n\
+         wait_for() {{ kubectl -n \"$NS\" wait --for=condition=complete --timeout=\"$2s\" \"job/$1\"; }}\n\
+         kubectl apply -f 00-spec.yaml\n"
+    );
+    let stage = |f: &str| f.split('-').next().unwrap_or("").to_string();
+    let mut i = 0;
+    while i < order.len() {
+        let st = stage(&order[i].0);
+        let group: Vec<&(String, String, u64)> = order[i..].iter().take_while(|o| stage(&o.0) == st).collect();
+        for (file, name, _) in &group {
+            let _ = writeln!(s, "run {file} {name}");
+        }
+        for (_, name, timeout) in &group {
+            let _ = writeln!(s, "wait_for {name} {timeout}");
+        }
+        i += group.len();
+    }
+    let _ = writeln!(s, "echo \"experiment {experiment}: every job completed\"");
+    s
+}
+
+/// YAML documents (`---` separated) for JSON values. Strings are written
+/// as JSON strings, which YAML reads unchanged; keys keep their order.
+pub fn to_yaml_docs(docs: &[Value]) -> String {
+    let mut out = String::new();
+    for (i, d) in docs.iter().enumerate() {
+        if i > 0 {
+            out.push_str("---\n");
+        }
+        yaml_value(&mut out, d, 0);
+    }
+    out
+}
+
+fn scalar(v: &Value) -> String {
+    match v {
+        Value::String(s) => serde_json::to_string(s).expect("strings serialise"),
+        Value::Object(o) if o.is_empty() => "{}".into(),
+        Value::Array(a) if a.is_empty() => "[]".into(),
+        other => other.to_string(),
+    }
+}
+
+fn is_block(v: &Value) -> bool {
+    matches!(v, Value::Object(o) if !o.is_empty()) || matches!(v, Value::Array(a) if !a.is_empty())
+}
+
+fn yaml_value(out: &mut String, v: &Value, indent: usize) {
+    let pad = " ".repeat(indent);
+    match v {
+        Value::Object(o) if !o.is_empty() => {
+            for (k, val) in o {
+                let key = serde_json::to_string(k).expect("strings serialise");
+                let key = if k.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b)) && !k.is_empty() { k.clone() } else { key };
+                if is_block(val) {
+                    let _ = writeln!(out, "{pad}{key}:");
+                    yaml_value(out, val, indent + 2);
+                } else {
+                    let _ = writeln!(out, "{pad}{key}: {}", scalar(val));
+                }
+            }
+        }
+        Value::Array(a) if !a.is_empty() => {
+            for item in a {
+                if is_block(item) {
+                    // The first line of the item goes after "- ".
+                    let mut inner = String::new();
+                    yaml_value(&mut inner, item, indent + 2);
+                    let _ = write!(out, "{pad}- {}", &inner[indent + 2..]);
+                } else {
+                    let _ = writeln!(out, "{pad}- {}", scalar(item));
+                }
+            }
+        }
+        other => {
+            let _ = writeln!(out, "{pad}{}", scalar(other));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const SPEC: &str = r#"
+experiment = "e_1"
+[storage]
+root = "s3://bucket/runs"
+[folds]
+k = 3
+[[models]]
+name = "r18"
+arch = "resnet18"
+size = 64
+train = { batch_size = 8, phases = [{ epochs = 1, optimizer = { kind = "sgd", lr = 0.1 } }] }
+resources = { gpus = 2, cpus = 6, memory_gb = 40, time_limit = "90m", predict_time_limit = "30m" }
+[ensemble]
+members = ["r18"]
+[cluster]
+image = "ghcr.io/me/imet:0.1"
+[cluster.kubernetes]
+namespace = "ml"
+secret = "imet-s3"
+parallelism = 2
+"#;
+
+    fn file<'a>(files: &'a [(String, String, String)], name: &str) -> &'a str {
+        &files.iter().find(|f| f.0 == name).unwrap_or_else(|| panic!("no {name}")).1
+    }
+
+    #[test]
+    fn each_model_is_an_indexed_job_with_gpu_limits_and_the_secret_by_name() {
+        let spec = JobSpec::parse("s.toml", SPEC).unwrap();
+        let files = manifests(&spec).unwrap();
+        let names: Vec<&str> = files.iter().map(|f| f.0.as_str()).collect();
+        assert_eq!(names, ["00-spec.yaml", "01-folds.yaml", "02-model-r18.yaml", "03-ensemble.yaml", "submit.sh"]);
+        let m = file(&files, "02-model-r18.yaml");
+        for needle in [
+            "name: \"imet-e-1-r18\"",
+            "completionMode: \"Indexed\"",
+            "completions: 3",
+            "parallelism: 2",
+            "nvidia.com/gpu: \"2\"",
+            "memory: \"40Gi\"",
+            "secretRef:\n",
+            "name: \"imet-s3\"",
+            "\"imet train --spec /etc/imet/spec.toml --model r18 --fold env && imet predict --spec /etc/imet/spec.toml --model r18 --fold env\"",
+            "value: \"s3://bucket/runs\"",
+            "activeDeadlineSeconds: 7200",
+        ] {
+            assert!(m.contains(needle), "{needle:?} missing from\n{m}");
+        }
+        assert!(!file(&files, "01-folds.yaml").contains("nvidia.com/gpu"));
+        let s = file(&files, "submit.sh");
+        let (folds, model, ens) = (s.find("wait_for imet-e-1-folds").unwrap(), s.find("run 02-model").unwrap(), s.find("run 03-ensemble").unwrap());
+        assert!(folds < model && s.find("wait_for imet-e-1-r18").unwrap() < ens, "{s}");
+    }
+
+    #[test]
+    fn a_store_pods_cannot_reach_or_a_missing_image_is_refused() {
+        let local = JobSpec::parse("s.toml", &SPEC.replace("s3://bucket/runs", "out/e")).unwrap();
+        let err = manifests(&local).unwrap_err().to_string();
+        assert!(err.contains("storage.root") && err.contains("s3://"), "{err}");
+        let no_image = JobSpec::parse("s.toml", &SPEC.replace("image = \"ghcr.io/me/imet:0.1\"", "")).unwrap();
+        let err = manifests(&no_image).unwrap_err().to_string();
+        assert!(err.contains("[cluster] image"), "{err}");
+    }
+
+    #[test]
+    fn yaml_nests_maps_and_lists_and_quotes_every_string() {
+        let y = to_yaml_docs(&[json!({ "a": { "b": [1, { "c": "x: y", "d": [] }], "e": {} }, "f": "multi\nline" })]);
+        assert_eq!(y, "a:\n  b:\n    - 1\n    - c: \"x: y\"\n      d: []\n  e: {}\nf: \"multi\\nline\"\n");
+    }
+}
