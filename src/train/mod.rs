@@ -332,6 +332,13 @@ fn train_blocking(ctx: Ctx) -> Result<TrainOutcome> {
         tch::manual_seed(splitmix(ctx.seed ^ splitmix(e as u64 + 1)) as i64);
         let totals = epoch::train_epoch(&mut net, &dev, &setup, opt, &mut scaler, train_loader.epoch(e as u64), batch_count, &pos)?;
         let v = epoch::validate(&mut net, &dev, valid_loader.epoch(0), &valid_labels, ctx.classes)?;
+        if !v.loss.is_finite() {
+            warn!(
+                epoch = e + 1,
+                valid_loss = v.loss,
+                "validation loss is not finite (training loss is): BatchNorm statistics or the learning rate may have diverged; NaN probabilities count as predicting nothing"
+            );
+        }
         let record = EpochRecord {
             epoch: e + 1,
             phase: phase_name(phase, pi),
