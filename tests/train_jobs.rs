@@ -178,7 +178,10 @@ fn a_head_only_phase_leaves_the_encoder_untouched_and_phases_are_recorded() {
     let (d, spec) = setup("imet-phases", extra, &format!("{head},\n  {tags}"));
     let with_init = |text: String| text.replace("arch = \"resnet18\"", &format!("arch = \"resnet18\"\nweights = \"file://{}\"", init.display()));
     std::fs::write(&spec, with_init(std::fs::read_to_string(&spec).unwrap())).unwrap();
-    let head_only = with_init(spec_text(&d.path().join("store"), extra, head).replace("experiment = \"tiny\"", "experiment = \"head\""));
+    // The head-only spec also predicts at the end of `imet train`.
+    let head_only = with_init(
+        spec_text(&d.path().join("store"), &format!("{extra}\npredict_after = true"), head).replace("experiment = \"tiny\"", "experiment = \"head\""),
+    );
     std::fs::write(d.path().join("head.toml"), head_only).unwrap();
     ok(imet(d.path(), &["folds", "--spec", "head.toml"]).output().unwrap(), "folds");
     ok(imet(d.path(), &["train", "--spec", "head.toml", "--model", "r18", "--fold", "0"]).output().unwrap(), "head phase");
@@ -194,6 +197,9 @@ fn a_head_only_phase_leaves_the_encoder_untouched_and_phases_are_recorded() {
         assert!(same(n), "{n} changed in a head-only phase");
     }
     assert!(!same("head.fc.weight"), "the head did not train");
+    let predicted = d.path().join("store").join(keys::success("head", "r18", Fold(0)));
+    assert!(predicted.exists(), "predict_after = true: `imet train` also predicted");
+    assert!(!d.path().join("store").join(keys::success(EXP, "r18", Fold(0))).exists(), "and only when asked");
     let history = rt().block_on(read_history(&store, &keys::history(EXP, "r18", Fold(0)))).unwrap();
     assert_eq!(history.iter().map(|r| r.phase.as_str()).collect::<Vec<_>>(), ["head", "tags"]);
     assert!(history.iter().all(|r| r.train_loss.is_finite() && r.valid_f2 >= 0.0));
