@@ -1,6 +1,7 @@
 //! Train and predict jobs through the binary on a tiny synthetic sample:
 //! a run killed with SIGKILL mid-epoch and restarted ends with the same
-//! weights and OOF predictions as an uninterrupted one; a failed checkpoint
+//! weights and OOF predictions as an uninterrupted one (with hard negative
+//! mining, whose hard images travel in the checkpoint); a failed checkpoint
 //! write keeps the previous checkpoint; a head-only phase leaves the encoder
 //! untouched; bad inputs fail before any work with errors naming what to do.
 
@@ -44,6 +45,7 @@ effective_batch = 16
 label_smoothing = 0.05
 mixup = {{ alpha = 0.4, p = 0.5 }}
 clip_grad_norm = 5.0
+hard_negative_mining = 0.1
 {extra_train}
 phases = [{phases}]
 "#,

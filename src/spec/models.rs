@@ -111,7 +111,8 @@ pub struct TrainSection {
     /// prediction disagrees most with their labels.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drop_noisy: Option<f64>,
-    /// R2 stage 2: resample this fraction of hardest images each epoch.
+    /// R2 stage 2: each epoch also visits this fraction of the training
+    /// images once more: those with the highest loss in the epoch before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hard_negative_mining: Option<f64>,
     /// R2 stage 3 / R3: add this fraction of the most confident test
@@ -567,8 +568,10 @@ impl ModelSpec {
         if t.drop_noisy.is_some() {
             return unsupported("train.drop_noisy", "dropping noisy training labels by OOF disagreement");
         }
-        if t.hard_negative_mining.is_some() {
-            return unsupported("train.hard_negative_mining", "hard negative mining");
+        if let Some(f) = t.hard_negative_mining {
+            if !(f > 0.0 && f <= 0.5) {
+                return Err(format!("{} = {f}: must be in (0, 0.5] (the fraction of images visited again)", at("train.hard_negative_mining")));
+            }
         }
         if t.pseudo_labels.is_some() {
             return unsupported("train.pseudo_labels", "pseudo-labelling from test predictions");
@@ -695,7 +698,6 @@ phases = [
     fn elements_not_built_yet_are_refused_by_name() {
         for (line, element) in [
             ("drop_noisy = 0.05", "not supported yet: dropping noisy"),
-            ("hard_negative_mining = 0.05", "not supported yet: hard negative mining"),
             ("pseudo_labels = 0.1", "not supported yet: pseudo-labelling"),
             ("distill_from = \"e\"", "not supported yet: knowledge distillation"),
             ("precision = \"bf16\"", "not supported yet: bf16"),

@@ -40,6 +40,10 @@ pub struct LoopState {
     pub best_f2: f64,
     pub best_epoch: u32,
     pub history: Vec<EpochRecord>,
+    /// Training items the next epoch visits once more (hard negative
+    /// mining).
+    #[serde(default)]
+    pub hard: Vec<usize>,
     /// Spec hash of the job that wrote it; another spec's checkpoint is
     /// never resumed.
     pub spec_hash: String,
@@ -236,6 +240,7 @@ mod tests {
             best_f2: 0.5,
             best_epoch: 1,
             history: vec![],
+            hard: vec![3, 1],
             spec_hash: "h".into(),
         }
     }

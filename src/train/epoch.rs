@@ -72,10 +72,12 @@ pub struct PhaseSetup<'a> {
     pub clip_grad_norm: Option<f64>,
     /// Batches per optimiser step.
     pub accumulation: usize,
+    /// Record each image's loss (hard negative mining).
+    pub track_items: bool,
 }
 
 /// Totals of one training epoch.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct TrainTotals {
     pub loss: f64,
     pub images: usize,
@@ -84,6 +86,9 @@ pub struct TrainTotals {
     pub lr: f64,
     /// Optimiser steps skipped by the grad scaler (inf/NaN gradients).
     pub skipped_steps: usize,
+    /// `(item index, mean BCE over classes)` of every image visited, when
+    /// [`PhaseSetup::track_items`] is set.
+    pub item_losses: Vec<(usize, f32)>,
 }
 
 /// Where the loop is, for error messages.
@@ -118,6 +123,7 @@ pub fn train_epoch(
     let mut rng = ChaCha8Rng::seed_from_u64(splitmix(pos.seed ^ 0x6d69_7875_70 ^ splitmix(pos.epoch as u64)));
     let (mut loss_sum, mut images, mut micro, mut step, mut skipped) = (0.0f64, 0usize, 0usize, 0usize, 0usize);
     let mut lr = base_lr;
+    let mut item_losses = Vec::new();
     optimizer.zero_grad();
     for (b, batch) in batches.enumerate() {
         let batch = batch?;
@@ -136,6 +142,13 @@ pub fn train_epoch(
             }
         }
         let logits = dev.forward(net, &xs, true)?;
+        if setup.track_items {
+            let per_image = tch::no_grad(|| {
+                logits.binary_cross_entropy_with_logits::<Tensor>(&ys, None, None, Reduction::None).mean_dim([1i64].as_slice(), false, Kind::Float)
+            });
+            let per_image = Vec::<f32>::try_from(&per_image.to_device(Device::Cpu))?;
+            item_losses.extend(batch.indices.iter().copied().zip(per_image));
+        }
         let l = loss(&setup.loss, &logits, &ys, setup.mask.as_ref());
         let value = l.double_value(&[]);
         ensure_finite(value, pos, b)?;
@@ -160,7 +173,14 @@ pub fn train_epoch(
             step += 1;
         }
     }
-    Ok(TrainTotals { loss: loss_sum / images.max(1) as f64, images, seconds: start.elapsed().as_secs_f64(), lr, skipped_steps: skipped })
+    Ok(TrainTotals {
+        loss: loss_sum / images.max(1) as f64,
+        images,
+        seconds: start.elapsed().as_secs_f64(),
+        lr,
+        skipped_steps: skipped,
+        item_losses,
+    })
 }
 
 /// Stops the job on a NaN or infinite loss.

@@ -253,6 +253,7 @@ fn train_blocking(ctx: Ctx) -> Result<TrainOutcome> {
             best_f2: f64::NEG_INFINITY,
             best_epoch: 0,
             history: Vec::new(),
+            hard: Vec::new(),
             spec_hash: ctx.hash.clone(),
         },
     };
@@ -265,9 +266,13 @@ fn train_blocking(ctx: Ctx) -> Result<TrainOutcome> {
     let output = if dev.normalize.is_some() { Output::U8 } else { Output::Normalized(Normalize::default()) };
     let train_opts = LoaderOptions { drop_last: false, ..LoaderOptions::from_section(&ctx.spec.image, m.train.batch_size, ctx.classes, ctx.seed, output.clone()) };
     let labels: Vec<_> = ctx.train_items.iter().map(|i| i.labels.clone()).collect();
-    let sampler = sampling::sampler(m.train.sampling, &labels, ctx.classes, m.train.limit_images, ctx.seed);
+    let base = sampling::sampler(m.train.sampling, &labels, ctx.classes, m.train.limit_images, ctx.seed);
+    let mining = m.train.hard_negative_mining.map(|_| Arc::new(sampling::HardMining::new(base.clone(), ctx.seed)));
+    let sampler: Arc<dyn crate::image::Sampler> = match &mining {
+        Some(h) => h.clone(),
+        None => base,
+    };
     let n_train = m.train.limit_images.map_or(ctx.train_items.len(), |l| l.min(ctx.train_items.len()));
-    let batch_count = n_train.div_ceil(m.train.batch_size);
     let valid_opts = LoaderOptions::from_section(&ctx.spec.image, m.predict_batch(), ctx.classes, ctx.seed, output);
     let valid_labels: Vec<_> = ctx.valid_items.iter().map(|i| i.labels.clone()).collect();
     let (train_loader, valid_loader) = {
@@ -318,6 +323,7 @@ fn train_blocking(ctx: Ctx) -> Result<TrainOutcome> {
             mixup: m.train.mixup,
             clip_grad_norm: m.train.clip_grad_norm,
             accumulation: m.accumulation(),
+            track_items: m.train.hard_negative_mining.is_some(),
         };
         let pos = Position {
             job: &ctx.job,
@@ -330,7 +336,14 @@ fn train_blocking(ctx: Ctx) -> Result<TrainOutcome> {
         // Dropout and other torch randomness restart from a per-epoch seed,
         // so a resumed epoch draws what the uninterrupted one drew.
         tch::manual_seed(splitmix(ctx.seed ^ splitmix(e as u64 + 1)) as i64);
+        if let Some(h) = &mining {
+            h.set_hard(state.hard.clone());
+        }
+        let batch_count = (n_train + state.hard.len()).div_ceil(m.train.batch_size);
         let totals = epoch::train_epoch(&mut net, &dev, &setup, opt, &mut scaler, train_loader.epoch(e as u64), batch_count, &pos)?;
+        if let Some(fraction) = m.train.hard_negative_mining {
+            state.hard = sampling::hardest(&totals.item_losses, fraction, n_train);
+        }
         let v = epoch::validate(&mut net, &dev, valid_loader.epoch(0), &valid_labels, ctx.classes)?;
         if !v.loss.is_finite() {
             warn!(

@@ -2,7 +2,9 @@
 //! seeded permutation per epoch; `log_class_weights` (recipe R2) draws
 //! images with replacement, an image weighing the largest `ln(N / n_c)` over
 //! its classes, so rare classes are seen more often. Either can be cut to a
-//! number of images per epoch (smoke runs). Reads and writes nothing.
+//! number of images per epoch (smoke runs), and hard negative mining (R2)
+//! adds the images with the highest loss of the previous epoch once more.
+//! Reads and writes nothing.
 
 use crate::data::sample::draw::splitmix;
 use crate::data::AttributeId;
@@ -63,6 +65,52 @@ impl Sampler for Limited {
     }
 }
 
+/// Another sampler's order plus the hardest images of the previous epoch
+/// (set with [`HardMining::set_hard`] before each epoch), shuffled together
+/// with a seed of the epoch.
+pub struct HardMining {
+    pub inner: Arc<dyn Sampler>,
+    pub seed: u64,
+    hard: std::sync::Mutex<Vec<usize>>,
+}
+
+impl HardMining {
+    pub fn new(inner: Arc<dyn Sampler>, seed: u64) -> HardMining {
+        HardMining { inner, seed, hard: std::sync::Mutex::new(Vec::new()) }
+    }
+
+    /// The item indices the next epoch visits once more.
+    pub fn set_hard(&self, hard: Vec<usize>) {
+        if let Ok(mut h) = self.hard.lock() {
+            *h = hard;
+        }
+    }
+}
+
+impl Sampler for HardMining {
+    fn order(&self, epoch: u64, n: usize) -> Vec<usize> {
+        let mut v = self.inner.order(epoch, n);
+        let hard = self.hard.lock().map(|h| h.clone()).unwrap_or_default();
+        if hard.is_empty() {
+            return v;
+        }
+        v.extend(hard.into_iter().filter(|&i| i < n));
+        rand::seq::SliceRandom::shuffle(&mut v[..], &mut ChaCha8Rng::seed_from_u64(splitmix(self.seed ^ 0x6861_7264 ^ splitmix(epoch))));
+        v
+    }
+}
+
+/// The `fraction` of items with the highest loss (at least one), highest
+/// first; ties go to the lower index.
+pub fn hardest(losses: &[(usize, f32)], fraction: f64, items: usize) -> Vec<usize> {
+    let k = ((items as f64 * fraction).ceil() as usize).max(1);
+    let mut v: Vec<(usize, f32)> = losses.iter().copied().filter(|(_, l)| l.is_finite()).collect();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    v.dedup_by_key(|x| x.0);
+    v.truncate(k);
+    v.into_iter().map(|(i, _)| i).collect()
+}
+
 /// The sampler a model's `train.sampling` and `train.limit_images` ask for.
 pub fn sampler(kind: Sampling, labels: &[Vec<AttributeId>], classes: usize, limit: Option<usize>, seed: u64) -> Arc<dyn Sampler> {
     let inner: Arc<dyn Sampler> = match kind {
@@ -91,6 +139,22 @@ mod tests {
         assert!(rare > 50, "rare images drawn {rare} times of 100");
         assert_eq!(order, s.order(0, 100));
         assert_ne!(order, s.order(1, 100));
+    }
+
+    #[test]
+    fn hard_mining_visits_the_hardest_images_once_more() {
+        let base: Arc<dyn Sampler> = Arc::new(Shuffle { seed: 1 });
+        let s = HardMining::new(base.clone(), 9);
+        assert_eq!(s.order(2, 10), base.order(2, 10), "nothing hard before the first epoch");
+        let losses: Vec<(usize, f32)> = (0..10).map(|i| (i, i as f32)).collect();
+        let hard = hardest(&losses, 0.2, 10);
+        assert_eq!(hard, [9, 8]);
+        s.set_hard(hard);
+        let order = s.order(3, 10);
+        assert_eq!(order.len(), 12);
+        assert_eq!(order.iter().filter(|&&i| i == 9).count(), 2);
+        assert_eq!(order, s.order(3, 10), "seeded");
+        assert_eq!(hardest(&[(0, f32::NAN), (1, 0.5)], 0.05, 10), [1]);
     }
 
     #[test]
