@@ -249,6 +249,34 @@ impl ModuleT for ConvBn {
     }
 }
 
+/// A residual block's projection shortcut under `downsample`: `0` a
+/// convolution (kernel `k`, padding `k / 2`, no bias), `1` a batch norm.
+#[derive(Debug)]
+pub struct Projection {
+    conv: Conv2d,
+    bn: BatchNorm2d,
+}
+
+impl Projection {
+    /// The projection of block `vs` from `inplanes` to `out` channels.
+    pub fn new(vs: &nn::Path, inplanes: i64, out: i64, kernel: i64, stride: i64, opts: ConvOptions) -> Self {
+        let ds = vs / "downsample";
+        Projection {
+            conv: Conv2d::new(&(&ds / "0"), ConvSpec::new(inplanes, out, kernel, stride, kernel / 2), opts),
+            bn: BatchNorm2d::new(&(&ds / "1"), out, 1e-5),
+        }
+    }
+}
+
+/// What a residual block adds to its output: the projection of `xs` when
+/// the block has one, else `xs` itself.
+pub fn shortcut(projection: &Option<Projection>, xs: &Tensor, train: bool) -> Tensor {
+    match projection {
+        Some(p) => p.bn.forward_t(&nn::Module::forward(&p.conv, xs), train),
+        None => xs.shallow_clone(),
+    }
+}
+
 /// Squeeze-and-excitation as in Cadene's SENet (`fc1`, `fc2`: 1x1
 /// convolutions with bias): `x * sigmoid(fc2(relu(fc1(mean_hw(x)))))`.
 #[derive(Debug)]

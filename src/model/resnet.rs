@@ -5,7 +5,7 @@
 //! `resnet50`, `resnet101`, `resnext50_32x4d`, `resnext101_32x8d`
 //! (bottlenecks). Reads and writes nothing.
 
-use super::layers::{BatchNorm2d, Conv2d, ConvOptions, ConvSpec};
+use super::layers::{shortcut, BatchNorm2d, Conv2d, ConvOptions, ConvSpec, Projection};
 use super::Backbone;
 use tch::nn::{self, Module, ModuleT};
 use tch::Tensor;
@@ -49,7 +49,7 @@ struct BasicBlock {
     bn1: BatchNorm2d,
     conv2: Conv2d,
     bn2: BatchNorm2d,
-    downsample: Option<(Conv2d, BatchNorm2d)>,
+    downsample: Option<Projection>,
 }
 
 impl BasicBlock {
@@ -71,20 +71,9 @@ impl BasicBlock {
     }
 }
 
-/// The projection shortcut (`downsample.0` conv, `downsample.1` norm) when
-/// the block changes resolution or width.
-fn downsample(vs: &nn::Path, inplanes: i64, out: i64, stride: i64, opts: ConvOptions) -> Option<(Conv2d, BatchNorm2d)> {
-    (stride != 1 || inplanes != out).then(|| {
-        let ds = vs / "downsample";
-        (Conv2d::new(&(&ds / "0"), ConvSpec::new(inplanes, out, 1, stride, 0), opts), BatchNorm2d::new(&(&ds / "1"), out, 1e-5))
-    })
-}
-
-fn shortcut(downsample: &Option<(Conv2d, BatchNorm2d)>, xs: &Tensor, train: bool) -> Tensor {
-    match downsample {
-        Some((conv, bn)) => bn.forward_t(&conv.forward(xs), train),
-        None => xs.shallow_clone(),
-    }
+/// A 1x1 projection shortcut when the block changes resolution or width.
+fn downsample(vs: &nn::Path, inplanes: i64, out: i64, stride: i64, opts: ConvOptions) -> Option<Projection> {
+    (stride != 1 || inplanes != out).then(|| Projection::new(vs, inplanes, out, 1, stride, opts))
 }
 
 #[derive(Debug)]
@@ -95,7 +84,7 @@ struct Bottleneck {
     bn2: BatchNorm2d,
     conv3: Conv2d,
     bn3: BatchNorm2d,
-    downsample: Option<(Conv2d, BatchNorm2d)>,
+    downsample: Option<Projection>,
 }
 
 impl Bottleneck {

@@ -6,7 +6,7 @@
 //! `layer{1..4}.{i}.{conv,bn}{1,2,3}`, `se_module.{fc1,fc2}`,
 //! `downsample.{0,1}`. Reads and writes nothing.
 
-use super::layers::{BatchNorm2d, Conv2d, ConvOptions, ConvSpec, SqueezeExcite};
+use super::layers::{shortcut, BatchNorm2d, Conv2d, ConvOptions, ConvSpec, Projection, SqueezeExcite};
 use super::Backbone;
 use tch::nn::{self, Module, ModuleT};
 use tch::Tensor;
@@ -46,7 +46,7 @@ struct SeBottleneck {
     conv3: Conv2d,
     bn3: BatchNorm2d,
     se: SqueezeExcite,
-    downsample: Option<(Conv2d, BatchNorm2d)>,
+    downsample: Option<Projection>,
 }
 
 impl SeBottleneck {
@@ -68,13 +68,7 @@ impl SeBottleneck {
             }
             None => (planes * 2, planes * 4),
         };
-        let downsample = downsample.map(|k| {
-            let ds = vs / "downsample";
-            (
-                Conv2d::new(&(&ds / "0"), ConvSpec::new(inplanes, out, k, stride, k / 2), opts),
-                BatchNorm2d::new(&(&ds / "1"), out, 1e-5),
-            )
-        });
+        let downsample = downsample.map(|k| Projection::new(vs, inplanes, out, k, stride, opts));
         SeBottleneck {
             conv1: Conv2d::new(&(vs / "conv1"), ConvSpec::new(inplanes, c1, 1, 1, 0), opts),
             bn1: BatchNorm2d::new(&(vs / "bn1"), c1, 1e-5),
@@ -93,12 +87,8 @@ impl SeBottleneck {
         let ys = self.bn1.forward_t(&self.conv1.forward(xs), train).relu_();
         let ys = self.bn2.forward_t(&self.conv2.forward(&ys), train).relu_();
         let ys = self.bn3.forward_t(&self.conv3.forward(&ys), train);
-        let shortcut = match &self.downsample {
-            Some((conv, bn)) => bn.forward_t(&conv.forward(xs), train),
-            None => xs.shallow_clone(),
-        };
         let mut ys = self.se.forward(&ys);
-        ys += shortcut;
+        ys += shortcut(&self.downsample, xs, train);
         ys.relu_()
     }
 }
