@@ -221,6 +221,16 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// `imet predict` of one fold model, printing its outcome (also run by
+/// `imet train` when the model's `predict_after` is set).
+async fn predict_fold(spec: &JobSpec, model: &str, fold: imet::data::Fold) -> anyhow::Result<()> {
+    let out = imet::predict::run(spec, model, fold)
+        .await
+        .with_context(|| format!("predicting model `{model}` fold {} of experiment `{}`", fold.0, spec.experiment))?;
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
 async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Info => {
@@ -281,19 +291,13 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 .with_context(|| format!("training model `{model}` fold {} of experiment `{}`", fold.0, spec.experiment))?;
             println!("{}", serde_json::to_string_pretty(&out)?);
             if spec.model(&model)?.train.predict_after {
-                let out = imet::predict::run(&spec, &model, fold)
-                    .await
-                    .with_context(|| format!("predicting model `{model}` fold {} of experiment `{}`", fold.0, spec.experiment))?;
-                println!("{}", serde_json::to_string_pretty(&out)?);
+                predict_fold(&spec, &model, fold).await?;
             }
         }
         Command::Predict { spec, model, fold } => {
             let spec = JobSpec::load(&spec)?;
             let fold = imet::train::job::parse_fold(&fold, spec.folds.k)?;
-            let out = imet::predict::run(&spec, &model, fold)
-                .await
-                .with_context(|| format!("predicting model `{model}` fold {} of experiment `{}`", fold.0, spec.experiment))?;
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            predict_fold(&spec, &model, fold).await?;
         }
         Command::Run { spec, parallel, smoke, log_dir, json, program } => {
             let mut options = imet::orchestrate::local::RunOptions { parallel, log_dir, ..imet::orchestrate::local::RunOptions::current_exe()? };

@@ -13,15 +13,15 @@ pub mod tta;
 
 use crate::data::{Fold, ImageId};
 use crate::error::{Error, Result};
-use crate::image::augment::Normalize;
-use crate::image::loader::{Item, Loader, LoaderOptions, Output, Sequential};
+use crate::image::loader::{Item, Loader, LoaderOptions, Sequential};
 use crate::model::Network;
 use crate::spec::{JobSpec, ModelSpec};
 use crate::storage::keys;
 use crate::storage::manifest::{JobId, Manifest, OutputEntry};
 use crate::storage::parquet::{write_predictions_owned, PredictionKind, PredictionMeta, Predictions};
 use crate::storage::Store;
-use crate::train::{device_setup, epoch, job};
+use crate::train::epoch::{self, DeviceSetup};
+use crate::train::job;
 use serde::Serialize;
 use std::sync::Arc;
 use tch::nn;
@@ -87,7 +87,7 @@ async fn run_inner(spec: &JobSpec, model: &str, fold: Fold) -> Result<PredictOut
         });
     }
     let trained = keys::trained(&exp, &m.name, fold);
-    if Manifest::committed(&store, &trained, &hash).await?.is_none() {
+    let Some(trained) = Manifest::committed(&store, &trained, &hash).await? else {
         return Err(Error::Predict {
             job: job_name,
             message: format!(
@@ -95,7 +95,7 @@ async fn run_inner(spec: &JobSpec, model: &str, fold: Fold) -> Result<PredictOut
                 m.name, fold.0
             ),
         });
-    }
+    };
     let data = job::fold_inputs(&store, spec, &job_name, fold).await?;
     let classes = data.inputs.vocab.len();
     let mut test = data.test;
@@ -118,10 +118,8 @@ async fn run_inner(spec: &JobSpec, model: &str, fold: Fold) -> Result<PredictOut
         vocabulary_hash: vocabulary_hash.clone(),
     };
     let (oof_n, test_n) = (oof.0.len(), test.0.len());
-    let mut outputs = Vec::new();
-    let weights = keys::weights(&exp, &m.name, fold);
-    outputs.push(OutputEntry::of_object(&store, &weights).await?);
-    outputs.push(OutputEntry::of_object(&store, &keys::history(&exp, &m.name, fold)).await?);
+    // The weights and history, as the train job committed them.
+    let mut outputs = trained.outputs;
     let oof_preds = Arc::new(Predictions { ids: oof.0, probs: oof.1, meta: meta(PredictionKind::Oof) });
     outputs.push(write_predictions_owned(&store, &keys::oof(&exp, &m.name, fold), oof_preds).await?);
     let test_preds = Arc::new(Predictions { ids: test.0, probs: test.1, meta: meta(PredictionKind::Test) });
@@ -153,22 +151,14 @@ fn predict_blocking(ctx: Ctx) -> Result<(Probs, Probs, PredictStats)> {
     let m = &ctx.model;
     let exp = &ctx.spec.experiment;
     let device = job::device();
-    let dev = device_setup(device, m.train.precision, m.train.channels_last);
+    let dev = DeviceSetup::new(device, m.train.precision, m.train.channels_last);
     let vs = nn::VarStore::new(device);
     let config = m.network(ctx.classes as i64);
     let mut net = ctx.handle.block_on(Network::restore(&config, &vs, &ctx.store, &keys::weights(exp, &m.name, ctx.fold)))?;
-    if dev.channels_last {
-        tch::no_grad(|| {
-            for (_, v) in vs.variables() {
-                if v.dim() == 4 {
-                    v.shallow_clone().set_data(&epoch::to_channels_last(&v));
-                }
-            }
-        });
-    }
+    dev.place_weights(&vs);
     let settings = m.tta.clone().unwrap_or_else(|| ctx.spec.image.tta.clone());
     let views = tta::views(&job::eval_pipeline(m), m.size, &settings);
-    let output = if dev.normalize.is_some() { Output::U8 } else { Output::Normalized(Normalize::default()) };
+    let output = dev.loader_output();
     let started = std::time::Instant::now();
     let mut run_set = |items: &[Item]| -> Result<Probs> {
         let ids: Vec<ImageId> = items.iter().map(|i| i.id.clone()).collect();

@@ -12,10 +12,10 @@ use crate::data::sample::draw::splitmix;
 use crate::data::AttributeId;
 use crate::error::{Error, Result};
 use crate::image::augment::Normalize;
-use crate::image::loader::{normalize_on_device, Epoch};
+use crate::image::loader::{normalize_on_device, Epoch, Output};
 use crate::image::mix::{mixup, smooth_labels};
 use crate::model::Network;
-use crate::spec::{LossSpec, MixupSpec, PhaseSpec};
+use crate::spec::{LossSpec, MixupSpec, PhaseSpec, Precision};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Reduction, Tensor};
@@ -32,6 +32,42 @@ pub struct DeviceSetup {
 }
 
 impl DeviceSetup {
+    /// Device, precision and layout of a job on `device`: fp16 autocast
+    /// (`auto` or `fp16`), NHWC and device-side normalisation on CUDA only.
+    pub fn new(device: Device, precision: Precision, channels_last: bool) -> DeviceSetup {
+        let cuda = device.is_cuda();
+        DeviceSetup {
+            device,
+            autocast: cuda && matches!(precision, Precision::Auto | Precision::Fp16),
+            channels_last: cuda && channels_last,
+            normalize: cuda.then(Normalize::default),
+        }
+    }
+
+    /// What the loader should hand out: u8 when batches are normalised on
+    /// the device, normalised f32 otherwise.
+    pub fn loader_output(&self) -> Output {
+        match &self.normalize {
+            Some(_) => Output::U8,
+            None => Output::Normalized(Normalize::default()),
+        }
+    }
+
+    /// Gives every 4-D variable of `vs` NHWC strides when the setup uses
+    /// channels-last (values unchanged).
+    pub fn place_weights(&self, vs: &tch::nn::VarStore) {
+        if !self.channels_last {
+            return;
+        }
+        tch::no_grad(|| {
+            for (_, v) in vs.variables() {
+                if v.dim() == 4 {
+                    v.shallow_clone().set_data(&to_channels_last(&v));
+                }
+            }
+        });
+    }
+
     /// Moves a loader batch to the device as normalised f32 NCHW.
     pub fn images(&self, images: &Tensor) -> Tensor {
         let xs = images.to_device(self.device);

@@ -22,10 +22,9 @@ pub mod schedule;
 use crate::data::sample::draw::splitmix;
 use crate::data::{Fold, Group};
 use crate::error::{Error, Result};
-use crate::image::augment::Normalize;
-use crate::image::loader::{Loader, LoaderOptions, Output, Sequential};
+use crate::image::loader::{Loader, LoaderOptions, Sequential};
 use crate::model::{Arch, Network, ScriptModel};
-use crate::spec::{JobSpec, LabelScope, ModelSpec, Precision, Trainable};
+use crate::spec::{JobSpec, LabelScope, ModelSpec, Trainable};
 use crate::storage::keys;
 use crate::storage::manifest::{JobId, Manifest, OutputEntry};
 use crate::storage::parquet::{write_history, EpochRecord};
@@ -34,7 +33,7 @@ use checkpoint::LoopState;
 use epoch::{DeviceSetup, PhaseSetup, Position};
 use serde::Serialize;
 use std::sync::Arc;
-use tch::{nn, Device, Tensor};
+use tch::{nn, Tensor};
 use tracing::{info, info_span, warn, Instrument};
 
 /// Variable holding a TorchScript module's bytes in checkpoints.
@@ -146,17 +145,6 @@ struct Ctx {
     handle: tokio::runtime::Handle,
 }
 
-/// Device, precision and layout of a job on `device`.
-pub fn device_setup(device: Device, precision: Precision, channels_last: bool) -> DeviceSetup {
-    let cuda = device.is_cuda();
-    DeviceSetup {
-        device,
-        autocast: cuda && matches!(precision, Precision::Auto | Precision::Fp16),
-        channels_last: cuda && channels_last,
-        normalize: cuda.then(Normalize::default),
-    }
-}
-
 /// Opens the job's network on `vs`: initial weights, or a checkpoint's
 /// variables (and module, for TorchScript).
 fn open_network(ctx: &Ctx, vs: &nn::VarStore, resume: Option<&(String, checkpoint::Checkpoint)>) -> Result<Network> {
@@ -226,19 +214,11 @@ fn train_blocking(ctx: Ctx) -> Result<TrainOutcome> {
     let key_of = |e: u32| keys::checkpoint(&exp, &m.name, ctx.fold, e);
     let resume = handle.block_on(checkpoint::latest(store, &ck_prefix, key_of, &ctx.hash))?;
     let device = job::device();
-    let dev = device_setup(device, m.train.precision, m.train.channels_last);
+    let dev = DeviceSetup::new(device, m.train.precision, m.train.channels_last);
     tch::manual_seed(splitmix(ctx.seed ^ 0x1417) as i64);
     let vs = nn::VarStore::new(device);
     let mut net = open_network(&ctx, &vs, resume.as_ref())?;
-    if dev.channels_last {
-        tch::no_grad(|| {
-            for (_, v) in vs.variables() {
-                if v.dim() == 4 {
-                    v.shallow_clone().set_data(&epoch::to_channels_last(&v));
-                }
-            }
-        });
-    }
+    dev.place_weights(&vs);
     let mut state = match &resume {
         Some((key, ck)) => {
             info!(key = %key, epochs_done = ck.state.epochs_done, "resuming from checkpoint");
@@ -263,7 +243,7 @@ fn train_blocking(ctx: Ctx) -> Result<TrainOutcome> {
         scaler.restore(state.scaler_scale, state.scaler_tracker);
     }
 
-    let output = if dev.normalize.is_some() { Output::U8 } else { Output::Normalized(Normalize::default()) };
+    let output = dev.loader_output();
     let train_opts = LoaderOptions { drop_last: false, ..LoaderOptions::from_section(&ctx.spec.image, m.train.batch_size, ctx.classes, ctx.seed, output.clone()) };
     let labels: Vec<_> = ctx.train_items.iter().map(|i| i.labels.clone()).collect();
     let base = sampling::sampler(m.train.sampling, &labels, ctx.classes, m.train.limit_images, ctx.seed);
@@ -296,6 +276,10 @@ fn train_blocking(ctx: Ctx) -> Result<TrainOutcome> {
     };
     let mut optimizer: Option<(usize, optim::Optimizer)> = None;
     let mut epochs_run = 0;
+    let history_key = keys::history(&exp, &m.name, ctx.fold);
+    // The entry of this process's last history write; a job resumed after
+    // its last epoch writes the history once more for the manifest.
+    let mut history_entry = None;
     for e in state.epochs_done..total_epochs {
         let (pi, epoch_in_phase) = phase_of(e);
         let phase = &m.train.phases[pi];
@@ -385,7 +369,7 @@ fn train_blocking(ctx: Ctx) -> Result<TrainOutcome> {
         (state.scaler_scale, state.scaler_tracker) = scaler.state();
         let bytes = checkpoint::encode(&state, &model_tensors(&net, &vs)?, &opt.state_tensors())?;
         handle.block_on(store.put(&key_of(e + 1), bytes))?;
-        handle.block_on(write_history(store, &keys::history(&exp, &m.name, ctx.fold), &state.history, &exp, &m.name, ctx.fold, &ctx.hash))?;
+        history_entry = Some(handle.block_on(write_history(store, &history_key, &state.history, &exp, &m.name, ctx.fold, &ctx.hash))?);
         handle.block_on(checkpoint::prune(store, &ck_prefix, key_of, &[e + 1, state.best_epoch]))?;
         epochs_run += 1;
     }
@@ -409,7 +393,10 @@ fn train_blocking(ctx: Ctx) -> Result<TrainOutcome> {
     let weights = net.checkpoint(&vs)?;
     let mut outputs = vec![OutputEntry::of_bytes(&weights_key, &weights)];
     handle.block_on(store.put(&weights_key, weights))?;
-    outputs.push(handle.block_on(write_history(store, &keys::history(&exp, &m.name, ctx.fold), &state.history, &exp, &m.name, ctx.fold, &ctx.hash))?);
+    outputs.push(match history_entry {
+        Some(entry) => entry,
+        None => handle.block_on(write_history(store, &history_key, &state.history, &exp, &m.name, ctx.fold, &ctx.hash))?,
+    });
     let manifest = Manifest::new(
         JobId { kind: "train".into(), experiment: exp.clone(), model: Some(m.name.clone()), fold: Some(ctx.fold.0) },
         ctx.hash.clone(),
