@@ -82,26 +82,9 @@ enum Command {
     },
     /// Train one fold of one model of a spec (resumes from its newest
     /// checkpoint; a committed fold is skipped).
-    Train {
-        #[arg(long)]
-        spec: PathBuf,
-        /// A `name` of the spec's `[[models]]`.
-        #[arg(long)]
-        model: String,
-        /// Fold number, or `env` for the batch engine's array index
-        /// (SLURM_ARRAY_TASK_ID, JOB_COMPLETION_INDEX, AWS_BATCH_JOB_ARRAY_INDEX).
-        #[arg(long)]
-        fold: String,
-    },
+    Train(FoldJob),
     /// OOF and test probabilities (TTA-averaged) of one trained fold model.
-    Predict {
-        #[arg(long)]
-        spec: PathBuf,
-        #[arg(long)]
-        model: String,
-        #[arg(long)]
-        fold: String,
-    },
+    Predict(FoldJob),
     /// Run an experiment's whole job DAG on this machine as child processes, resuming where it stopped.
     Run {
         #[arg(long)]
@@ -197,6 +180,29 @@ enum RenderEngine {
     AwsBatch,
 }
 
+/// The fold job `train` and `predict` address.
+#[derive(clap::Args)]
+struct FoldJob {
+    #[arg(long)]
+    spec: PathBuf,
+    /// A `name` of the spec's `[[models]]`.
+    #[arg(long)]
+    model: String,
+    /// Fold number, or `env` for the batch engine's array index
+    /// (SLURM_ARRAY_TASK_ID, JOB_COMPLETION_INDEX, AWS_BATCH_JOB_ARRAY_INDEX).
+    #[arg(long)]
+    fold: String,
+}
+
+impl FoldJob {
+    /// The loaded spec and the fold.
+    fn resolve(&self) -> anyhow::Result<(JobSpec, imet::data::Fold)> {
+        let spec = JobSpec::load(&self.spec)?;
+        let fold = imet::train::job::parse_fold(&self.fold, spec.folds.k)?;
+        Ok((spec, fold))
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let json = cli.log_format == LogFormat::Json;
@@ -283,9 +289,9 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 .with_context(|| format!("scoring {pred} against {truth}"))?;
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
-        Command::Train { spec, model, fold } => {
-            let spec = JobSpec::load(&spec)?;
-            let fold = imet::train::job::parse_fold(&fold, spec.folds.k)?;
+        Command::Train(job) => {
+            let (spec, fold) = job.resolve()?;
+            let model = job.model;
             let out = imet::train::run(&spec, &model, fold)
                 .await
                 .with_context(|| format!("training model `{model}` fold {} of experiment `{}`", fold.0, spec.experiment))?;
@@ -294,10 +300,9 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 predict_fold(&spec, &model, fold).await?;
             }
         }
-        Command::Predict { spec, model, fold } => {
-            let spec = JobSpec::load(&spec)?;
-            let fold = imet::train::job::parse_fold(&fold, spec.folds.k)?;
-            predict_fold(&spec, &model, fold).await?;
+        Command::Predict(job) => {
+            let (spec, fold) = job.resolve()?;
+            predict_fold(&spec, &job.model, fold).await?;
         }
         Command::Run { spec, parallel, smoke, log_dir, json, program } => {
             let mut options = imet::orchestrate::local::RunOptions { parallel, log_dir, ..imet::orchestrate::local::RunOptions::current_exe()? };
