@@ -10,7 +10,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use imet::data::sample::plan;
 use imet::image::augment::{Prob, RandomResizedCrop, Transform};
 use imet::image::{decode, Normalize, Pipeline};
-use imet::spec::SampleSection;
+use imet::data::sample::SampleSection;
 use imet::storage::keys::Split;
 
 fn bench(c: &mut Criterion) {

@@ -8,7 +8,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use imet::model::{Arch, ModelConfig};
-use imet::spec::OptimizerSpec;
+use imet::train::config::OptimizerSpec;
 use imet::train::amp::GradScaler;
 use imet::train::optim::{clip_grad_norm, Optimizer};
 use std::hint::black_box;

@@ -9,7 +9,7 @@
 //! cargo run --release --example bench_decode -- /tmp/bench-sample [WORKERS]
 //! ```
 
-use imet::data::ImageId;
+use imet::ids::ImageId;
 use imet::image::augment::{Prob, RandomResizedCrop, Transform};
 use imet::image::{decode, Item, Loader, LoaderOptions, Normalize, Pipeline, Shuffle};
 use imet::storage::keys::{self, Split};
@@ -37,7 +37,7 @@ async fn main() -> imet::Result<()> {
     let mut args = std::env::args().skip(1);
     let root = args.next().expect("usage: bench_decode SAMPLE_ROOT [WORKERS]");
     let workers: usize = args.next().map(|s| s.parse().expect("WORKERS is a number")).unwrap_or_else(rayon::current_num_threads);
-    let store = Store::open(&imet::spec::root_to_url(&root)?)?;
+    let store = Store::open(&imet::storage::root_to_url(&root)?)?;
     let inputs = imet::data::load_inputs(&store).await?;
     let ids: Vec<ImageId> = inputs.train.ids.clone();
     let mut files = Vec::new();

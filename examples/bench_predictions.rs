@@ -5,7 +5,7 @@
 //!
 //! cargo run --release --example bench_predictions -- OUT_DIR [ROWS]
 
-use imet::data::{Fold, ImageId};
+use imet::ids::{Fold, ImageId};
 use imet::storage::parquet::{read_predictions, write_predictions_owned, PredictionKind, PredictionMeta, Predictions};
 use imet::storage::Store;
 use rand::{Rng, SeedableRng};

@@ -8,11 +8,12 @@
 //!
 //! cargo run --release --example make_bench_preds -- SRC_DIR OUT_DIR [MODELS] [K] [TRAIN_ROWS]
 //!
-//! SRC_DIR holds labels.csv, train.csv and sample_submission.csv
-//! (../shared/data/imet2019). TRAIN_ROWS keeps only the first rows of
+//! SRC_DIR holds labels.csv, train.csv and sample_submission.csv (the
+//! repository's data/imet2019). TRAIN_ROWS keeps only the first rows of
 //! train.csv (default: all 109,237).
 
-use imet::data::{Annotations, Fold, TestIds, Vocabulary};
+use imet::data::{Annotations, TestIds, Vocabulary};
+use imet::ids::Fold;
 use imet::storage::parquet::{write_folds, write_predictions, FoldsMeta, PredictionKind, PredictionMeta, Predictions};
 use imet::storage::{keys, Store};
 use rand::{Rng, SeedableRng};

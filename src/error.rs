@@ -72,14 +72,14 @@ pub enum Error {
 
     #[error("background task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
-    // ---- data / image (issue 3) ------------------------------------------
+    // ---- data / image ----------------------------------------------------
     #[error("image `{key}` is {kind}: {reason}; replace the object, or set `image.on_bad_image = \"skip\"` in the spec to train without it")]
-    BadImage { key: String, kind: crate::image::BadImageKind, reason: String },
+    BadImage { key: String, kind: BadImageKind, reason: String },
 
     #[error("augmentation `{transform}`: {message}")]
     Augment { transform: &'static str, message: String },
 
-    // ---- model (issue 4) -------------------------------------------------
+    // ---- model -----------------------------------------------------------
     #[error("model `{arch}`: {message}")]
     Model { arch: String, message: String },
 
@@ -92,14 +92,14 @@ pub enum Error {
     #[error("TorchScript module `{file}`: {message}")]
     TorchScript { file: String, message: String },
 
-    // ---- ensemble (issue 6) ----------------------------------------------
+    // ---- ensemble --------------------------------------------------------
     #[error("ensemble input `{key}`: {message}")]
     Member { key: String, message: String },
 
     #[error("ensemble: {0}")]
     Ensemble(String),
 
-    // ---- train and predict (issue 5) -------------------------------------
+    // ---- train and predict -----------------------------------------------
     #[error("checkpoint `{key}`: {message}")]
     Checkpoint { key: String, message: String },
 
@@ -113,16 +113,39 @@ pub enum Error {
     #[error("optimiser state: {message}")]
     OptimizerState { message: String },
 
-    // ---- orchestrate: local runner (issue 7) ------------------------------
+    // ---- orchestrate: local runner ----------------------------------------
     #[error("experiment `{experiment}`: job(s) {failed:?} failed (logs in {log_dir}); fix the cause and run the same command again: committed jobs are skipped")]
     JobsFailed { experiment: String, failed: Vec<String>, log_dir: String },
 
     #[error("experiment `{experiment}`: interrupted with {unfinished} job(s) unfinished; run the same command again to finish them")]
     Interrupted { experiment: String, unfinished: usize },
 
-    // ---- batch engines (issue 7) -----------------------------------------
+    // ---- batch engines ---------------------------------------------------
     #[error("{engine}: {message}")]
     Engine { engine: &'static str, message: String },
+}
+
+/// Why an image could not be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BadImageKind {
+    Empty,
+    Truncated,
+    Corrupt,
+    Unsupported,
+    TooLarge,
+}
+
+impl std::fmt::Display for BadImageKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BadImageKind::Empty => "empty (zero bytes)",
+            BadImageKind::Truncated => "truncated",
+            BadImageKind::Corrupt => "corrupt",
+            BadImageKind::Unsupported => "not a PNG or JPEG image",
+            BadImageKind::TooLarge => "too large",
+        })
+    }
 }
 
 impl Error {
@@ -134,8 +157,36 @@ impl Error {
     /// True for errors worth retrying: network faults, timeouts, 5xx.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Store { source, .. } => crate::storage::store::is_transient(source),
+            Error::Store { source, .. } => is_transient(source),
             _ => false,
         }
     }
 }
+
+/// True for faults worth retrying: connection errors, timeouts, 5xx, 429.
+pub fn is_transient(err: &object_store::Error) -> bool {
+    use object_store::Error as E;
+    match err {
+        E::NotFound { .. }
+        | E::AlreadyExists { .. }
+        | E::Precondition { .. }
+        | E::NotModified { .. }
+        | E::InvalidPath { .. }
+        | E::NotSupported { .. }
+        | E::NotImplemented { .. }
+        | E::PermissionDenied { .. }
+        | E::Unauthenticated { .. }
+        | E::UnknownConfigurationKey { .. } => false,
+        E::Generic { source, .. } => {
+            let text = format!("{source:?} {source}").to_ascii_lowercase();
+            // A 4xx other than 408/429 is the caller's fault, not the network's.
+            let client_error = ["status: 400", "status: 403", "status: 404", "status: 409", "status: 412"]
+                .iter()
+                .any(|s| text.contains(s));
+            let local_io = text.contains("unable to open file") || text.contains("permission denied");
+            !(client_error || local_io)
+        }
+        _ => true,
+    }
+}
+

@@ -14,20 +14,42 @@
 //!         [ensemble] --> thresholds.json, report.json, plots/*.png, submission.csv
 //! ```
 //!
-//! Modules in data-flow order; a stage may call earlier stages, never later
-//! ones.
+//! Modules in layers, bottom to top. A module may use its own layer's
+//! module and any module of a lower layer, never a higher one, and never a
+//! sibling of its own layer (`train` and `predict` share code through
+//! `fold_job`, not through each other). `tests/it/layers.rs` checks every
+//! `crate::` path of `src/` against this table.
+//!
+//! | layer | modules | what they are |
+//! | --- | --- | --- |
+//! | 0 | `error`, `ids`, `seed`, `telemetry` | the ground floor: the error type, identifiers, named seeds, logging |
+//! | 1 | `storage` | stores, keys, manifests, Parquet, cache |
+//! | 2 | `data` | vocabulary, annotations, folds, the synthetic sample, F2 |
+//! | 3 | `image` | decode, augment, load |
+//! | 4 | `model` | networks from bytes |
+//! | 5 | `fold_job` | what train and predict share |
+//! | 6 | `train`, `predict` | the fold jobs |
+//! | 7 | `ensemble` | blends, thresholds, submission |
+//! | 8 | `spec` | the experiment spec, composing every stage's configuration |
+//! | 9 | `jobs` | job kinds: spec in, one stage run |
+//! | 10 | `orchestrate` | the DAG and its executors |
 
+// Layer 0: the ground floor. Every stage may use these; they import no stage.
 pub mod error;
-pub mod spec;
+pub mod ids;
+pub mod seed;
 pub mod telemetry;
 
 pub mod storage;
 pub mod data;
 pub mod image;
 pub mod model;
+pub mod fold_job;
 pub mod train;
 pub mod predict;
 pub mod ensemble;
+pub mod spec;
+pub mod jobs;
 pub mod orchestrate;
 
 pub use error::{Error, Result};

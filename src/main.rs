@@ -196,9 +196,9 @@ struct FoldJob {
 
 impl FoldJob {
     /// The loaded spec and the fold.
-    fn resolve(&self) -> anyhow::Result<(JobSpec, imet::data::Fold)> {
+    fn resolve(&self) -> anyhow::Result<(JobSpec, imet::ids::Fold)> {
         let spec = JobSpec::load(&self.spec)?;
-        let fold = imet::train::job::parse_fold(&self.fold, spec.folds.k)?;
+        let fold = imet::fold_job::parse_fold(&self.fold, spec.folds.k)?;
         Ok((spec, fold))
     }
 }
@@ -227,82 +227,91 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Prints a command's result as pretty JSON.
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
 /// `imet predict` of one fold model, printing its outcome (also run by
 /// `imet train` when the model's `predict_after` is set).
-async fn predict_fold(spec: &JobSpec, model: &str, fold: imet::data::Fold) -> anyhow::Result<()> {
-    let out = imet::predict::run(spec, model, fold)
+async fn predict_fold(spec: &JobSpec, model: &str, fold: imet::ids::Fold) -> anyhow::Result<()> {
+    let out = imet::jobs::predict(spec, model, fold)
         .await
         .with_context(|| format!("predicting model `{model}` fold {} of experiment `{}`", fold.0, spec.experiment))?;
-    println!("{}", serde_json::to_string_pretty(&out)?);
-    Ok(())
+    print_json(&out)
+}
+
+/// Prints a report as JSON or as its text rendering.
+fn print_report<T: serde::Serialize>(value: &T, json: bool, render: impl Fn(&T) -> String) -> anyhow::Result<()> {
+    if json {
+        print_json(value)
+    } else {
+        print!("{}", render(value));
+        Ok(())
+    }
 }
 
 async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Info => {
-            let info = imet::device_info();
             println!("imet {}", env!("CARGO_PKG_VERSION"));
-            println!("{}", serde_json::to_string_pretty(&info)?);
+            print_json(&imet::device_info())
         }
         Command::Validate { data } => {
-            let url = imet::spec::root_to_url(&data)?;
+            let url = imet::storage::root_to_url(&data)?;
             let store = imet::storage::Store::open(&url)?;
             let inputs = imet::data::load_inputs(&store)
                 .instrument(info_span!("job", kind = "validate"))
                 .await
                 .with_context(|| format!("validating the inputs under {url}"))?;
-            println!(
-                "ok: {} classes, {} training images, {} test images",
-                inputs.vocab.len(),
-                inputs.train.len(),
-                inputs.test.ids.len()
-            );
+            println!("ok: {} classes, {} training images, {} test images", inputs.vocab.len(), inputs.train.len(), inputs.test.ids.len());
+            Ok(())
         }
         Command::Folds { spec, data, k, seed, experiment } => {
             let spec = match (spec, data) {
                 (Some(path), _) => JobSpec::load(&path)?,
-                (None, Some(root)) => imet::data::folds::adhoc_spec(&root, &experiment, k, seed)?,
+                (None, Some(root)) => JobSpec::adhoc_folds(&root, &experiment, k, seed)?,
                 (None, None) => anyhow::bail!("pass --spec FILE or --data ROOT"),
             };
-            let out = imet::data::folds::run_spec(&spec)
+            let out = imet::jobs::folds(&spec)
                 .instrument(info_span!("job", kind = "folds", experiment = %spec.experiment))
                 .await
                 .with_context(|| format!("assigning folds for experiment `{}`", spec.experiment))?;
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            print_json(&out)
         }
         Command::Sample { out, train, test, seed, classes } => {
-            let section = imet::spec::SampleSection { train, test, classes, seed };
+            let section = imet::data::sample::SampleSection { train, test, classes, seed };
             let summary = imet::data::sample::generate_at(&out, &section)
                 .instrument(info_span!("job", kind = "sample"))
                 .await
                 .with_context(|| format!("writing the synthetic sample to {out}"))?;
-            println!("{}", serde_json::to_string_pretty(&summary)?);
+            print_json(&summary)
         }
         Command::Ensemble { spec } => {
             let spec = JobSpec::load(&spec)?;
-            let s = imet::ensemble::run(&spec).await.with_context(|| format!("ensemble of experiment `{}`", spec.experiment))?;
-            println!("{}", serde_json::to_string_pretty(&s)?);
+            let s = imet::jobs::ensemble(&spec).await.with_context(|| format!("ensemble of experiment `{}`", spec.experiment))?;
+            print_json(&s)
         }
         Command::Eval { pred, truth, labels, threshold } => {
-            let v = imet::ensemble::eval(&pred, &truth, labels.as_deref(), threshold)
-                .await
-                .with_context(|| format!("scoring {pred} against {truth}"))?;
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            let v = imet::ensemble::eval(&pred, &truth, labels.as_deref(), threshold).await.with_context(|| format!("scoring {pred} against {truth}"))?;
+            print_json(&v)
         }
         Command::Train(job) => {
             let (spec, fold) = job.resolve()?;
             let model = job.model;
-            let out = imet::train::run(&spec, &model, fold)
+            let out = imet::jobs::train(&spec, &model, fold)
                 .await
                 .with_context(|| format!("training model `{model}` fold {} of experiment `{}`", fold.0, spec.experiment))?;
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            print_json(&out)?;
             if spec.model(&model)?.train.predict_after {
                 predict_fold(&spec, &model, fold).await?;
             }
+            Ok(())
         }
         Command::Predict(job) => {
             let (spec, fold) = job.resolve()?;
-            predict_fold(&spec, &job.model, fold).await?;
+            predict_fold(&spec, &job.model, fold).await
         }
         Command::Run { spec, parallel, smoke, log_dir, json, program } => {
             let mut options = imet::orchestrate::local::RunOptions { parallel, log_dir, ..imet::orchestrate::local::RunOptions::current_exe()? };
@@ -310,70 +319,27 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 options.program = p;
             }
             let summary = imet::orchestrate::local::run_path(&spec, smoke, &options).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&summary)?);
-            } else {
-                print!("{}", summary.render());
-            }
-            summary.outcome()?;
+            print_report(&summary, json, |s| s.render())?;
+            Ok(summary.outcome()?)
         }
         Command::Status { spec, json } => {
             let spec = JobSpec::load(&spec)?;
-            let s = imet::orchestrate::status::status(&spec)
-                .await
-                .with_context(|| format!("reading the status of experiment `{}`", spec.experiment))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&s)?);
-            } else {
-                print!("{}", s.render());
-            }
+            let s = imet::orchestrate::status::status(&spec).await.with_context(|| format!("reading the status of experiment `{}`", spec.experiment))?;
+            print_report(&s, json, |s| s.render())
         }
         Command::Budget { spec, budget, test_images, calibrate, calibration_batches, json } => {
             let spec = JobSpec::load(&spec)?;
             let r = imet::orchestrate::budget::estimate_spec(&spec, &budget, test_images, calibrate, calibration_batches)
                 .await
                 .with_context(|| format!("estimating the inference budget of experiment `{}`", spec.experiment))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
-            } else {
-                print!("{}", r.render());
-            }
+            print_report(&r, json, |r| r.render())
         }
-        Command::Plan { spec, json, budget, test_images } => {
-            let plan = imet::orchestrate::show::plan_text(&spec, json)?;
-            let Some(budget) = budget else {
-                print!("{plan}");
-                return Ok(());
-            };
-            let loaded = JobSpec::load(&spec)?;
-            let r = imet::orchestrate::budget::estimate_spec(&loaded, &budget, test_images, false, 3)
-                .await
-                .with_context(|| format!("estimating the inference budget of experiment `{}`", loaded.experiment))?;
-            if json {
-                let plan: serde_json::Value = serde_json::from_str(&plan)?;
-                println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "plan": plan, "budget": r }))?);
-            } else {
-                print!("{plan}\n{}", r.render());
-            }
-        }
+        Command::Plan { spec, json, budget, test_images } => plan(&spec, json, budget, test_images).await,
         Command::Submit { spec, engine: SubmitEngine::Slurm, out, dry_run } => {
             let options = imet::orchestrate::slurm::SubmitOptions { out, dry_run };
-            let s = imet::orchestrate::slurm::submit(&spec, &options)
-                .await
-                .with_context(|| format!("submitting {} to Slurm", spec.display()))?;
-            let verb = if s.dry_run { "written (dry run, nothing submitted)" } else { "submitted" };
-            println!("experiment `{}`: {} batch(es) {verb}; scripts and logs in {}", s.experiment, s.batches.len(), s.dir.display());
-            println!("{:<24} {:>10} {:>8}  {:<24} script", "batch", "job id", "array", "after");
-            for b in &s.batches {
-                let id = b.job_id.as_deref().unwrap_or("-");
-                println!("{:<24} {:>10} {:>8}  {:<24} {}", b.key, id, b.array.as_deref().unwrap_or("-"), b.after.join(","), b.script.display());
-            }
-            if !s.skipped.is_empty() {
-                println!("already committed, not submitted: {}", s.skipped.join(" "));
-            }
-            if s.dry_run {
-                println!("to submit: bash {}", s.dir.join("submit.sh").display());
-            }
+            let s = imet::orchestrate::slurm::submit(&spec, &options).await.with_context(|| format!("submitting {} to Slurm", spec.display()))?;
+            print!("{}", s.render());
+            Ok(())
         }
         Command::Render { spec, engine, out } => {
             let files = match engine {
@@ -384,7 +350,27 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             for f in &files {
                 println!("{}  {}", f.path.display(), f.what);
             }
+            Ok(())
         }
     }
-    Ok(())
+}
+
+/// `imet plan`: the DAG, and with `--budget` the inference budget table.
+async fn plan(spec: &std::path::Path, json: bool, budget: Option<String>, test_images: Option<usize>) -> anyhow::Result<()> {
+    let plan = imet::orchestrate::show::plan_text(spec, json)?;
+    let Some(budget) = budget else {
+        print!("{plan}");
+        return Ok(());
+    };
+    let loaded = JobSpec::load(spec)?;
+    let r = imet::orchestrate::budget::estimate_spec(&loaded, &budget, test_images, false, 3)
+        .await
+        .with_context(|| format!("estimating the inference budget of experiment `{}`", loaded.experiment))?;
+    if json {
+        let plan: serde_json::Value = serde_json::from_str(&plan)?;
+        print_json(&serde_json::json!({ "plan": plan, "budget": r }))
+    } else {
+        print!("{plan}\n{}", r.render());
+        Ok(())
+    }
 }

@@ -4,19 +4,28 @@
 //! Jobs hash the parts of the spec they depend on, so changing the ensemble
 //! does not invalidate trained folds.
 
+//!
+//! Each stage owns its configuration types (`storage::StorageSection`,
+//! `data::sample::DataSection`, `data::folds::FoldsSection`,
+//! `image::ImageSection`, `train::config`, `predict::config`,
+//! `ensemble::EnsembleSection`); this module composes them and owns only
+//! what belongs to the experiment as a whole: its name and seed, the
+//! `[[models]]` tables, resources and the `[cluster]` settings.
+
+use crate::data::folds::FoldsSection;
+use crate::data::sample::DataSection;
+use crate::ensemble::EnsembleSection;
 use crate::error::{Error, Result};
-use crate::storage::{CacheOptions, RetryPolicy, Store, StoreOptions};
+use crate::image::ImageSection;
+use crate::storage::{Store, StorageSection};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 mod cluster;
 mod models;
 pub use cluster::{is_dns_label, is_dns_subdomain, AwsBatchSettings, AwsSecret, ClusterSection, KubernetesSettings, SlurmSettings};
-pub use models::{
-    parse_duration, EvalResize, LabelScope, LossSpec, MixupSpec, ModelSpec, OptimizerSpec, PhaseSpec, Precision,
-    PredictSection, Resources, Sampling, ScheduleSpec, Trainable, TrainSection,
-};
+pub use models::{parse_duration, ModelSpec, Resources};
 
 /// A whole experiment.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -25,7 +34,7 @@ pub struct JobSpec {
     /// Name of the experiment: the `runs/{experiment}/` prefix.
     pub experiment: String,
     /// Master seed; stages derive their own seeds from it unless given.
-    #[serde(default = "defaults::seed")]
+    #[serde(default = "crate::seed::default_master")]
     pub seed: u64,
     pub storage: StorageSection,
     #[serde(default)]
@@ -42,307 +51,6 @@ pub struct JobSpec {
     /// How batch engines run the jobs (`imet submit`, `imet render`).
     #[serde(default, skip_serializing_if = "ClusterSection::is_default")]
     pub cluster: ClusterSection,
-}
-
-/// Where the experiment's data and outputs live.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct StorageSection {
-    /// `file:///abs/path`, `s3://bucket/prefix`, `memory://`, or a plain
-    /// path (relative to the working directory). `IMET_ROOT` overrides it.
-    pub root: String,
-    #[serde(default)]
-    pub retry: RetryPolicy,
-    /// Local read-through cache for input images; none when unset.
-    #[serde(default)]
-    pub cache_dir: Option<PathBuf>,
-    #[serde(default = "defaults::cache_max_gb")]
-    pub cache_max_gb: f64,
-}
-
-/// Input data, and the synthetic sample to generate when it is missing.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct DataSection {
-    /// Generate the synthetic sample under `data/` when `data/train.csv`
-    /// is absent (CI and the README's main command).
-    #[serde(default)]
-    pub sample: Option<SampleSection>,
-}
-
-/// Synthetic sample size and content.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct SampleSection {
-    pub train: usize,
-    pub test: usize,
-    /// Number of frequent classes the sample's labels are drawn from.
-    #[serde(default = "defaults::sample_classes")]
-    pub classes: usize,
-    #[serde(default = "defaults::seed")]
-    pub seed: u64,
-}
-
-/// Cross-validation folds.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct FoldsSection {
-    /// Number of folds, 2 to 40.
-    pub k: u8,
-    #[serde(default = "defaults::seed")]
-    pub seed: u64,
-}
-
-/// Image decoding, augmentation and loading (issue 3). Models may override
-/// `augment` with their own lists.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ImageSection {
-    /// `"fail"` stops the job at the first bad image; `"skip"` counts, logs
-    /// and lists it in the job's outputs.
-    #[serde(default)]
-    pub on_bad_image: crate::image::OnBadImage,
-    /// Largest accepted width x height (decompression-bomb guard).
-    #[serde(default = "defaults::max_pixels")]
-    pub max_pixels: u64,
-    /// Decode and augment threads; 0 = all cores.
-    #[serde(default)]
-    pub workers: usize,
-    /// Batches the loader prepares ahead of training.
-    #[serde(default = "defaults::prefetch")]
-    pub prefetch: usize,
-    /// Concurrent object reads.
-    #[serde(default = "defaults::fetch_concurrency")]
-    pub fetch_concurrency: usize,
-    /// Training augmentations (a list of one-key tables; see `image::augment`).
-    #[serde(default)]
-    pub augment: crate::image::Pipeline,
-    /// Test-time views.
-    #[serde(default)]
-    pub tta: crate::image::TtaSettings,
-}
-
-impl Default for ImageSection {
-    fn default() -> Self {
-        ImageSection {
-            on_bad_image: Default::default(),
-            max_pixels: defaults::max_pixels(),
-            workers: 0,
-            prefetch: defaults::prefetch(),
-            fetch_concurrency: defaults::fetch_concurrency(),
-            augment: Default::default(),
-            tta: Default::default(),
-        }
-    }
-}
-
-/// The ensemble: which models to blend, how, and how to threshold.
-/// Every member's folds come from `[folds] k`.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct EnsembleSection {
-    /// Model names (`runs/{experiment}/models/{model}/`) to blend.
-    pub members: Vec<String>,
-    /// `mean`, `weighted` (weights fitted on OOF F2), `rank` or `geometric`.
-    #[serde(default = "defaults::blend")]
-    pub blend: crate::ensemble::BlendKind,
-    /// Divide each image's blended probabilities by their maximum (R1).
-    #[serde(default)]
-    pub normalize_max: bool,
-    /// Folds whose test predictions are averaged (R1 uses 9 of 10); all when unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub test_folds: Option<Vec<u8>>,
-    /// Threshold strategies to fit; the best cross-validated one is used.
-    #[serde(default = "defaults::strategies")]
-    pub strategies: Vec<crate::ensemble::threshold::StrategyKind>,
-    /// Candidate thresholds are `j / threshold_bins`.
-    #[serde(default = "defaults::threshold_bins")]
-    pub threshold_bins: usize,
-    /// Labels per image, overall: `[min, max]` (max 0 = unbounded).
-    #[serde(default = "defaults::total_labels")]
-    pub labels: [u32; 2],
-    /// Culture labels per image for the `*_limits` strategies (R2: 0-3).
-    #[serde(default = "defaults::culture_labels")]
-    pub culture_labels: [u32; 2],
-    /// Tag labels per image for the `*_limits` strategies (R2: 1-8).
-    #[serde(default = "defaults::tag_labels")]
-    pub tag_labels: [u32; 2],
-    /// Pseudo-count shrinking per-class thresholds to their group's.
-    #[serde(default = "defaults::class_shrink")]
-    pub class_shrink: f64,
-    /// `r` of the `ratio_default` strategy (keep `p >= max / r`, R4: 7).
-    #[serde(default = "defaults::ratio")]
-    pub ratio: f32,
-    /// Most labels per image of the ratio strategies (R4: 10).
-    #[serde(default = "defaults::ratio_max_labels")]
-    pub ratio_max_labels: u32,
-    /// Mean labels per image the `target_count` strategy aims for on test;
-    /// unset: the global strategy's mean count on OOF.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target_label_count: Option<f64>,
-    /// OOF rows used to fit blend weights (held quantised to bytes).
-    #[serde(default = "defaults::weight_rows")]
-    pub weight_rows: usize,
-    /// A second-level model over the members' predictions (R2 stage 5,
-    /// LightGBM stacking). Not built yet: refused by validation.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub level2: Option<Level2Spec>,
-    /// k-NN "tag relevance" over embeddings added to the blend (4th place).
-    /// Not built yet: refused by validation.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub knn_tag_relevance: Option<KnnTagRelevance>,
-    /// Folds each member is trained on when not all of `folds.k` (R4: 10,
-    /// 5 and 5 fold-models of a 40-fold split). Not built yet: refused by
-    /// validation.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub member_folds: Option<std::collections::BTreeMap<String, Vec<u8>>>,
-}
-
-/// A second-level (stacking) model fitted on OOF predictions.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Level2Spec {
-    /// `pair_classifier`: a binary classifier on (image, class) rows with
-    /// the members' probabilities as features (R2); `lightgbm`: gradient
-    /// boosted trees on the same rows.
-    pub kind: Level2Kind,
-    /// Extra per-row features, e.g. `"class_frequency"`, `"rank_in_image"`.
-    #[serde(default)]
-    pub features: Vec<String>,
-}
-
-/// The model family of a second-level model.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Level2Kind {
-    PairClassifier,
-    Lightgbm,
-}
-
-/// k-NN tag relevance: neighbours' labels, weighted by similarity, added
-/// to the blended tag probabilities.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct KnnTagRelevance {
-    pub k: usize,
-    /// Weight of the neighbours' vote in the sum.
-    pub weight: f64,
-}
-
-impl EnsembleSection {
-    fn validate(&self, k: u8) -> std::result::Result<(), String> {
-        if self.members.is_empty() {
-            return Err("`ensemble.members` is empty: name at least one model".into());
-        }
-        let mut seen = std::collections::HashSet::new();
-        for m in &self.members {
-            let ok = !m.is_empty() && m.len() <= 64 && m.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) && !m.starts_with('.');
-            if !ok {
-                return Err(format!("`ensemble.members` entry {m:?}: use 1-64 characters from a-z, A-Z, 0-9, '-', '_', '.'"));
-            }
-            if !seen.insert(m) {
-                return Err(format!("`ensemble.members` lists {m:?} twice"));
-            }
-        }
-        if let Some(tf) = &self.test_folds {
-            if tf.is_empty() {
-                return Err("`ensemble.test_folds` is empty: leave it out to use every fold".into());
-            }
-            if let Some(f) = tf.iter().find(|&&f| f >= k) {
-                return Err(format!("`ensemble.test_folds` has fold {f} but `folds.k` = {k}"));
-            }
-        }
-        if self.strategies.is_empty() {
-            return Err("`ensemble.strategies` is empty: leave it out to fit every strategy".into());
-        }
-        if !(2..=250).contains(&self.threshold_bins) {
-            return Err(format!("`ensemble.threshold_bins` = {}: must be between 2 and 250", self.threshold_bins));
-        }
-        let lim = crate::ensemble::threshold::MAX_LIMIT;
-        for (name, [lo, hi]) in [("labels", self.labels), ("culture_labels", self.culture_labels), ("tag_labels", self.tag_labels)] {
-            if lo > lim || hi > lim || (hi != 0 && hi < lo) {
-                return Err(format!("`ensemble.{name}` = [{lo}, {hi}]: need min <= max <= {lim} (max 0 = unbounded)"));
-            }
-        }
-        if !(self.class_shrink >= 0.0) {
-            return Err(format!("`ensemble.class_shrink` = {}: must be >= 0", self.class_shrink));
-        }
-        if !(self.ratio > 1.0) {
-            return Err(format!("`ensemble.ratio` = {}: must be above 1", self.ratio));
-        }
-        if self.ratio_max_labels == 0 || self.ratio_max_labels > lim {
-            return Err(format!("`ensemble.ratio_max_labels` = {}: must be 1 to {lim}", self.ratio_max_labels));
-        }
-        if let Some(t) = self.target_label_count {
-            if !(t > 0.0 && t < 1103.0) {
-                return Err(format!("`ensemble.target_label_count` = {t}: must be positive"));
-            }
-        }
-        if self.weight_rows < 10 {
-            return Err(format!("`ensemble.weight_rows` = {}: use at least 10", self.weight_rows));
-        }
-        if self.member_folds.is_some() {
-            return Err("`ensemble.member_folds`: not supported yet: training a member on a subset of the folds".into());
-        }
-        if self.level2.is_some() {
-            return Err("`ensemble.level2`: not supported yet: a second-level model over the members' predictions".into());
-        }
-        if self.knn_tag_relevance.is_some() {
-            return Err("`ensemble.knn_tag_relevance`: not supported yet: k-NN tag relevance over embeddings".into());
-        }
-        Ok(())
-    }
-}
-
-mod defaults {
-    pub fn max_pixels() -> u64 {
-        crate::image::decode::DEFAULT_MAX_PIXELS
-    }
-    pub fn prefetch() -> usize {
-        2
-    }
-    pub fn fetch_concurrency() -> usize {
-        16
-    }
-    pub fn blend() -> crate::ensemble::BlendKind {
-        crate::ensemble::BlendKind::Mean
-    }
-    pub fn strategies() -> Vec<crate::ensemble::threshold::StrategyKind> {
-        crate::ensemble::threshold::StrategyKind::ALL.to_vec()
-    }
-    pub fn threshold_bins() -> usize {
-        100
-    }
-    pub fn total_labels() -> [u32; 2] {
-        [1, 0]
-    }
-    pub fn culture_labels() -> [u32; 2] {
-        [0, 3]
-    }
-    pub fn tag_labels() -> [u32; 2] {
-        [1, 8]
-    }
-    pub fn class_shrink() -> f64 {
-        20.0
-    }
-    pub fn ratio() -> f32 {
-        7.0
-    }
-    pub fn ratio_max_labels() -> u32 {
-        10
-    }
-    pub fn weight_rows() -> usize {
-        20_000
-    }
-    pub fn seed() -> u64 {
-        42
-    }
-    pub fn cache_max_gb() -> f64 {
-        20.0
-    }
-    pub fn sample_classes() -> usize {
-        30
-    }
 }
 
 impl JobSpec {
@@ -377,23 +85,9 @@ impl JobSpec {
                 self.experiment
             ));
         }
-        if !(2..=40).contains(&self.folds.k) {
-            return Err(format!("`folds.k` = {}: must be between 2 and 40", self.folds.k));
-        }
-        if !(self.storage.cache_max_gb > 0.0) {
-            return Err(format!("`storage.cache_max_gb` = {}: must be positive", self.storage.cache_max_gb));
-        }
-        if let Some(s) = &self.data.sample {
-            if s.train < 2 * self.folds.k as usize {
-                return Err(format!("`data.sample.train` = {}: needs at least 2 images per fold ({})", s.train, 2 * self.folds.k));
-            }
-            if s.test == 0 {
-                return Err("`data.sample.test` = 0: the sample needs test images".into());
-            }
-            if !(2..=1103).contains(&s.classes) {
-                return Err(format!("`data.sample.classes` = {}: must be between 2 and 1103", s.classes));
-            }
-        }
+        self.folds.validate()?;
+        self.storage.validate()?;
+        self.data.validate(self.folds.k)?;
         let mut names = std::collections::HashSet::new();
         for m in &self.models {
             m.validate()?;
@@ -409,31 +103,32 @@ impl JobSpec {
                 }
             }
         }
-        if self.image.max_pixels < 90_000 {
-            return Err(format!("`image.max_pixels` = {}: too small for the 300-pixel shortest side", self.image.max_pixels));
-        }
-        if self.image.prefetch == 0 || self.image.fetch_concurrency == 0 {
-            return Err("`image.prefetch` and `image.fetch_concurrency` must be at least 1".into());
-        }
-        self.image.augment.validate().map_err(|e| format!("`image.augment`: {e}"))?;
+        self.image.validate()?;
         self.cluster.validate()?;
         Ok(())
     }
 
-    /// The storage root as a URL (`IMET_ROOT` overrides the spec; plain
-    /// paths become `file://` URLs relative to the working directory).
-    pub fn root_url(&self) -> Result<String> {
-        let raw = std::env::var("IMET_ROOT").unwrap_or_else(|_| self.storage.root.clone());
-        root_to_url(&raw)
+    /// A minimal spec for `imet folds --data ROOT --k K --seed S`.
+    ///
+    /// # Errors
+    /// [`Error::Spec`] for a bad experiment name or `k` outside 2..=40.
+    pub fn adhoc_folds(root: &str, experiment: &str, k: u8, seed: u64) -> Result<JobSpec> {
+        // Built as text so sections other stages add keep their defaults.
+        let quote = |s: &str| toml::Value::String(s.to_string()).to_string();
+        let text = format!(
+            "experiment = {}\nseed = {seed}\n[storage]\nroot = {}\n[folds]\nk = {k}\nseed = {seed}\n",
+            quote(experiment),
+            quote(root)
+        );
+        JobSpec::parse("<command line>", &text)
     }
 
     /// Opens the experiment's store with its retry and cache settings.
+    ///
+    /// # Errors
+    /// As [`StorageSection::open`].
     pub fn open_store(&self) -> Result<Store> {
-        let cache = self.storage.cache_dir.as_ref().map(|dir| CacheOptions {
-            dir: dir.clone(),
-            max_bytes: (self.storage.cache_max_gb * 1e9) as u64,
-        });
-        Store::open_with(&self.root_url()?, StoreOptions { retry: self.storage.retry.clone(), cache, s3_config: Vec::new() })
+        self.storage.open()
     }
 
     /// The resolved spec as TOML (written beside the outputs).
@@ -469,7 +164,7 @@ impl JobSpec {
             serde_json::to_value(&self.data).expect("spec sections serialise"),
             serde_json::to_value(&self.folds).expect("spec sections serialise"),
             serde_json::to_value(&self.image).expect("spec sections serialise"),
-            serde_json::to_value(model).expect("spec sections serialise"),
+            identity(model),
         ])
     }
 
@@ -481,9 +176,22 @@ impl JobSpec {
             o.remove("storage");
             // Where and how jobs are scheduled does not change their outputs.
             o.remove("cluster");
+            if !self.models.is_empty() {
+                o.insert("models".into(), self.models.iter().map(identity).collect());
+            }
         }
         hash_parts(&[v])
     }
+}
+
+/// A model's table as its jobs' identity: everything but what only decides
+/// which checkpoints are kept (`train.checkpoints`).
+fn identity(model: &ModelSpec) -> serde_json::Value {
+    let mut v = serde_json::to_value(model).expect("spec sections serialise");
+    if let Some(train) = v.get_mut("train").and_then(|t| t.as_object_mut()) {
+        train.remove("checkpoints");
+    }
+    v
 }
 
 /// sha256 over the canonical JSON of `parts` (first 16 hex characters).
@@ -494,21 +202,6 @@ pub fn hash_parts(parts: &[serde_json::Value]) -> String {
         h.update(b"\n");
     }
     hex::encode(h.finalize())[..16].to_string()
-}
-
-/// `s3://...`, `file://...`, `memory://` pass through; a plain path becomes
-/// an absolute `file://` URL.
-pub fn root_to_url(raw: &str) -> Result<String> {
-    if raw.contains("://") {
-        return Ok(raw.to_string());
-    }
-    let p = Path::new(raw);
-    let abs = if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        std::env::current_dir().map_err(|source| Error::Io { path: p.to_path_buf(), source })?.join(p)
-    };
-    Ok(format!("file://{}", abs.display()))
 }
 
 #[cfg(test)]
@@ -590,12 +283,5 @@ mod tests {
             let err = JobSpec::parse("x.toml", &format!("{MINIMAL}[ensemble]\nmembers = [\"a\"]\n{line}\n")).unwrap_err().to_string();
             assert!(err.contains(element), "{line}: {err}");
         }
-    }
-
-    #[test]
-    fn plain_paths_become_file_urls() {
-        assert_eq!(root_to_url("/tmp/x").unwrap(), "file:///tmp/x");
-        assert!(root_to_url("out").unwrap().starts_with("file:///"));
-        assert_eq!(root_to_url("s3://b/p").unwrap(), "s3://b/p");
     }
 }

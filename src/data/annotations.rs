@@ -2,58 +2,10 @@
 //! `sample_submission.csv` (the test ids, in submission order). Reads CSV
 //! bytes, writes nothing.
 
-use super::labels::{check_header, csv_reader, AttributeId, Vocabulary};
+use super::labels::{check_header, csv_reader, Vocabulary};
+use crate::ids::{AttributeId, ImageId};
 use crate::error::{Error, Result};
-use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
-
-/// An image id: 12 to 16 lowercase hex characters, as in the competition.
-/// Ids become object keys (`train/{id}.png`), so nothing else is accepted.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct ImageId(String);
-
-impl ImageId {
-    /// # Errors
-    /// A message saying why `raw` is not an id.
-    pub fn new(raw: &str) -> std::result::Result<Self, String> {
-        let ok_len = (12..=16).contains(&raw.len());
-        let ok_chars = raw.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        if raw.is_empty() {
-            return Err("image id is empty".into());
-        }
-        if !ok_chars {
-            return Err(format!("image id `{}` must be lowercase hex (0-9, a-f)", raw.escape_default()));
-        }
-        if !ok_len {
-            return Err(format!("image id `{raw}` has {} characters; ids have 12 to 16", raw.len()));
-        }
-        Ok(ImageId(raw.to_string()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl TryFrom<String> for ImageId {
-    type Error = String;
-    fn try_from(s: String) -> std::result::Result<Self, String> {
-        ImageId::new(&s)
-    }
-}
-
-impl From<ImageId> for String {
-    fn from(id: ImageId) -> String {
-        id.0
-    }
-}
-
-impl std::fmt::Display for ImageId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
 
 /// The rows of an `id,attribute_ids` file: line number, a valid id (unique
 /// in the file) and the raw attribute field.

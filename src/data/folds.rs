@@ -13,15 +13,36 @@
 //! An inverted index makes it O(labels x (labels + k) + label entries)
 //! instead of the package's O(rows x labels) per step.
 
-use super::{Annotations, Fold, Inputs};
+use super::{Annotations, Inputs};
 use crate::error::{Error, Result};
-use crate::spec::JobSpec;
+use crate::ids::Fold;
 use crate::storage::parquet::{write_folds, FoldsMeta};
-use crate::storage::{keys, CommitOutcome, JobId, Manifest, Store};
+use crate::storage::{keys, JobId, JobRef, Ran, Store};
+use serde::{Deserialize, Serialize};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tracing::info;
+
+/// Cross-validation folds.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FoldsSection {
+    /// Number of folds, 2 to 40.
+    pub k: u8,
+    #[serde(default = "crate::seed::default_master")]
+    pub seed: u64,
+}
+
+impl FoldsSection {
+    /// Range checks; messages name the field as `folds.k`.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if !(2..=40).contains(&self.k) {
+            return Err(format!("`folds.k` = {}: must be between 2 and 40", self.k));
+        }
+        Ok(())
+    }
+}
 
 /// The `method` recorded in `folds.parquet`.
 pub const METHOD: &str = "iterative-stratification";
@@ -257,86 +278,73 @@ pub struct FoldsOutcome {
     pub quality: Option<FoldQuality>,
 }
 
-/// The folds job: reads the inputs from `store`, assigns `spec.folds.k`
-/// folds with `spec.folds.seed`, writes `folds.parquet` and commits its
+/// The folds job of one experiment.
+#[derive(Clone, Debug)]
+pub struct FoldsJob {
+    pub experiment: String,
+    pub folds: FoldsSection,
+    /// Hash of what the folds depend on (data and fold settings).
+    pub spec_hash: String,
+}
+
+impl FoldsJob {
+    /// The job as the store sees it.
+    pub fn job_ref(&self) -> JobRef {
+        JobRef {
+            id: JobId { kind: "folds".into(), experiment: self.experiment.clone(), model: None, fold: None },
+            manifest: keys::folds_success(&self.experiment),
+            spec_hash: self.spec_hash.clone(),
+        }
+    }
+}
+
+/// The folds job: reads the inputs from `store`, assigns `job.folds.k`
+/// folds with `job.folds.seed`, writes `folds.parquet` and commits its
 /// manifest. Skips the work when the manifest for this spec exists.
 ///
 /// # Errors
 /// Input errors from [`super::load_inputs`]; [`Error::SpecChanged`] when the
 /// folds were committed by a spec with other data or fold settings; storage
 /// errors.
-pub async fn run(store: &Store, spec: &JobSpec) -> Result<FoldsOutcome> {
-    let exp = &spec.experiment;
-    let key = keys::folds(exp);
-    let success = keys::folds_success(exp);
-    let hash = spec.folds_hash();
-    if Manifest::committed(store, &success, &hash).await?.is_some() {
-        info!(key = %key, "folds already committed; skipping");
-        return Ok(FoldsOutcome { key, computed: false, quality: None });
-    }
-    let Inputs { vocab, train, .. } = super::load_inputs(store).await?;
-    let (k, seed) = (spec.folds.k, spec.folds.seed);
-    let t = std::time::Instant::now();
-    let (folds, q) = tokio::task::spawn_blocking({
-        let classes = vocab.len();
-        move || -> Result<_> {
-            let folds = assign(&train, classes, k, seed)?;
-            let q = quality(&train, classes, k, &folds);
-            Ok((train, folds, q))
-        }
+pub async fn run(store: &Store, job: &FoldsJob) -> Result<FoldsOutcome> {
+    let key = keys::folds(&job.experiment);
+    let job_ref = job.job_ref();
+    let ran = job_ref.run_once(store, || async {
+        let Inputs { vocab, train, .. } = super::load_inputs(store).await?;
+        let (k, seed) = (job.folds.k, job.folds.seed);
+        let t = std::time::Instant::now();
+        let (ids, folds, q) = tokio::task::spawn_blocking({
+            let classes = vocab.len();
+            move || -> Result<_> {
+                let folds = assign(&train, classes, k, seed)?;
+                let q = quality(&train, classes, k, &folds);
+                Ok((train.ids, folds, q))
+            }
+        })
+        .await??;
+        info!(
+            k,
+            seed,
+            seconds = t.elapsed().as_secs_f64(),
+            size_spread = q.size_spread,
+            mean_share_deviation = q.mean_share_deviation,
+            max_share_deviation = q.max_share_deviation,
+            classes_missing_a_fold = q.classes_missing_a_fold,
+            "folds assigned"
+        );
+        let entry = write_folds(store, &key, &ids, &folds, &FoldsMeta { k, seed, method: METHOD.into() }).await?;
+        Ok((q, vec![entry]))
+    });
+    Ok(match ran.await? {
+        Ran::Skipped(_) => FoldsOutcome { key, computed: false, quality: None },
+        Ran::Done { outcome, .. } => FoldsOutcome { key, computed: true, quality: Some(outcome) },
     })
-    .await?
-    .map(|(train, folds, q)| ((train.ids, folds), q))?;
-    info!(
-        k,
-        seed,
-        seconds = t.elapsed().as_secs_f64(),
-        size_spread = q.size_spread,
-        mean_share_deviation = q.mean_share_deviation,
-        max_share_deviation = q.max_share_deviation,
-        classes_missing_a_fold = q.classes_missing_a_fold,
-        "folds assigned"
-    );
-    let entry = write_folds(store, &key, &folds.0, &folds.1, &FoldsMeta { k, seed, method: METHOD.into() }).await?;
-    let job = JobId { kind: "folds".into(), experiment: exp.clone(), model: None, fold: None };
-    match Manifest::new(job, hash, vec![entry]).commit(store, &success).await? {
-        CommitOutcome::Committed => {}
-        CommitOutcome::AlreadyCommitted(_) => info!(key = %success, "another run committed the same folds first"),
-    }
-    Ok(FoldsOutcome { key, computed: true, quality: Some(q) })
-}
-
-/// [`run`] against the spec's own store, first writing the spec's
-/// synthetic sample when it has one and `data/train.csv` is absent.
-///
-/// # Errors
-/// As [`run`] and [`super::sample::ensure`], plus an unusable storage root.
-pub async fn run_spec(spec: &JobSpec) -> Result<FoldsOutcome> {
-    let store = spec.open_store()?;
-    super::sample::ensure(&store, spec).await?;
-    run(&store, spec).await
-}
-
-/// A minimal spec for `imet folds --data ROOT --k K --seed S`.
-///
-/// # Errors
-/// [`Error::Spec`] for a bad experiment name or `k` outside 2..=40.
-pub fn adhoc_spec(root: &str, experiment: &str, k: u8, seed: u64) -> Result<JobSpec> {
-    // Built as text so sections other stages add keep their defaults.
-    let quote = |s: &str| toml::Value::String(s.to_string()).to_string();
-    let text = format!(
-        "experiment = {}\nseed = {seed}\n[storage]\nroot = {}\n[folds]\nk = {k}\nseed = {seed}\n",
-        quote(experiment),
-        quote(root)
-    );
-    let spec = JobSpec::parse("<command line>", &text)?;
-    Ok(spec)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::{AttributeId, ImageId};
+    use crate::ids::{AttributeId, ImageId};
 
     fn synthetic(n: usize, classes: usize, seed: u64) -> Annotations {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);

@@ -3,37 +3,9 @@
 //! writes nothing.
 
 use crate::error::{Error, Result};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// Index of an attribute in `labels.csv` (the `attribute_id` column).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct AttributeId(pub u16);
-
-impl std::fmt::Display for AttributeId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-/// The two attribute groups; thresholds and label-count limits differ by group.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Group {
-    Culture,
-    Tag,
-}
-
-impl Group {
-    pub const ALL: [Group; 2] = [Group::Culture, Group::Tag];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Group::Culture => "culture",
-            Group::Tag => "tag",
-        }
-    }
-}
+pub use crate::ids::{AttributeId, Group};
 
 /// The attribute vocabulary: names in id order, and each one's group.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 //! `zero_division` 0 or 1): the competition metric is F2 averaged per
 //! image. Works on sparse label sets; reads and writes nothing.
 
-use crate::data::Group;
+use crate::ids::Group;
 use serde::Serialize;
 
 /// Sparse multi-label sets, one sorted list of class indices per image

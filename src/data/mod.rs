@@ -8,20 +8,11 @@ pub mod labels;
 pub mod metric;
 pub mod sample;
 
-pub use annotations::{Annotations, ImageId, TestIds};
-pub use labels::{AttributeId, Group, Vocabulary};
-
-/// A cross-validation fold index (0-based; at most 40 folds).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
-pub struct Fold(pub u8);
-
-impl std::fmt::Display for Fold {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
+pub use annotations::{Annotations, TestIds};
+pub use labels::Vocabulary;
 
 use crate::error::Result;
+use crate::ids::ImageId;
 use crate::storage::{keys, Store};
 use tracing::info;
 

@@ -12,9 +12,10 @@
 
 pub mod draw;
 
-use super::{AttributeId, Group, ImageId, Vocabulary};
+use super::Vocabulary;
 use crate::error::{Error, Result};
-use crate::spec::SampleSection;
+use crate::ids::{AttributeId, Group, ImageId};
+use serde::{Deserialize, Serialize};
 use crate::storage::keys::{self, Split};
 use crate::storage::Store;
 use futures::stream::{self, TryStreamExt};
@@ -23,6 +24,50 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use std::collections::HashSet;
 use tracing::info;
+
+/// Input data, and the synthetic sample to generate when it is missing.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// Generate the synthetic sample under `data/` when `data/train.csv`
+    /// is absent (CI and the README's main command).
+    #[serde(default)]
+    pub sample: Option<SampleSection>,
+}
+
+/// Synthetic sample size and content.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SampleSection {
+    pub train: usize,
+    pub test: usize,
+    /// Number of frequent classes the sample's labels are drawn from.
+    #[serde(default = "default_classes")]
+    pub classes: usize,
+    #[serde(default = "crate::seed::default_master")]
+    pub seed: u64,
+}
+
+fn default_classes() -> usize {
+    30
+}
+
+impl DataSection {
+    /// Range checks; `k` is the spec's fold count.
+    pub fn validate(&self, k: u8) -> std::result::Result<(), String> {
+        let Some(s) = &self.sample else { return Ok(()) };
+        if s.train < 2 * k as usize {
+            return Err(format!("`data.sample.train` = {}: needs at least 2 images per fold ({})", s.train, 2 * k));
+        }
+        if s.test == 0 {
+            return Err("`data.sample.test` = 0: the sample needs test images".into());
+        }
+        if !(2..=1103).contains(&s.classes) {
+            return Err(format!("`data.sample.classes` = {}: must be between 2 and 1103", s.classes));
+        }
+        Ok(())
+    }
+}
 
 /// The competition's `labels.csv`, embedded.
 pub const REAL_LABELS: &str = include_str!("../../data/imet2019/labels.csv");
@@ -227,8 +272,8 @@ pub async fn generate(store: &Store, section: &SampleSection) -> Result<SampleSu
 ///
 /// # Errors
 /// As [`generate`].
-pub async fn ensure(store: &Store, spec: &crate::spec::JobSpec) -> Result<Option<SampleSummary>> {
-    let Some(section) = &spec.data.sample else { return Ok(None) };
+pub async fn ensure(store: &Store, data: &DataSection) -> Result<Option<SampleSummary>> {
+    let Some(section) = &data.sample else { return Ok(None) };
     if store.exists(keys::TRAIN).await? {
         return Ok(None);
     }
@@ -240,7 +285,7 @@ pub async fn ensure(store: &Store, spec: &crate::spec::JobSpec) -> Result<Option
 /// # Errors
 /// As [`generate`], plus an unusable root.
 pub async fn generate_at(root: &str, section: &SampleSection) -> Result<SampleSummary> {
-    let store = Store::open(&crate::spec::root_to_url(root)?)?;
+    let store = Store::open(&crate::storage::root_to_url(root)?)?;
     generate(&store, section).await
 }
 
@@ -288,14 +333,10 @@ mod tests {
 
     #[tokio::test]
     async fn ensure_generates_only_when_train_csv_is_missing() {
-        let spec = crate::spec::JobSpec::parse(
-            "s",
-            "experiment = \"e\"\n[storage]\nroot = \"memory://\"\n[data.sample]\ntrain = 10\ntest = 2\nclasses = 5\n[folds]\nk = 2\n",
-        )
-        .unwrap();
+        let data = DataSection { sample: Some(section(10, 2, 5, 42)) };
         let store = Store::memory();
-        assert_eq!(ensure(&store, &spec).await.unwrap().map(|s| s.train), Some(10));
-        assert!(ensure(&store, &spec).await.unwrap().is_none());
+        assert_eq!(ensure(&store, &data).await.unwrap().map(|s| s.train), Some(10));
+        assert!(ensure(&store, &data).await.unwrap().is_none());
     }
 
     #[tokio::test]

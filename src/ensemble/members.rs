@@ -8,7 +8,7 @@
 //! file) and that every probability is finite and in [0, 1]. Each failure
 //! names the file and the first bad id.
 
-use crate::data::{Fold, ImageId};
+use crate::ids::{Fold, ImageId};
 use crate::error::{Error, Result};
 use crate::storage::parquet::PredictionKind;
 use arrow::array::{Array, AsArray};

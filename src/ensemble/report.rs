@@ -7,7 +7,8 @@
 use super::blend::BlendKind;
 use super::metric::{self, group_scores, LabelSets, Prf, Prf3};
 use super::threshold::{Evaluated, Rule, Strategy};
-use crate::data::{Group, Vocabulary};
+use crate::data::Vocabulary;
+use crate::ids::Group;
 use serde::Serialize;
 use std::collections::BTreeMap;
 

@@ -4,7 +4,7 @@
 //! `schemas/submission.csv.json`). Writes CSV text; reads it back for checks.
 
 use super::metric::LabelSets;
-use crate::data::ImageId;
+use crate::ids::ImageId;
 use crate::error::{Error, Result};
 
 /// The submission text for `ids` (sample_submission order) and their labels.

@@ -10,28 +10,7 @@ use ::image::{ImageDecoder, ImageError, ImageFormat, ImageReader, Limits, RgbIma
 use serde::{Deserialize, Serialize};
 use std::io::Cursor;
 
-/// Why an image could not be used.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BadImageKind {
-    Empty,
-    Truncated,
-    Corrupt,
-    Unsupported,
-    TooLarge,
-}
-
-impl std::fmt::Display for BadImageKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            BadImageKind::Empty => "empty (zero bytes)",
-            BadImageKind::Truncated => "truncated",
-            BadImageKind::Corrupt => "corrupt",
-            BadImageKind::Unsupported => "not a PNG or JPEG image",
-            BadImageKind::TooLarge => "too large",
-        })
-    }
-}
+pub use crate::error::BadImageKind;
 
 /// The spec's `image.on_bad_image`: stop the job, or skip (count, log and
 /// list) the image.

@@ -8,8 +8,7 @@
 
 use super::augment::{write_chw_u8, Normalize, Pipeline};
 use super::decode::{decode, BadImageKind, OnBadImage, DEFAULT_MAX_PIXELS};
-use crate::data::sample::draw::splitmix;
-use crate::data::{AttributeId, ImageId};
+use crate::ids::{AttributeId, ImageId};
 use crate::error::{Error, Result};
 use crate::storage::Store;
 use bytes::Bytes;
@@ -81,7 +80,7 @@ impl Default for LoaderOptions {
 
 impl LoaderOptions {
     /// Options from the spec's `[image]` section (`workers = 0`: all cores).
-    pub fn from_section(image: &crate::spec::ImageSection, batch_size: usize, classes: usize, seed: u64, output: Output) -> LoaderOptions {
+    pub fn from_section(image: &super::ImageSection, batch_size: usize, classes: usize, seed: u64, output: Output) -> LoaderOptions {
         let all = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         LoaderOptions {
             batch_size,
@@ -121,7 +120,7 @@ pub struct Shuffle {
 impl Sampler for Shuffle {
     fn order(&self, epoch: u64, n: usize) -> Vec<usize> {
         let mut v: Vec<usize> = (0..n).collect();
-        v.shuffle(&mut ChaCha8Rng::seed_from_u64(splitmix(self.seed ^ splitmix(epoch))));
+        v.shuffle(&mut ChaCha8Rng::seed_from_u64(crate::seed::epoch_order(self.seed, epoch)));
         v
     }
 }
@@ -337,7 +336,7 @@ fn assemble(
                     }
                     Err(e) => return Err(e),
                 };
-                let seed = splitmix(opts.seed ^ splitmix(epoch.wrapping_add(1)) ^ splitmix(i as u64 + 0x51));
+                let seed = crate::seed::augment(opts.seed, epoch, i);
                 Ok(Some((i, pipeline.apply(img, seed))))
             })
             .collect()

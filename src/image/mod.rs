@@ -5,6 +5,7 @@
 //! objects through the store's cache; writes nothing.
 
 pub mod augment;
+pub mod config;
 pub mod decode;
 pub mod geometry;
 pub mod loader;
@@ -12,6 +13,7 @@ pub mod mix;
 pub mod tta;
 
 pub use augment::{Normalize, Pipeline, Transform};
+pub use config::{EvalResize, ImageSection};
 pub use decode::{decode, BadImageKind, OnBadImage};
 pub use loader::{Batch, Item, Loader, LoaderOptions, Output, Sampler, Sequential, Shuffle, Skipped};
 pub use tta::{TtaSettings, View};

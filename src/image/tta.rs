@@ -68,7 +68,7 @@ pub fn render(img: &RgbImage, view: View, base: &Pipeline, size: u32, settings: 
         }
         View::Crop(n) => {
             let t = Transform::RandomResizedCrop(RandomResizedCrop { size, scale: settings.scale, ratio: (3.0 / 4.0, 4.0 / 3.0) });
-            Pipeline(vec![t]).apply(img.clone(), crate::data::sample::draw::splitmix(seed ^ (n as u64 + 1).wrapping_mul(0x9E37)))
+            Pipeline(vec![t]).apply(img.clone(), crate::seed::tta_view(seed, n))
         }
     }
 }

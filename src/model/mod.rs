@@ -24,10 +24,10 @@ pub mod weights;
 
 pub use head::{Head, HeadConfig, Pool, DEFAULT_CLASSES};
 pub use layers::ConvOptions;
-pub use network::Network;
+pub use network::{Network, WeightBytes};
 pub use registry::{Arch, ModelConfig};
 pub use torchscript::ScriptModel;
-pub use weights::{load_weights, load_weights_url, LoadReport};
+pub use weights::{apply_weights, LoadReport};
 
 use tch::nn::{self, ModuleT};
 use tch::Tensor;

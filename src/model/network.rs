@@ -1,18 +1,25 @@
-//! Model stage: one entry point for the train and predict stages. Opens
+//! Model stage: one entry point for the train and predict stages. Builds
 //! the network a [`ModelConfig`] describes (native arch with optional timm
-//! weights, or a TorchScript module), runs it, and saves it: native models
-//! as a safetensors file of every `VarStore` variable (BatchNorm buffers
-//! included), TorchScript models as the whole module. Reads weight files and
-//! modules; writes checkpoints.
+//! weights, or a TorchScript module) from bytes the job fetched, runs it,
+//! and serialises it: native models as a safetensors file of every
+//! `VarStore` variable (BatchNorm buffers included), TorchScript models as
+//! the whole module. Touches no store.
 
 use super::registry::{Arch, ModelConfig};
 use super::torchscript::ScriptModel;
-use super::weights::{apply_weights, load_weights_url, to_safetensors, LoadReport};
+use super::weights::{apply_weights, to_safetensors, LoadReport};
 use super::Model;
 use crate::error::{Error, Result};
-use crate::storage::Store;
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
+
+/// A weights file, checkpoint or TorchScript archive as bytes; `file` names
+/// it (its URL or key) in errors.
+#[derive(Clone, Copy, Debug)]
+pub struct WeightBytes<'a> {
+    pub file: &'a str,
+    pub bytes: &'a [u8],
+}
 
 /// A native model or a TorchScript module, trained through the same
 /// `VarStore`.
@@ -23,23 +30,27 @@ pub enum Network {
 }
 
 impl Network {
-    /// Builds the network of `config` on `vs` and loads `config.weights`
-    /// (random native weights when absent). Returns the load report of
-    /// native weights.
+    /// Builds the network of `config` on `vs` and loads `weights` (the
+    /// bytes of `config.weights`, which the caller fetched; random native
+    /// weights when `None`). Returns the load report of native weights.
     ///
     /// # Errors
-    /// [`Error::Spec`] for an invalid config, and the errors of
-    /// [`load_weights_url`] and [`ScriptModel::load_url`].
-    pub async fn open(config: &ModelConfig, vs: &nn::VarStore) -> Result<(Network, Option<LoadReport>)> {
+    /// [`Error::Spec`] for an invalid config, [`Error::Model`] for a
+    /// TorchScript arch without its module, and the errors of
+    /// [`apply_weights`] and [`ScriptModel::from_bytes`].
+    pub fn open(config: &ModelConfig, vs: &nn::VarStore, weights: Option<WeightBytes<'_>>) -> Result<(Network, Option<LoadReport>)> {
         config.validate("model section")?;
         if config.arch == Arch::Torchscript {
-            let url = config.weights.as_deref().unwrap_or_default();
-            return Ok((Network::Script(ScriptModel::load_url(url, vs).await?), None));
+            let w = weights.ok_or_else(|| Error::Model {
+                arch: Arch::Torchscript.name().to_string(),
+                message: "needs its module: set `weights` to the URL of a torch.jit.script archive".to_string(),
+            })?;
+            return Ok((Network::Script(ScriptModel::from_bytes(w.file, w.bytes, vs)?), None));
         }
         let model = config.build(vs)?;
-        let report = match &config.weights {
-            Some(url) => {
-                let report = load_weights_url(url, vs, config.arch).await?;
+        let report = match weights {
+            Some(w) => {
+                let report = apply_weights(vs, config.arch, w.file, w.bytes)?;
                 tracing::info!(
                     arch = %config.arch,
                     loaded = report.loaded,
@@ -97,31 +108,22 @@ impl Network {
         }
     }
 
-    /// Writes [`Network::checkpoint`] to `key` of `store`.
+    /// Reopens checkpoint bytes written by [`Network::checkpoint`] for
+    /// `config`'s arch (its `weights` field is ignored).
     ///
     /// # Errors
-    /// As [`Network::checkpoint`] and [`Store::put`].
-    pub async fn save(&self, vs: &nn::VarStore, store: &Store, key: &str) -> Result<()> {
-        store.put(key, self.checkpoint(vs)?).await
-    }
-
-    /// Reopens a checkpoint written by [`Network::save`] for `config`'s arch
-    /// (its `weights` field is ignored).
-    ///
-    /// # Errors
-    /// As [`apply_weights`] and [`ScriptModel::load`].
-    pub async fn restore(config: &ModelConfig, vs: &nn::VarStore, store: &Store, key: &str) -> Result<Network> {
+    /// As [`apply_weights`] and [`ScriptModel::from_bytes`]; [`Error::Model`]
+    /// when the checkpoint was saved for another head.
+    pub fn restore(config: &ModelConfig, vs: &nn::VarStore, checkpoint: WeightBytes<'_>) -> Result<Network> {
         if config.arch == Arch::Torchscript {
-            return Ok(Network::Script(ScriptModel::load(store, key, vs).await?));
+            return Ok(Network::Script(ScriptModel::from_bytes(checkpoint.file, checkpoint.bytes, vs)?));
         }
         let model = config.build(vs)?;
-        let bytes = store.get(key).await?;
-        let file = format!("{}/{}", store.url().trim_end_matches('/'), key);
-        let report = apply_weights(vs, config.arch, &file, &bytes)?;
+        let report = apply_weights(vs, config.arch, checkpoint.file, checkpoint.bytes)?;
         if !report.fresh.is_empty() {
             return Err(Error::Model {
                 arch: config.arch.name().to_string(),
-                message: format!("checkpoint `{file}` lacks {:?}; it was saved for another head", report.fresh),
+                message: format!("checkpoint `{}` lacks {:?}; it was saved for another head", checkpoint.file, report.fresh),
             });
         }
         Ok(Network::Native(model))
@@ -134,23 +136,23 @@ mod tests {
     use crate::model::{HeadConfig, Pool};
     use tch::{Device, Kind};
 
-    #[tokio::test]
-    async fn a_native_checkpoint_restores_the_same_logits() {
+    #[test]
+    fn a_native_checkpoint_restores_the_same_logits() {
         let config = ModelConfig { head: HeadConfig { classes: 4, pool: Pool::AvgMax, dropout: 0.0 }, ..ModelConfig::new(Arch::Densenet121) };
         let vs = nn::VarStore::new(Device::Cpu);
-        let (mut net, report) = Network::open(&config, &vs).await.expect("opens");
+        let (mut net, report) = Network::open(&config, &vs, None).expect("opens");
         assert!(report.is_none());
         let xs = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
         let _ = net.forward_t(&xs, true).expect("train forward updates BatchNorm statistics");
         let before = tch::no_grad(|| net.forward_t(&xs, false)).expect("forward");
-        let store = Store::memory();
-        net.save(&vs, &store, "ckpt.safetensors").await.expect("saved");
+        let bytes = net.checkpoint(&vs).expect("serialises");
+        let ckpt = WeightBytes { file: "ckpt.safetensors", bytes: &bytes };
         let vs2 = nn::VarStore::new(Device::Cpu);
-        let mut again = Network::restore(&config, &vs2, &store, "ckpt.safetensors").await.expect("restores");
+        let mut again = Network::restore(&config, &vs2, ckpt).expect("restores");
         let after = tch::no_grad(|| again.forward_t(&xs, false)).expect("forward");
         assert_eq!(before, after);
         let other = ModelConfig { head: HeadConfig { classes: 5, ..config.head }, ..config.clone() };
         let vs3 = nn::VarStore::new(Device::Cpu);
-        assert!(Network::restore(&other, &vs3, &store, "ckpt.safetensors").await.is_err());
+        assert!(Network::restore(&other, &vs3, ckpt).is_err());
     }
 }

@@ -151,7 +151,7 @@ impl Arch {
             Arch::Torchscript => {
                 return Err(Error::Model {
                     arch: self.name().to_string(),
-                    message: "a TorchScript module is loaded from its URL with ScriptModel::load, not built"
+                    message: "a TorchScript module is loaded from its archive (ScriptModel::from_bytes), not built"
                         .to_string(),
                 })
             }

@@ -1,13 +1,11 @@
 //! Model stage: `arch = "torchscript"`. Loads a scripted PyTorch module
-//! (`torch.jit.script(model).save(...)`) from any store URL, registers its
+//! (`torch.jit.script(model).save(...)`) from the bytes the job fetched, registers its
 //! parameters in a `VarStore` so the usual optimizers train it, and saves
 //! the whole module back (parameters and BatchNorm buffers; the buffers are
-//! not in the `VarStore`, so checkpoints must be whole modules). Reads and
-//! writes TorchScript archives.
+//! not in the `VarStore`, so checkpoints must be whole modules). Touches no
+//! store.
 
-use super::weights::open_file_url;
 use crate::error::{Error, Result};
-use crate::storage::Store;
 use tch::{nn, Tensor, TrainableCModule};
 
 /// A trainable TorchScript module whose `forward` maps images to logits.
@@ -19,28 +17,9 @@ pub struct ScriptModel {
 }
 
 impl ScriptModel {
-    /// Loads `key` of `store` onto `vs`'s device; its parameters join `vs`
-    /// (dots in names become `_`, as tch does). Starts in eval mode.
-    ///
-    /// # Errors
-    /// [`Error::NotFound`] when missing, [`Error::TorchScript`] when the
-    /// bytes are not a TorchScript archive.
-    pub async fn load(store: &Store, key: &str, vs: &nn::VarStore) -> Result<ScriptModel> {
-        let bytes = store.get(key).await?;
-        let file = format!("{}/{}", store.url().trim_end_matches('/'), key);
-        Self::from_bytes(&file, &bytes, vs)
-    }
-
-    /// Loads the module at `url` (`file:///abs/m.pt`, `s3://bucket/m.pt`, ...).
-    ///
-    /// # Errors
-    /// As [`ScriptModel::load`], plus [`Error::StoreUrl`].
-    pub async fn load_url(url: &str, vs: &nn::VarStore) -> Result<ScriptModel> {
-        let (store, key) = open_file_url(url)?;
-        Self::load(&store, &key, vs).await
-    }
-
-    /// Loads a module from archive bytes; `file` names it in errors.
+    /// Loads a module from archive bytes onto `vs`'s device; its
+    /// parameters join `vs` (dots in names become `_`, as tch does). Starts
+    /// in eval mode. `file` names the archive in errors.
     ///
     /// # Errors
     /// [`Error::TorchScript`] when the bytes are not a TorchScript archive.
@@ -93,14 +72,6 @@ impl ScriptModel {
         let path = dir.path().join("module.pt");
         self.module.save(&path)?;
         std::fs::read(&path).map_err(|e| Error::Io { path, source: e })
-    }
-
-    /// Saves the whole module to `key` of `store` (atomic put).
-    ///
-    /// # Errors
-    /// As [`ScriptModel::to_bytes`] and [`Store::put`].
-    pub async fn save(&self, store: &Store, key: &str) -> Result<()> {
-        store.put(key, self.to_bytes()?).await
     }
 }
 

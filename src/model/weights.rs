@@ -1,6 +1,6 @@
 //! Model stage: loads initial weights into a native model's `VarStore` from
-//! a safetensors file at any store URL (`file:///`, `s3://`, `memory://`).
-//! Reads the file; writes nothing. The file must carry every backbone
+//! the bytes of a safetensors file (the job fetches them from any store
+//! URL). Touches no store. The file must carry every backbone
 //! variable under its timm `state_dict` name with the right shape; only
 //! `head.` variables (and an architecture's own additions, such as the SE
 //! blocks of SE-DenseNet-161) may be missing, and those are reported as
@@ -10,7 +10,6 @@
 use super::registry::Arch;
 use super::HEAD_PREFIX;
 use crate::error::{Error, Result};
-use crate::storage::Store;
 use safetensors::SafeTensors;
 use std::collections::{BTreeSet, HashMap};
 use std::convert::TryFrom;
@@ -33,53 +32,15 @@ pub struct LoadReport {
     pub skipped: Vec<String>,
 }
 
-/// Loads `key` of `store` into `vs` (built for `arch`).
-///
-/// # Errors
-/// [`Error::NotFound`] when the file is missing, [`Error::WeightsFormat`]
-/// when it is not safetensors, [`Error::WeightsMismatch`] naming missing
-/// backbone tensors, shape mismatches and foreign tensors; nothing is
-/// copied unless the whole file fits.
-pub async fn load_weights(store: &Store, key: &str, vs: &nn::VarStore, arch: Arch) -> Result<LoadReport> {
-    let bytes = store.get(key).await?;
-    let file = format!("{}/{}", store.url().trim_end_matches('/'), key);
-    apply_weights(vs, arch, &file, &bytes)
-}
-
-/// Loads the safetensors file at `url` (`file:///abs/w.safetensors`,
-/// `s3://bucket/prefix/w.safetensors`, or an absolute path) into `vs`.
-///
-/// # Errors
-/// [`Error::StoreUrl`] for a URL without a file name, else as
-/// [`load_weights`].
-pub async fn load_weights_url(url: &str, vs: &nn::VarStore, arch: Arch) -> Result<LoadReport> {
-    let (store, key) = open_file_url(url)?;
-    load_weights(&store, &key, vs, arch).await
-}
-
-/// Splits a file URL into the store of its folder and the file's key.
-///
-/// # Errors
-/// [`Error::StoreUrl`] when no file name follows the last `/`.
-pub fn open_file_url(url: &str) -> Result<(Store, String)> {
-    let normalised = if url.starts_with('/') { format!("file://{url}") } else { url.to_string() };
-    match normalised.rsplit_once('/') {
-        Some((dir, name)) if !name.is_empty() && !dir.ends_with(':') && !dir.ends_with(":/") => {
-            Ok((Store::open(dir)?, name.to_string()))
-        }
-        _ => Err(Error::StoreUrl {
-            url: url.to_string(),
-            reason: "expected the URL of a file, such as file:///abs/resnet50.safetensors".to_string(),
-        }),
-    }
-}
-
 /// Copies the tensors of a safetensors buffer into `vs` after checking that
 /// every backbone variable is present with the right shape. `file` names the
 /// buffer in errors.
 ///
 /// # Errors
-/// As [`load_weights`].
+/// [`Error::WeightsFormat`] when the bytes are not safetensors,
+/// [`Error::WeightsMismatch`] naming missing backbone tensors, shape
+/// mismatches and foreign tensors; nothing is copied unless the whole file
+/// fits.
 pub fn apply_weights(vs: &nn::VarStore, arch: Arch, file: &str, bytes: &[u8]) -> Result<LoadReport> {
     let parsed = SafeTensors::deserialize(bytes)
         .map_err(|e| Error::WeightsFormat { file: file.to_string(), reason: format!("{e:?}") })?;
@@ -259,19 +220,5 @@ mod tests {
         let err = apply_weights(&vs, Arch::Densenet121, "r50.safetensors", &bytes).expect_err("refused");
         assert!(err.to_string().contains("another architecture"), "{err}");
         assert!(apply_weights(&vs, Arch::Densenet121, "junk", b"not safetensors").is_err());
-    }
-
-    #[tokio::test]
-    async fn loads_from_a_store_url_and_names_a_missing_file() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (src, _) = resnet50();
-        std::fs::write(dir.path().join("r50.safetensors"), to_safetensors(&src).expect("serialised")).expect("write");
-        let url = format!("file://{}/r50.safetensors", dir.path().display());
-        let (dst, _) = resnet50();
-        let report = load_weights_url(&url, &dst, Arch::Resnet50).await.expect("loads");
-        assert!(report.loaded > 300);
-        let missing = format!("file://{}/nope.safetensors", dir.path().display());
-        assert!(load_weights_url(&missing, &dst, Arch::Resnet50).await.is_err());
-        assert!(open_file_url("s3://bucket/").is_err());
     }
 }

@@ -84,7 +84,7 @@ pub fn requests(spec: &JobSpec) -> Result<Vec<(String, String, String)>> {
             "command": ["sh", "-c", command],
             "resourceRequirements": resources,
             "environment": [
-                { "name": "IMET_ROOT", "value": root },
+                { "name": crate::storage::config::ROOT_ENV, "value": root },
                 { "name": "IMET_LOG_FORMAT", "value": "json" },
                 { "name": SPEC_ENV, "value": spec_text },
             ],

@@ -7,12 +7,12 @@
 //! forward batches on this machine's device. Reads the store's
 //! `data/sample_submission.csv` and predict stats; writes nothing.
 
-use crate::data::Fold;
+use crate::ids::Fold;
 use crate::error::{Error, Result};
 use crate::model::ModelConfig;
 use crate::spec::{JobSpec, ModelSpec};
 use crate::storage::{keys, Store};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::time::Instant;
 
 /// What a budget estimate may use.
@@ -122,17 +122,6 @@ impl BudgetReport {
     }
 }
 
-/// `predict_stats.json` of a predict job.
-#[derive(Clone, Debug, Deserialize)]
-pub struct PredictStats {
-    pub images: u64,
-    pub views: u64,
-    pub seconds: f64,
-    #[serde(default)]
-    pub images_per_sec: f64,
-    #[serde(default)]
-    pub device: String,
-}
 
 /// Estimates each ensemble member's test-time hours (every model when the
 /// spec has no ensemble) and which fit `budget_s`, taken greedily in
@@ -233,7 +222,7 @@ async fn history(store: &Store, experiment: &str, m: &ModelSpec, k: u8) -> Resul
     for fold in 0..k {
         let key = keys::predict_stats(experiment, &m.name, Fold(fold));
         let Some(bytes) = store.get_opt(&key).await? else { continue };
-        let s: PredictStats = serde_json::from_slice(&bytes)
+        let s: crate::predict::PredictStats = serde_json::from_slice(&bytes)
             .map_err(|e| Error::Format { key: key.clone(), what: "predict stats", reason: e.to_string() })?;
         if s.seconds > 0.0 && s.images > 0 {
             views += (s.images * s.views.max(1)) as f64;
@@ -256,7 +245,7 @@ async fn calibrate(m: &ModelSpec, batches: usize) -> Result<(f64, ThroughputSour
 }
 
 fn calibrate_blocking(m: &ModelSpec, batches: usize) -> Result<(f64, ThroughputSource)> {
-    let device = tch::Device::cuda_if_available();
+    let device = crate::fold_job::device();
     let batch = if device.is_cuda() { m.predict_batch() } else { m.predict_batch().min(4) };
     let mut config: ModelConfig = m.network(crate::model::DEFAULT_CLASSES);
     config.weights = None;

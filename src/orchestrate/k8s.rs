@@ -63,7 +63,7 @@ fn engine(message: String) -> Error {
 /// # Errors
 /// A message naming `storage.root` for plain paths, `file://` and `memory://`.
 pub fn container_root(spec: &JobSpec, engine: &'static str) -> Result<String> {
-    let root = std::env::var("IMET_ROOT").unwrap_or_else(|_| spec.storage.root.clone());
+    let root = spec.storage.root_raw();
     if !root.starts_with("s3://") {
         return Err(Error::Engine {
             engine,
@@ -145,7 +145,7 @@ pub fn manifests(spec: &JobSpec) -> Result<Vec<(String, String, String)>> {
             "imagePullPolicy": k.image_pull_policy,
             "command": command,
             "env": [
-                { "name": "IMET_ROOT", "value": root },
+                { "name": crate::storage::config::ROOT_ENV, "value": root },
                 { "name": "IMET_LOG_FORMAT", "value": "json" },
             ],
             "resources": { "requests": requests, "limits": limits },

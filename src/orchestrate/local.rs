@@ -7,7 +7,8 @@
 //! resumes itself, so a killed run that is started again finishes the rest.
 
 use super::plan::{Job, JobKind, Plan};
-use crate::data::{self, Fold};
+use crate::data;
+use crate::ids::Fold;
 use crate::error::{Error, Result};
 use crate::spec::JobSpec;
 use crate::storage::{keys, Store};
@@ -160,9 +161,9 @@ impl RunSummary {
 /// directory.
 ///
 /// # Errors
-/// As [`JobSpec::root_url`].
+/// As [`crate::storage::StorageSection::root_url`].
 pub fn default_log_dir(spec: &JobSpec) -> Result<PathBuf> {
-    let url = spec.root_url()?;
+    let url = spec.storage.root_url()?;
     Ok(match url.strip_prefix("file://") {
         Some(path) => Path::new(path).join("logs").join(&spec.experiment),
         None => Path::new(".imet").join("logs").join(&spec.experiment),
@@ -235,7 +236,7 @@ pub async fn run(spec: &JobSpec, spec_path: &Path, options: &RunOptions) -> Resu
         write_spec(&store, spec).await?;
 
         let t = Instant::now();
-        let sample = data::sample::ensure(&store, spec).instrument(info_span!("stage", name = "sample")).await?;
+        let sample = data::sample::ensure(&store, &spec.data).instrument(info_span!("stage", name = "sample")).await?;
         summary.jobs.push(JobOutcome {
             job: "sample".into(),
             state: if sample.is_some() { JobState::Done } else { JobState::Skipped },
@@ -294,150 +295,202 @@ struct Running {
 /// Runs the plan's jobs; returns one outcome per job in plan order and
 /// whether an interrupt stopped the run.
 async fn execute(store: &Store, plan: &Plan, options: &RunOptions, log_dir: &Path) -> Result<(Vec<JobOutcome>, bool)> {
-    let n = plan.jobs.len();
-    let index: HashMap<&str, usize> = plan.jobs.iter().enumerate().map(|(i, j)| (j.id.as_str(), i)).collect();
-    let mut state = vec![JobState::Pending; n];
-    let mut outcomes: Vec<JobOutcome> = plan
-        .jobs
-        .iter()
-        .map(|j| JobOutcome { job: j.id.clone(), state: JobState::Pending, seconds: 0.0, output: String::new() })
-        .collect();
-    let width = plan.jobs.iter().map(|j| j.id.len()).max().unwrap_or(0);
+    let mut ex = Executor::new(plan, options, log_dir);
+    ex.skip_committed(store).await?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|source| Error::Io { path: PathBuf::from("SIGINT handler"), source })?;
+    loop {
+        ex.block_unreachable();
+        if !ex.interrupted {
+            ex.start_ready();
+        }
+        if ex.running.is_empty() {
+            break;
+        }
+        tokio::select! {
+            done = ex.set.join_next() => {
+                let Some(done) = done else { break };
+                let (pid, status) = done?;
+                ex.finished(pid, status);
+            }
+            _ = sigint.recv() => ex.interrupt(),
+        }
+    }
+    Ok(ex.into_outcomes())
+}
 
-    // Committed jobs first, so the table shows them even when an earlier
-    // job fails.
-    for (i, job) in plan.jobs.iter().enumerate() {
-        match job.committed(store).await {
-            Ok(true) => {
-                state[i] = JobState::Skipped;
-                outcomes[i].output = main_output(&plan.experiment, job);
-                eprintln!("skipped      {:<width$}  already committed", job.id);
-            }
-            Ok(false) => {}
-            // Another spec's manifest, or one whose outputs were removed:
-            // the job's own failure, with the fix in the message.
-            Err(e @ (Error::SpecChanged { .. } | Error::Format { .. })) => {
-                state[i] = JobState::Failed;
-                outcomes[i].output = e.to_string();
-                eprintln!("failed       {:<width$}  {e}", job.id);
-            }
-            Err(e) => return Err(e),
+/// The state of a local run: each job's state and outcome, the jobs in
+/// flight and their exit watchers.
+struct Executor<'a> {
+    plan: &'a Plan,
+    options: &'a RunOptions,
+    log_dir: &'a Path,
+    index: HashMap<&'a str, usize>,
+    state: Vec<JobState>,
+    outcomes: Vec<JobOutcome>,
+    /// Width of the job column of progress lines.
+    width: usize,
+    /// Threads each job gets.
+    threads: usize,
+    running: HashMap<u32, Running>,
+    set: JoinSet<(u32, std::io::Result<std::process::ExitStatus>)>,
+    interrupted: bool,
+}
+
+impl<'a> Executor<'a> {
+    fn new(plan: &'a Plan, options: &'a RunOptions, log_dir: &'a Path) -> Executor<'a> {
+        Executor {
+            plan,
+            options,
+            log_dir,
+            index: plan.jobs.iter().enumerate().map(|(i, j)| (j.id.as_str(), i)).collect(),
+            state: vec![JobState::Pending; plan.jobs.len()],
+            outcomes: plan.jobs.iter().map(|j| JobOutcome { job: j.id.clone(), state: JobState::Pending, seconds: 0.0, output: String::new() }).collect(),
+            width: plan.jobs.iter().map(|j| j.id.len()).max().unwrap_or(0),
+            threads: threads_per_job(options.parallel.max(1)),
+            running: HashMap::new(),
+            set: JoinSet::new(),
+            interrupted: false,
         }
     }
 
-    let parallel = options.parallel.max(1);
-    let threads = threads_per_job(parallel);
-    let mut running: HashMap<u32, Running> = HashMap::new();
-    let mut set: JoinSet<(u32, std::io::Result<std::process::ExitStatus>)> = JoinSet::new();
-    let mut interrupted = false;
-    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-        .map_err(|source| Error::Io { path: PathBuf::from("SIGINT handler"), source })?;
+    /// Prints a progress line: `{what} {job} {detail}`.
+    fn say(&self, what: &str, i: usize, detail: &str) {
+        eprintln!("{what:<12} {:<width$}  {detail}", self.plan.jobs[i].id, width = self.width);
+    }
 
-    loop {
-        // Block every job whose dependency can no longer succeed.
+    /// Marks committed jobs skipped first, so the table shows them even when
+    /// an earlier job fails.
+    async fn skip_committed(&mut self, store: &Store) -> Result<()> {
+        for (i, job) in self.plan.jobs.iter().enumerate() {
+            match job.committed(store).await {
+                Ok(true) => {
+                    self.state[i] = JobState::Skipped;
+                    self.outcomes[i].output = main_output(&self.plan.experiment, job);
+                    self.say("skipped", i, "already committed");
+                }
+                Ok(false) => {}
+                // Another spec's manifest, or one whose outputs were removed:
+                // the job's own failure, with the fix in the message.
+                Err(e @ (Error::SpecChanged { .. } | Error::Format { .. })) => {
+                    self.state[i] = JobState::Failed;
+                    self.outcomes[i].output = e.to_string();
+                    self.say("failed", i, &e.to_string());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Blocks every pending job whose dependency can no longer succeed.
+    fn block_unreachable(&mut self) {
         let mut changed = true;
         while changed {
             changed = false;
-            for (i, job) in plan.jobs.iter().enumerate() {
-                if state[i] != JobState::Pending {
+            for (i, job) in self.plan.jobs.iter().enumerate() {
+                if self.state[i] != JobState::Pending {
                     continue;
                 }
-                if let Some(dep) = job.deps.iter().find(|d| {
-                    index.get(d.as_str()).is_some_and(|&k| matches!(state[k], JobState::Failed | JobState::Blocked))
-                }) {
-                    state[i] = JobState::Blocked;
-                    outcomes[i].output = format!("{dep} did not finish");
-                    eprintln!("blocked      {:<width$}  {dep} did not finish", job.id);
+                let failed = |d: &&String| self.index.get(d.as_str()).is_some_and(|&k| matches!(self.state[k], JobState::Failed | JobState::Blocked));
+                if let Some(dep) = job.deps.iter().find(failed) {
+                    let why = format!("{dep} did not finish");
+                    self.state[i] = JobState::Blocked;
+                    self.say("blocked", i, &why);
+                    self.outcomes[i].output = why;
                     changed = true;
                 }
             }
         }
-        // Start ready jobs, in plan order.
-        if !interrupted {
-            for (i, job) in plan.jobs.iter().enumerate() {
-                if running.len() >= parallel {
-                    break;
-                }
-                let ready = state[i] == JobState::Pending
-                    && !running.values().any(|r| r.index == i)
-                    && job.deps.iter().all(|d| index.get(d.as_str()).is_some_and(|&k| state[k].satisfied()));
-                if !ready {
-                    continue;
-                }
-                let log = log_file(log_dir, &job.id);
-                match spawn(&options.program, job, &log, threads) {
-                    Ok(mut child) => {
-                        let Some(pid) = child.id() else {
-                            state[i] = JobState::Failed;
-                            outcomes[i].output = format!("exited before it could be watched; see {}", log.display());
-                            continue;
-                        };
-                        eprintln!("started      {:<width$}  log {}", job.id, log.display());
-                        running.insert(pid, Running { index: i, started: Instant::now() });
-                        set.spawn(async move { (pid, child.wait().await) });
-                    }
-                    Err(e) => {
-                        state[i] = JobState::Failed;
-                        outcomes[i].output = e.to_string();
-                        eprintln!("failed       {:<width$}  {e}", job.id);
-                    }
-                }
+    }
+
+    /// Starts ready jobs, in plan order, up to the parallelism.
+    fn start_ready(&mut self) {
+        let parallel = self.options.parallel.max(1);
+        for (i, job) in self.plan.jobs.iter().enumerate() {
+            if self.running.len() >= parallel {
+                break;
             }
-        }
-        if running.is_empty() {
-            break;
-        }
-        tokio::select! {
-            done = set.join_next() => {
-                let Some(done) = done else { break };
-                let (pid, status) = done?;
-                let Some(r) = running.remove(&pid) else { continue };
-                let job = &plan.jobs[r.index];
-                let seconds = r.started.elapsed().as_secs_f64();
-                outcomes[r.index].seconds = seconds;
-                let log = log_file(log_dir, &job.id);
-                match status {
-                    Ok(s) if s.success() => {
-                        state[r.index] = JobState::Done;
-                        outcomes[r.index].output = main_output(&plan.experiment, job);
-                        eprintln!("done         {:<width$}  {seconds:.1} s", job.id);
-                    }
-                    Ok(s) => {
-                        state[r.index] = if interrupted { JobState::Interrupted } else { JobState::Failed };
-                        outcomes[r.index].output = log.display().to_string();
-                        let how = s.code().map_or_else(|| "was killed by a signal".to_string(), |c| format!("exited with status {c}"));
-                        if interrupted {
-                            eprintln!("interrupted  {:<width$}  {how}", job.id);
-                        } else {
-                            eprintln!("failed       {:<width$}  {how} after {seconds:.1} s; last lines of {}:", job.id, log.display());
-                            eprintln!("{}", indent(&log_tail(&log, LOG_TAIL_LINES)));
-                        }
-                    }
-                    Err(e) => {
-                        state[r.index] = JobState::Failed;
-                        outcomes[r.index].output = format!("waiting for the job failed: {e}");
-                    }
-                }
+            let ready = self.state[i] == JobState::Pending
+                && !self.running.values().any(|r| r.index == i)
+                && job.deps.iter().all(|d| self.index.get(d.as_str()).is_some_and(|&k| self.state[k].satisfied()));
+            if !ready {
+                continue;
             }
-            _ = sigint.recv() => {
-                // First Ctrl-C: jobs stop cleanly; a second one kills them.
-                let signal = if interrupted { libc::SIGKILL } else { libc::SIGINT };
-                interrupted = true;
-                warn!(running = running.len(), signal, "interrupted: signalling the running jobs and waiting for them");
-                eprintln!(
-                    "interrupted: stopping {} running job(s) (Ctrl-C again kills them); run the same command again to finish the rest",
-                    running.len()
-                );
-                for pid in running.keys() {
-                    forward_signal(*pid, signal);
+            let log = log_file(self.log_dir, &job.id);
+            match spawn(&self.options.program, job, &log, self.threads) {
+                Ok(mut child) => {
+                    let Some(pid) = child.id() else {
+                        self.state[i] = JobState::Failed;
+                        self.outcomes[i].output = format!("exited before it could be watched; see {}", log.display());
+                        continue;
+                    };
+                    self.say("started", i, &format!("log {}", log.display()));
+                    self.running.insert(pid, Running { index: i, started: Instant::now() });
+                    self.set.spawn(async move { (pid, child.wait().await) });
+                }
+                Err(e) => {
+                    self.state[i] = JobState::Failed;
+                    self.outcomes[i].output = e.to_string();
+                    self.say("failed", i, &e.to_string());
                 }
             }
         }
     }
-    for (o, s) in outcomes.iter_mut().zip(state) {
-        o.state = s;
+
+    /// Records the exit of the job running as `pid`.
+    fn finished(&mut self, pid: u32, status: std::io::Result<std::process::ExitStatus>) {
+        let Some(r) = self.running.remove(&pid) else { return };
+        let i = r.index;
+        let job = &self.plan.jobs[i];
+        let seconds = r.started.elapsed().as_secs_f64();
+        self.outcomes[i].seconds = seconds;
+        let log = log_file(self.log_dir, &job.id);
+        match status {
+            Ok(s) if s.success() => {
+                self.state[i] = JobState::Done;
+                self.outcomes[i].output = main_output(&self.plan.experiment, job);
+                self.say("done", i, &format!("{seconds:.1} s"));
+            }
+            Ok(s) => {
+                self.state[i] = if self.interrupted { JobState::Interrupted } else { JobState::Failed };
+                self.outcomes[i].output = log.display().to_string();
+                let how = s.code().map_or_else(|| "was killed by a signal".to_string(), |c| format!("exited with status {c}"));
+                if self.interrupted {
+                    self.say("interrupted", i, &how);
+                } else {
+                    self.say("failed", i, &format!("{how} after {seconds:.1} s; last lines of {}:", log.display()));
+                    eprintln!("{}", indent(&log_tail(&log, LOG_TAIL_LINES)));
+                }
+            }
+            Err(e) => {
+                self.state[i] = JobState::Failed;
+                self.outcomes[i].output = format!("waiting for the job failed: {e}");
+            }
+        }
     }
-    Ok((outcomes, interrupted))
+
+    /// Ctrl-C: the first one stops the jobs cleanly, a second kills them.
+    fn interrupt(&mut self) {
+        let signal = if self.interrupted { libc::SIGKILL } else { libc::SIGINT };
+        self.interrupted = true;
+        warn!(running = self.running.len(), signal, "interrupted: signalling the running jobs and waiting for them");
+        eprintln!(
+            "interrupted: stopping {} running job(s) (Ctrl-C again kills them); run the same command again to finish the rest",
+            self.running.len()
+        );
+        for pid in self.running.keys() {
+            forward_signal(*pid, signal);
+        }
+    }
+
+    fn into_outcomes(self) -> (Vec<JobOutcome>, bool) {
+        let mut outcomes = self.outcomes;
+        for (o, s) in outcomes.iter_mut().zip(self.state) {
+            o.state = s;
+        }
+        (outcomes, self.interrupted)
+    }
 }
 
 /// Threads each of `parallel` concurrent jobs gets: the cores shared out,

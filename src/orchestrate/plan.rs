@@ -5,7 +5,7 @@
 //! processes, Slurm, Kubernetes, AWS Batch) works from this one plan.
 //! Reads nothing; [`Job::committed`] reads a manifest.
 
-use crate::data::Fold;
+use crate::ids::Fold;
 use crate::error::Result;
 use crate::spec::{parse_duration, JobSpec};
 use crate::storage::manifest::Manifest;
@@ -166,7 +166,7 @@ impl Plan {
                 args: vec!["ensemble".into(), "--spec".into(), spec_arg.clone()],
                 resources: LIGHT,
                 manifest: keys::ensemble_success(exp),
-                spec_hash: crate::ensemble::spec_hash(spec),
+                spec_hash: spec.hash(),
             });
         }
         Ok(Plan { experiment: exp.clone(), jobs })

@@ -59,6 +59,27 @@ pub struct Submission {
     pub skipped: Vec<String>,
 }
 
+impl Submission {
+    /// What was written and submitted, as `imet submit` prints it.
+    pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let verb = if self.dry_run { "written (dry run, nothing submitted)" } else { "submitted" };
+        let mut out = format!("experiment `{}`: {} batch(es) {verb}; scripts and logs in {}\n", self.experiment, self.batches.len(), self.dir.display());
+        let _ = writeln!(out, "{:<24} {:>10} {:>8}  {:<24} script", "batch", "job id", "array", "after");
+        for b in &self.batches {
+            let id = b.job_id.as_deref().unwrap_or("-");
+            let _ = writeln!(out, "{:<24} {:>10} {:>8}  {:<24} {}", b.key, id, b.array.as_deref().unwrap_or("-"), b.after.join(","), b.script.display());
+        }
+        if !self.skipped.is_empty() {
+            let _ = writeln!(out, "already committed, not submitted: {}", self.skipped.join(" "));
+        }
+        if self.dry_run {
+            let _ = writeln!(out, "to submit: bash {}", self.dir.join("submit.sh").display());
+        }
+        out
+    }
+}
+
 /// Where everything the cluster needs lives, resolved on the submitting host.
 #[derive(Clone, Debug)]
 pub struct Context {
@@ -98,7 +119,7 @@ pub async fn submit(spec_path: &Path, options: &SubmitOptions) -> Result<Submiss
         Some(d) => workdir.join(d),
         None => workdir.join(".imet/slurm").join(&spec.experiment),
     };
-    let ctx = Context { dir: dir.clone(), workdir, root: spec.root_url()? };
+    let ctx = Context { dir: dir.clone(), workdir, root: spec.storage.root_url()? };
     let mut batches = batches(&plan, &spec.cluster, &done, &ctx);
     std::fs::create_dir_all(dir.join("logs")).map_err(io(&dir))?;
     for b in &batches {
@@ -268,7 +289,7 @@ fn script(b: &Batch, cluster: &ClusterSection, ctx: &Context, r: &JobResources, 
     }
     let _ = writeln!(s, "# {}: {}", b.key, b.jobs.join(" "));
     s.push_str("set -euo pipefail\n");
-    let _ = writeln!(s, "export IMET_ROOT={}", shell_quote(&ctx.root));
+    let _ = writeln!(s, "export {}={}", crate::storage::config::ROOT_ENV, shell_quote(&ctx.root));
     let _ = writeln!(s, "{command}");
     s
 }

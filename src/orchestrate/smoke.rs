@@ -6,7 +6,9 @@
 //! TTA, the ensemble) is kept. Pure: reads and writes nothing.
 
 use crate::image::augment::{Pipeline, Transform};
-use crate::spec::{JobSpec, SampleSection, ScheduleSpec};
+use crate::data::sample::SampleSection;
+use crate::spec::JobSpec;
+use crate::train::config::ScheduleSpec;
 
 /// Training images of the smoke sample.
 pub const SMOKE_TRAIN: usize = 60;

@@ -5,7 +5,7 @@
 
 use super::local::ensemble_f2;
 use super::plan::{JobKind, Plan};
-use crate::data::Fold;
+use crate::ids::Fold;
 use crate::error::{Error, Result};
 use crate::spec::JobSpec;
 use crate::storage::{keys, Store};
@@ -97,7 +97,7 @@ pub async fn status(spec: &JobSpec) -> Result<StatusReport> {
         (None, None)
     };
     let done = jobs.iter().filter(|j| j.state == "done").count();
-    Ok(StatusReport { experiment: spec.experiment.clone(), root: spec.root_url()?, total: jobs.len(), done, jobs, oof_f2, cv_f2 })
+    Ok(StatusReport { experiment: spec.experiment.clone(), root: spec.storage.root_url()?, total: jobs.len(), done, jobs, oof_f2, cv_f2 })
 }
 
 /// The highest `epoch={e}` among a fold model's checkpoints.

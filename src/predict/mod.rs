@@ -1,31 +1,58 @@
-//! Predict stage: `imet predict --spec S --model M --fold K` loads the fold
-//! model's kept weights and writes probabilities averaged over the model's
-//! test-time views for the fold's own images (OOF) and for the test set,
-//! as predictions Parquet with provenance metadata, then the fold job's
-//! `_SUCCESS.json`. A committed job is skipped.
+//! Predict stage: loads a fold model's kept weights and writes
+//! probabilities averaged over the model's test-time views for the fold's
+//! own images (OOF) and for the test set, as predictions Parquet with
+//! provenance metadata, then the fold job's `_SUCCESS.json`. A committed
+//! job is skipped.
 //!
 //! Reads `data/`, `runs/{exp}/folds.parquet`,
 //! `runs/{exp}/models/{M}/fold={K}/{_TRAINED.json,model.safetensors}`;
 //! writes `oof.parquet`, `test.parquet`, `predict_stats.json` and
 //! `_SUCCESS.json` (last) beside them.
 
+pub mod config;
 pub mod tta;
 
-use crate::data::{Fold, ImageId};
 use crate::error::{Error, Result};
+use crate::fold_job::{device, fold_inputs, predict_probs, DeviceSetup, FoldJob, Precision};
+use crate::ids::ImageId;
 use crate::image::loader::{Item, Loader, LoaderOptions, Sequential};
-use crate::model::Network;
-use crate::spec::{JobSpec, ModelSpec};
+use crate::image::{ImageSection, Pipeline, TtaSettings};
+use crate::model::{ModelConfig, Network, WeightBytes};
 use crate::storage::keys;
-use crate::storage::manifest::{JobId, Manifest, OutputEntry};
 use crate::storage::parquet::{write_predictions_owned, PredictionKind, PredictionMeta, Predictions};
-use crate::storage::Store;
-use crate::train::epoch::{self, DeviceSetup};
-use crate::train::job;
+use crate::storage::{JobRef, Manifest, OutputEntry, Ran, Store};
 use serde::Serialize;
 use std::sync::Arc;
 use tch::nn;
 use tracing::{info, info_span, Instrument};
+
+/// One predict job: the fold job and everything its prediction reads from
+/// the spec.
+#[derive(Clone, Debug)]
+pub struct PredictJob {
+    pub fold: FoldJob,
+    /// The network (its `weights` are ignored: the fold model's are used).
+    pub network: ModelConfig,
+    /// Square input size.
+    pub size: u32,
+    /// How images reach `size` before the views.
+    pub eval: Pipeline,
+    pub tta: TtaSettings,
+    pub image: ImageSection,
+    pub batch_size: usize,
+    /// Predict at most this many test images (smoke runs).
+    pub limit_images: Option<usize>,
+    pub precision: Precision,
+    pub channels_last: bool,
+}
+
+impl PredictJob {
+    /// The job as the store sees it (`_SUCCESS.json`).
+    pub fn job_ref(&self) -> JobRef {
+        let f = &self.fold;
+        JobRef { id: f.job_id("predict"), manifest: keys::success(&f.experiment, &f.model, f.fold), spec_hash: f.spec_hash.clone() }
+    }
+}
 
 /// What a predict job did.
 #[derive(Clone, Debug, Serialize)]
@@ -45,75 +72,87 @@ pub struct PredictOutcome {
 #[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct PredictStats {
     /// Images predicted (OOF + test), each over `views` views.
-    pub images: usize,
-    pub views: usize,
+    pub images: u64,
+    pub views: u64,
     pub seconds: f64,
     /// Image-views per second.
+    #[serde(default)]
     pub images_per_sec: f64,
     /// `cpu` or `cuda:N`.
+    #[serde(default)]
     pub device: String,
+    #[serde(default)]
     pub size: u32,
-    pub batch_size: usize,
+    #[serde(default)]
+    pub batch_size: u64,
 }
 
-/// Predicts fold `fold` of model `model`.
+/// Predicts the fold model of `job` against `store`.
 ///
 /// # Errors
 /// [`Error::Predict`] when the fold model is not trained for this spec;
 /// store, input, image and model errors. Nothing is committed on error.
-pub async fn run(spec: &JobSpec, model: &str, fold: Fold) -> Result<PredictOutcome> {
-    let span = info_span!("job", kind = "predict", experiment = %spec.experiment, model = %model, fold = fold.0);
-    run_inner(spec, model, fold).instrument(span).await
+pub async fn run(store: &Store, job: &PredictJob) -> Result<PredictOutcome> {
+    let f = &job.fold;
+    let span = info_span!("job", kind = "predict", experiment = %f.experiment, model = %f.model, fold = f.fold.0);
+    run_inner(store, job).instrument(span).await
 }
 
-async fn run_inner(spec: &JobSpec, model: &str, fold: Fold) -> Result<PredictOutcome> {
-    let m = spec.model(model)?.clone();
-    let store = spec.open_store()?;
-    let hash = spec.model_hash(&m);
-    let exp = spec.experiment.clone();
-    let job_name = format!("{} fold {}", m.name, fold.0);
-    let success = keys::success(&exp, &m.name, fold);
-    if let Some(done) = Manifest::committed(&store, &success, &hash).await? {
-        info!(key = %success, "already predicted for this spec; skipping");
-        return Ok(PredictOutcome {
-            experiment: exp,
-            model: m.name,
-            fold: fold.0,
-            skipped: true,
-            oof_images: 0,
-            test_images: 0,
-            views: 0,
-            outputs: done.outputs,
-        });
-    }
-    let trained = keys::trained(&exp, &m.name, fold);
-    let Some(trained) = Manifest::committed(&store, &trained, &hash).await? else {
+async fn run_inner(store: &Store, job: &PredictJob) -> Result<PredictOutcome> {
+    let f = &job.fold;
+    let ran = job.job_ref().run_once(store, || predict(store, job)).await?;
+    let (skipped, counts, outputs) = match ran {
+        Ran::Skipped(done) => (true, (0, 0, 0), done.outputs),
+        Ran::Done { outcome, manifest, .. } => (false, outcome, manifest.outputs),
+    };
+    Ok(PredictOutcome {
+        experiment: f.experiment.clone(),
+        model: f.model.clone(),
+        fold: f.fold.0,
+        skipped,
+        oof_images: counts.0,
+        test_images: counts.1,
+        views: counts.2,
+        outputs,
+    })
+}
+
+/// The work of a predict job that is not committed yet: `(oof images, test
+/// images, views)` and every output (the train job's included).
+async fn predict(store: &Store, job: &PredictJob) -> Result<((usize, usize, usize), Vec<OutputEntry>)> {
+    let f = &job.fold;
+    let (exp, model, fold) = (&f.experiment, &f.model, f.fold);
+    let trained = keys::trained(exp, model, fold);
+    let Some(trained) = Manifest::committed(store, &trained, &f.spec_hash).await? else {
         return Err(Error::Predict {
-            job: job_name,
+            job: f.label(),
             message: format!(
-                "`{trained}` is missing: the fold model is not trained for this spec; run `imet train --spec <spec> --model {} --fold {}` first",
-                m.name, fold.0
+                "`{trained}` is missing: the fold model is not trained for this spec; run `imet train --spec <spec> --model {model} --fold {}` first",
+                fold.0
             ),
         });
     };
-    let data = job::fold_inputs(&store, spec, &job_name, fold).await?;
+    let data = fold_inputs(store, f).await?;
     let classes = data.inputs.vocab.len();
     let mut test = data.test;
-    if let Some(limit) = m.predict.limit_images {
+    if let Some(limit) = job.limit_images {
         test.truncate(limit);
     }
-    let ctx = Ctx { spec: spec.clone(), model: m.clone(), fold, classes, store: store.clone(), oof: data.valid, test, handle: tokio::runtime::Handle::current() };
+    let weights_key = keys::weights(exp, model, fold);
+    let weights = store.get(&weights_key).await?;
+    let weights_file = format!("{}/{}", store.url().trim_end_matches('/'), weights_key);
+    let ctx = Ctx { job: job.clone(), classes, store: store.clone(), oof: data.valid, test, handle: tokio::runtime::Handle::current() };
     let span = tracing::Span::current();
-    let (oof, test, stats) = tokio::task::spawn_blocking(move || span.in_scope(|| predict_blocking(ctx))).await??;
+    let (oof, test, stats) = tokio::task::spawn_blocking(move || span.in_scope(|| predict_blocking(ctx, &weights_file, &weights))).await??;
 
     let vocabulary_hash = data.inputs.vocab.hash();
     let meta = |kind| PredictionMeta {
         experiment: exp.clone(),
-        model: m.name.clone(),
+        model: model.clone(),
         fold: Some(fold),
         kind,
         tta: stats.views as u32,
-        spec_hash: hash.clone(),
+        spec_hash: f.spec_hash.clone(),
         class_count: classes,
         vocabulary_hash: vocabulary_hash.clone(),
     };
@@ -121,23 +160,19 @@ async fn run_inner(spec: &JobSpec, model: &str, fold: Fold) -> Result<PredictOut
     // The weights and history, as the train job committed them.
     let mut outputs = trained.outputs;
     let oof_preds = Arc::new(Predictions { ids: oof.0, probs: oof.1, meta: meta(PredictionKind::Oof) });
-    outputs.push(write_predictions_owned(&store, &keys::oof(&exp, &m.name, fold), oof_preds).await?);
+    outputs.push(write_predictions_owned(store, &keys::oof(exp, model, fold), oof_preds).await?);
     let test_preds = Arc::new(Predictions { ids: test.0, probs: test.1, meta: meta(PredictionKind::Test) });
-    outputs.push(write_predictions_owned(&store, &keys::test_predictions(&exp, &m.name, fold), test_preds).await?);
-    let stats_key = keys::predict_stats(&exp, &m.name, fold);
+    outputs.push(write_predictions_owned(store, &keys::test_predictions(exp, model, fold), test_preds).await?);
+    let stats_key = keys::predict_stats(exp, model, fold);
     let stats_bytes = serde_json::to_vec_pretty(&stats)?;
     outputs.push(OutputEntry::of_bytes(&stats_key, &stats_bytes));
     store.put(&stats_key, stats_bytes).await?;
-    let manifest = Manifest::new(JobId { kind: "predict".into(), experiment: exp.clone(), model: Some(m.name.clone()), fold: Some(fold.0) }, hash, outputs.clone());
-    manifest.commit(&store, &success).await?;
     info!(oof = oof_n, test = test_n, views = stats.views, images_per_sec = format_args!("{:.1}", stats.images_per_sec), "predicted");
-    Ok(PredictOutcome { experiment: exp, model: m.name, fold: fold.0, skipped: false, oof_images: oof_n, test_images: test_n, views: stats.views, outputs })
+    Ok(((oof_n, test_n, stats.views as usize), outputs))
 }
 
 struct Ctx {
-    spec: JobSpec,
-    model: ModelSpec,
-    fold: Fold,
+    job: PredictJob,
     classes: usize,
     store: Store,
     oof: Vec<Item>,
@@ -147,29 +182,27 @@ struct Ctx {
 
 type Probs = (Vec<ImageId>, Vec<f32>);
 
-fn predict_blocking(ctx: Ctx) -> Result<(Probs, Probs, PredictStats)> {
-    let m = &ctx.model;
-    let exp = &ctx.spec.experiment;
-    let device = job::device();
-    let dev = DeviceSetup::new(device, m.train.precision, m.train.channels_last);
+fn predict_blocking(ctx: Ctx, weights_file: &str, weights: &[u8]) -> Result<(Probs, Probs, PredictStats)> {
+    let job = &ctx.job;
+    let device = device();
+    let dev = DeviceSetup::new(device, job.precision, job.channels_last);
     let vs = nn::VarStore::new(device);
-    let config = m.network(ctx.classes as i64);
-    let mut net = ctx.handle.block_on(Network::restore(&config, &vs, &ctx.store, &keys::weights(exp, &m.name, ctx.fold)))?;
+    let config = ModelConfig { head: crate::model::HeadConfig { classes: ctx.classes as i64, ..job.network.head }, ..job.network.clone() };
+    let mut net = Network::restore(&config, &vs, WeightBytes { file: weights_file, bytes: weights })?;
     dev.place_weights(&vs);
-    let settings = m.tta.clone().unwrap_or_else(|| ctx.spec.image.tta.clone());
-    let views = tta::views(&job::eval_pipeline(m), m.size, &settings);
+    let views = tta::views(&job.eval, job.size, &job.tta);
     let output = dev.loader_output();
     let started = std::time::Instant::now();
     let mut run_set = |items: &[Item]| -> Result<Probs> {
         let ids: Vec<ImageId> = items.iter().map(|i| i.id.clone()).collect();
         let mut sum = vec![0f32; items.len() * ctx.classes];
         for view in &views {
-            let opts = LoaderOptions::from_section(&ctx.spec.image, m.predict_batch(), ctx.classes, view.seed, output.clone());
+            let opts = LoaderOptions::from_section(&job.image, job.batch_size, ctx.classes, view.seed, output.clone());
             let loader = {
                 let _rt = ctx.handle.enter();
                 Loader::new(ctx.store.clone(), items.to_vec(), view.pipeline.clone(), opts, Arc::new(Sequential))?
             };
-            let (probs, _) = epoch::predict_probs(&mut net, &dev, loader.epoch(view.epoch))?;
+            let (probs, _) = predict_probs(&mut net, &dev, loader.epoch(view.epoch))?;
             for (s, p) in sum.iter_mut().zip(&probs) {
                 *s += p;
             }
@@ -183,13 +216,13 @@ fn predict_blocking(ctx: Ctx) -> Result<(Probs, Probs, PredictStats)> {
     let seconds = started.elapsed().as_secs_f64();
     let images = ctx.oof.len() + ctx.test.len();
     let stats = PredictStats {
-        images,
-        views: views.len(),
+        images: images as u64,
+        views: views.len() as u64,
         seconds,
         images_per_sec: (images * views.len()) as f64 / seconds.max(1e-9),
         device: format!("{device:?}").to_lowercase(),
-        size: m.size,
-        batch_size: m.predict_batch(),
+        size: job.size,
+        batch_size: job.batch_size as u64,
     };
     Ok((oof, test, stats))
 }

@@ -1,12 +1,15 @@
 //! The `[[models]]` part of an experiment spec: one table per model the
 //! experiment trains per fold, with its network, input size, training
 //! recipe (phases, loss, optimiser, schedule), prediction settings and the
-//! resources a batch engine should give its jobs. Every recipe element of
-//! recipes.md has a field; elements not built yet are refused by
-//! [`ModelSpec::validate`] with "not supported yet: <element>".
+//! resources a batch engine should give its jobs. The table composes the
+//! stages' own types (`model`, `image`, `train::config`, `predict::config`);
+//! every recipe element has a field, and elements not built yet are refused
+//! by [`ModelSpec::validate`] with "not supported yet: <element>".
 
-use crate::image::{Pipeline, TtaSettings};
+use crate::image::{EvalResize, Pipeline, TtaSettings};
 use crate::model::{Arch, HeadConfig, ModelConfig};
+use crate::predict::config::PredictSection;
+use crate::train::config::TrainSection;
 use serde::{Deserialize, Serialize};
 
 /// One model of the experiment.
@@ -55,293 +58,6 @@ pub struct ModelSpec {
     pub predict: PredictSection,
     #[serde(default)]
     pub resources: Resources,
-}
-
-/// The deterministic resize of validation and test images.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EvalResize {
-    /// Whole image resized to `size` x `size`.
-    #[default]
-    Resize,
-    /// Centre square crop, then resize.
-    CenterCrop,
-}
-
-/// How a model is trained on the other folds.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct TrainSection {
-    /// Images per forward pass.
-    pub batch_size: usize,
-    /// Images per optimiser step, by gradient accumulation (R2: 1000-1500,
-    /// R3: 512); a multiple of `batch_size`. Unset: `batch_size`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub effective_batch: Option<usize>,
-    /// The loss of every phase that does not set its own.
-    #[serde(default)]
-    pub loss: LossSpec,
-    /// Targets become `y (1 - eps) + eps / 2` (R3).
-    #[serde(default)]
-    pub label_smoothing: f64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mixup: Option<MixupSpec>,
-    /// The order images are visited in.
-    #[serde(default)]
-    pub sampling: Sampling,
-    /// Clip the global gradient norm to this value.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub clip_grad_norm: Option<f64>,
-    /// `auto`: fp16 autocast with a grad scaler on CUDA, fp32 on CPU.
-    #[serde(default)]
-    pub precision: Precision,
-    /// NHWC memory layout on CUDA (ignored on CPU).
-    #[serde(default = "yes")]
-    pub channels_last: bool,
-    /// Phases run one after another; each sets its epochs, optimiser,
-    /// schedule and what is trainable (R3: head only, then all, then tags).
-    pub phases: Vec<PhaseSpec>,
-    /// Run `predict` at the end of `imet train`.
-    #[serde(default)]
-    pub predict_after: bool,
-    /// Use at most this many training images per epoch (smoke runs).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub limit_images: Option<usize>,
-    /// R2 stage 2 / R3: drop this fraction of training images whose OOF
-    /// prediction disagrees most with their labels.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub drop_noisy: Option<f64>,
-    /// R2 stage 2: each epoch also visits this fraction of the training
-    /// images once more: those with the highest loss in the epoch before.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hard_negative_mining: Option<f64>,
-    /// R2 stage 3 / R3: add this fraction of the most confident test
-    /// predictions as pseudo-labels.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pseudo_labels: Option<f64>,
-    /// Knowledge distillation: the ensemble experiment whose predictions
-    /// become soft targets.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub distill_from: Option<String>,
-}
-
-fn yes() -> bool {
-    true
-}
-
-/// Numeric precision of training.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    #[default]
-    Auto,
-    Fp32,
-    Fp16,
-    Bf16,
-}
-
-/// The order of training images.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Sampling {
-    /// A seeded permutation per epoch.
-    #[default]
-    Shuffle,
-    /// R2: sampled with replacement, weight of an image = the largest
-    /// `log(N / count(c))` over its classes.
-    LogClassWeights,
-}
-
-/// What the training loss is.
-#[derive(Clone, Copy, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum LossSpec {
-    /// Binary cross-entropy on logits, mean over images and classes.
-    Bce,
-    /// Focal loss (R2): `-alpha_t (1 - p_t)^gamma log p_t`; no `alpha`
-    /// weighting when unset.
-    Focal {
-        #[serde(default = "focal_gamma")]
-        gamma: f64,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        alpha: Option<f64>,
-    },
-    /// `1 - soft F-beta` per image from probabilities (beta 2).
-    SoftF2,
-    /// `bce + weight * soft_f2` (fine-tuning with a differentiable F2).
-    BceSoftF2 {
-        #[serde(default = "one")]
-        weight: f64,
-    },
-}
-
-fn focal_gamma() -> f64 {
-    2.0
-}
-fn one() -> f64 {
-    1.0
-}
-
-impl Default for LossSpec {
-    fn default() -> Self {
-        LossSpec::Bce
-    }
-}
-
-/// MixUp (R3, R4): images and targets mixed with a `Beta(alpha, alpha)`
-/// weight, on a fraction `p` of batches.
-#[derive(Clone, Copy, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct MixupSpec {
-    pub alpha: f64,
-    #[serde(default = "one")]
-    pub p: f64,
-}
-
-/// Which parameters a phase trains.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Trainable {
-    #[default]
-    All,
-    /// Frozen encoder, head only (R3's first phase).
-    Head,
-}
-
-/// Which labels a phase's loss covers.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LabelScope {
-    #[default]
-    All,
-    /// `tag::` attributes only (R2 stage 4, R3's last phase).
-    Tags,
-    /// `culture::` attributes only.
-    Cultures,
-}
-
-/// One phase of training.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct PhaseSpec {
-    /// Shown in logs and `history.parquet`; `phase{i}` when unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    pub epochs: u32,
-    #[serde(default)]
-    pub trainable: Trainable,
-    #[serde(default)]
-    pub labels: LabelScope,
-    /// Overrides `train.loss`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub loss: Option<LossSpec>,
-    pub optimizer: OptimizerSpec,
-    #[serde(default)]
-    pub schedule: ScheduleSpec,
-    /// The head's learning rate is `lr * head_lr_factor` (per-group rates).
-    #[serde(default = "one")]
-    pub head_lr_factor: f64,
-}
-
-/// An optimiser and its hyper-parameters.
-#[derive(Clone, Copy, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
-pub enum OptimizerSpec {
-    Sgd {
-        lr: f64,
-        #[serde(default)]
-        momentum: f64,
-        #[serde(default)]
-        nesterov: bool,
-        /// L2 penalty added to the gradient.
-        #[serde(default)]
-        weight_decay: f64,
-    },
-    Adam {
-        lr: f64,
-        #[serde(default = "betas")]
-        betas: (f64, f64),
-        #[serde(default = "eps")]
-        eps: f64,
-        /// L2 penalty added to the gradient.
-        #[serde(default)]
-        weight_decay: f64,
-    },
-    /// Adam with decoupled weight decay.
-    Adamw {
-        lr: f64,
-        #[serde(default = "betas")]
-        betas: (f64, f64),
-        #[serde(default = "eps")]
-        eps: f64,
-        #[serde(default = "adamw_decay")]
-        weight_decay: f64,
-    },
-}
-
-fn betas() -> (f64, f64) {
-    (0.9, 0.999)
-}
-fn eps() -> f64 {
-    1e-8
-}
-fn adamw_decay() -> f64 {
-    0.01
-}
-
-impl OptimizerSpec {
-    /// The base learning rate.
-    pub fn lr(&self) -> f64 {
-        match *self {
-            OptimizerSpec::Sgd { lr, .. } | OptimizerSpec::Adam { lr, .. } | OptimizerSpec::Adamw { lr, .. } => lr,
-        }
-    }
-
-    /// `sgd`, `adam` or `adamw`.
-    pub fn name(&self) -> &'static str {
-        match self {
-            OptimizerSpec::Sgd { .. } => "sgd",
-            OptimizerSpec::Adam { .. } => "adam",
-            OptimizerSpec::Adamw { .. } => "adamw",
-        }
-    }
-}
-
-/// The learning-rate schedule of a phase (epochs count from the phase's
-/// start, from 0).
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum ScheduleSpec {
-    Constant,
-    /// `lr * factor^(number of milestones <= epoch)` (R1: milestones
-    /// `[7, 9]`, factor 0.5; R2: factor 0.2).
-    Step { milestones: Vec<u32>, factor: f64 },
-    /// Linear warmup from 0 over `warmup_epochs` (fractional, per step),
-    /// then cosine down to `lr * min_factor` at the phase's end (R3).
-    Cosine {
-        #[serde(default)]
-        warmup_epochs: f64,
-        #[serde(default)]
-        min_factor: f64,
-    },
-}
-
-impl Default for ScheduleSpec {
-    fn default() -> Self {
-        ScheduleSpec::Constant
-    }
-}
-
-/// Prediction settings.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct PredictSection {
-    /// Images per forward pass; twice the training batch when unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub batch_size: Option<usize>,
-    /// Predict at most this many test images (smoke runs).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub limit_images: Option<usize>,
 }
 
 /// What a batch engine should give one train or predict job of this model.
@@ -433,12 +149,12 @@ impl ModelSpec {
 
     /// Optimiser steps accumulate this many batches.
     pub fn accumulation(&self) -> usize {
-        self.train.effective_batch.map_or(1, |e| (e / self.train.batch_size).max(1))
+        self.train.accumulation()
     }
 
     /// Epochs over all phases.
     pub fn epochs(&self) -> u32 {
-        self.train.phases.iter().map(|p| p.epochs).sum()
+        self.train.epochs()
     }
 
     /// Prediction batch size.
@@ -449,7 +165,6 @@ impl ModelSpec {
     /// Range checks; messages name the field as `models[name].field`.
     pub fn validate(&self) -> Result<(), String> {
         let at = |field: &str| format!("`models[{}].{field}`", self.name);
-        let unsupported = |field: &str, element: &str| Err(format!("{}: not supported yet: {element}", at(field)));
         let name_ok = !self.name.is_empty()
             && self.name.len() <= 64
             && self.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
@@ -464,156 +179,27 @@ impl ModelSpec {
         if let Some(p) = &self.augment {
             p.validate().map_err(|e| format!("{}: {e}", at("augment")))?;
         }
-        let t = &self.train;
-        if t.batch_size == 0 || t.batch_size > 4096 {
-            return Err(format!("{} = {}: must be 1 to 4096", at("train.batch_size"), t.batch_size));
-        }
-        if let Some(e) = t.effective_batch {
-            if e < t.batch_size || e % t.batch_size != 0 {
-                return Err(format!(
-                    "{} = {e}: must be a multiple of train.batch_size = {} (gradients of effective_batch / batch_size batches are accumulated)",
-                    at("train.effective_batch"),
-                    t.batch_size
-                ));
-            }
-        }
-        validate_loss(&t.loss).map_err(|e| format!("{}: {e}", at("train.loss")))?;
-        if !(0.0..0.5).contains(&t.label_smoothing) {
-            return Err(format!("{} = {}: must be in [0, 0.5)", at("train.label_smoothing"), t.label_smoothing));
-        }
-        if let Some(m) = &t.mixup {
-            if !(m.alpha > 0.0) || !(0.0..=1.0).contains(&m.p) {
-                return Err(format!("{}: alpha must be positive and p in [0, 1]", at("train.mixup")));
-            }
-        }
-        if let Some(c) = t.clip_grad_norm {
-            if !(c > 0.0) {
-                return Err(format!("{} = {c}: must be positive", at("train.clip_grad_norm")));
-            }
-        }
-        if t.precision == Precision::Bf16 {
-            return unsupported("train.precision", "bf16 autocast (the torch binding exposes fp16 autocast only; use \"fp16\" or \"auto\")");
-        }
-        if t.phases.is_empty() {
-            return Err(format!("{}: list at least one phase", at("train.phases")));
-        }
-        for (i, p) in t.phases.iter().enumerate() {
-            let at_p = |f: &str| at(&format!("train.phases[{i}].{f}"));
-            if p.epochs == 0 || p.epochs > 1000 {
-                return Err(format!("{} = {}: must be 1 to 1000", at_p("epochs"), p.epochs));
-            }
-            if let Some(l) = &p.loss {
-                validate_loss(l).map_err(|e| format!("{}: {e}", at_p("loss")))?;
-            }
-            let lr = p.optimizer.lr();
-            if !(lr > 0.0 && lr < 10.0) {
-                return Err(format!("{} = {lr}: must be in (0, 10)", at_p("optimizer.lr")));
-            }
-            match p.optimizer {
-                OptimizerSpec::Sgd { momentum, nesterov, weight_decay, .. } => {
-                    if !(0.0..1.0).contains(&momentum) || weight_decay < 0.0 {
-                        return Err(format!("{}: momentum must be in [0, 1) and weight_decay >= 0", at_p("optimizer")));
-                    }
-                    if nesterov && momentum == 0.0 {
-                        return Err(format!("{}: nesterov needs momentum > 0", at_p("optimizer")));
-                    }
-                }
-                OptimizerSpec::Adam { betas, eps, weight_decay, .. } | OptimizerSpec::Adamw { betas, eps, weight_decay, .. } => {
-                    if !(0.0..1.0).contains(&betas.0) || !(0.0..1.0).contains(&betas.1) || !(eps > 0.0) || weight_decay < 0.0 {
-                        return Err(format!("{}: betas must be in [0, 1), eps > 0, weight_decay >= 0", at_p("optimizer")));
-                    }
-                }
-            }
-            match &p.schedule {
-                ScheduleSpec::Constant => {}
-                ScheduleSpec::Step { milestones, factor } => {
-                    if !(*factor > 0.0 && *factor <= 1.0) {
-                        return Err(format!("{} = {factor}: must be in (0, 1]", at_p("schedule.factor")));
-                    }
-                    if milestones.windows(2).any(|w| w[0] >= w[1]) || milestones.iter().any(|&m| m == 0 || m >= p.epochs) {
-                        return Err(format!(
-                            "{} = {milestones:?}: must increase and lie in 1..{} (epochs count from 0 within the phase)",
-                            at_p("schedule.milestones"),
-                            p.epochs
-                        ));
-                    }
-                }
-                ScheduleSpec::Cosine { warmup_epochs, min_factor } => {
-                    if !(*warmup_epochs >= 0.0 && *warmup_epochs < p.epochs as f64) || !(0.0..1.0).contains(min_factor) {
-                        return Err(format!(
-                            "{}: warmup_epochs must be in [0, epochs) and min_factor in [0, 1)",
-                            at_p("schedule")
-                        ));
-                    }
-                }
-            }
-            if !(p.head_lr_factor > 0.0 && p.head_lr_factor <= 1000.0) {
-                return Err(format!("{} = {}: must be in (0, 1000]", at_p("head_lr_factor"), p.head_lr_factor));
-            }
-            if p.trainable == Trainable::Head && self.arch == Arch::Torchscript {
-                return Err(format!("{}: a TorchScript module is trained whole", at_p("trainable")));
-            }
-            if let Some(n) = &p.name {
-                if n.is_empty() || n.len() > 32 {
-                    return Err(format!("{}: 1-32 characters", at_p("name")));
-                }
-            }
-        }
-        if t.limit_images == Some(0) || self.predict.limit_images == Some(0) {
-            return Err(format!("{}: limit_images must be at least 1", at("train")));
-        }
-        if self.predict.batch_size == Some(0) {
-            return Err(format!("{} = 0: must be at least 1", at("predict.batch_size")));
-        }
-        if t.drop_noisy.is_some() {
-            return unsupported("train.drop_noisy", "dropping noisy training labels by OOF disagreement");
-        }
-        if let Some(f) = t.hard_negative_mining {
-            if !(f > 0.0 && f <= 0.5) {
-                return Err(format!("{} = {f}: must be in (0, 0.5] (the fraction of images visited again)", at("train.hard_negative_mining")));
-            }
-        }
-        if t.pseudo_labels.is_some() {
-            return unsupported("train.pseudo_labels", "pseudo-labelling from test predictions");
-        }
-        if t.distill_from.is_some() {
-            return unsupported("train.distill_from", "knowledge distillation");
-        }
-        let r = &self.resources;
-        if r.cpus == 0 || r.memory_gb == 0 || r.gpus > 16 {
-            return Err(format!("{}: cpus and memory_gb must be at least 1, gpus at most 16", at("resources")));
-        }
-        parse_duration(&r.time_limit).map_err(|e| format!("{}: {e}", at("resources.time_limit")))?;
-        parse_duration(&r.predict_time_limit).map_err(|e| format!("{}: {e}", at("resources.predict_time_limit")))?;
-        Ok(())
+        self.train.validate(&|f: &str| at(&format!("train.{f}")), self.arch == Arch::Torchscript)?;
+        self.predict.validate(&|f: &str| at(&format!("predict.{f}")))?;
+        self.resources.validate(&at)
     }
 }
 
-fn validate_loss(loss: &LossSpec) -> Result<(), String> {
-    match *loss {
-        LossSpec::Focal { gamma, alpha } => {
-            if !(0.0..=10.0).contains(&gamma) {
-                return Err(format!("focal gamma = {gamma}: must be in [0, 10]"));
-            }
-            if let Some(a) = alpha {
-                if !(0.0..=1.0).contains(&a) {
-                    return Err(format!("focal alpha = {a}: must be in [0, 1]"));
-                }
-            }
+impl Resources {
+    fn validate(&self, at: &dyn Fn(&str) -> String) -> Result<(), String> {
+        if self.cpus == 0 || self.memory_gb == 0 || self.gpus > 16 {
+            return Err(format!("{}: cpus and memory_gb must be at least 1, gpus at most 16", at("resources")));
         }
-        LossSpec::BceSoftF2 { weight } => {
-            if !(weight > 0.0) {
-                return Err(format!("bce_soft_f2 weight = {weight}: must be positive"));
-            }
-        }
-        LossSpec::Bce | LossSpec::SoftF2 => {}
+        parse_duration(&self.time_limit).map_err(|e| format!("{}: {e}", at("resources.time_limit")))?;
+        parse_duration(&self.predict_time_limit).map_err(|e| format!("{}: {e}", at("resources.predict_time_limit")))?;
+        Ok(())
     }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::train::config::{LabelScope, LossSpec, OptimizerSpec};
 
     const MODEL: &str = r#"
 name = "r18"

@@ -11,7 +11,7 @@
 //! runs/{experiment}/ensemble/...
 //! ```
 
-use crate::data::{Fold, ImageId};
+use crate::ids::{Fold, ImageId};
 
 pub const LABELS: &str = "data/labels.csv";
 pub const TRAIN: &str = "data/train.csv";

@@ -160,9 +160,83 @@ impl Manifest {
     }
 }
 
+/// One job as the store sees it: who it is, the manifest that marks it
+/// done, and the spec hash the manifest must carry. Every job kind runs
+/// through [`JobRef::run_once`], so a new kind is one function that does
+/// its work and returns its outputs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobRef {
+    pub id: JobId,
+    /// Key of the job's manifest.
+    pub manifest: String,
+    pub spec_hash: String,
+}
+
+/// What [`JobRef::run_once`] did.
+#[derive(Debug)]
+pub enum Ran<T> {
+    /// Committed before for this spec: nothing was done.
+    Skipped(Manifest),
+    /// The work ran; its outputs are committed (by this run, or by a
+    /// concurrent run of the same job that committed first).
+    Done { outcome: T, manifest: Manifest, commit: CommitOutcome },
+}
+
+impl JobRef {
+    /// The manifest when the job is committed for this spec (see
+    /// [`Manifest::committed`]).
+    ///
+    /// # Errors
+    /// As [`Manifest::committed`].
+    pub async fn committed(&self, store: &Store) -> Result<Option<Manifest>> {
+        Manifest::committed(store, &self.manifest, &self.spec_hash).await
+    }
+
+    /// Skips the job when it is committed for this spec; otherwise runs
+    /// `work`, which returns its outcome and every output it wrote, and
+    /// commits those outputs. Nothing is committed when `work` fails.
+    ///
+    /// # Errors
+    /// `work`'s error; [`Error::SpecChanged`] when the job was committed by
+    /// another spec; storage errors.
+    pub async fn run_once<T, F, Fut>(&self, store: &Store, work: F) -> Result<Ran<T>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<(T, Vec<OutputEntry>)>>,
+    {
+        if let Some(done) = self.committed(store).await? {
+            tracing::info!(key = %self.manifest, job = %self.id, "already committed for this spec; skipping");
+            return Ok(Ran::Skipped(done));
+        }
+        let (outcome, outputs) = work().await?;
+        let manifest = Manifest::new(self.id.clone(), self.spec_hash.clone(), outputs);
+        let commit = manifest.commit(store, &self.manifest).await?;
+        if let CommitOutcome::AlreadyCommitted(_) = &commit {
+            tracing::info!(key = %self.manifest, job = %self.id, "another run committed the same job first");
+        }
+        Ok(Ran::Done { outcome, manifest, commit })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn run_once_runs_then_skips_and_commits_nothing_on_failure() {
+        let store = Store::memory();
+        let job = JobRef { id: job(), manifest: "_SUCCESS.json".into(), spec_hash: "h".into() };
+        let failed = job.run_once(&store, || async { Err::<((), Vec<OutputEntry>), _>(Error::Usage("boom".into())) }).await;
+        assert!(failed.is_err());
+        assert!(job.committed(&store).await.unwrap().is_none());
+        let work = || async {
+            store.put("o", "x").await?;
+            Ok((7, vec![OutputEntry::of_bytes("o", b"x")]))
+        };
+        assert!(matches!(job.run_once(&store, work).await.unwrap(), Ran::Done { outcome: 7, commit: CommitOutcome::Committed, .. }));
+        let again = job.run_once(&store, || async { panic!("a committed job does not run") as Result<(i32, Vec<OutputEntry>)> }).await.unwrap();
+        assert!(matches!(again, Ran::Skipped(m) if m.outputs.len() == 1));
+    }
 
     fn job() -> JobId {
         JobId { kind: "predict".into(), experiment: "exp".into(), model: Some("m".into()), fold: Some(0) }

@@ -3,11 +3,13 @@
 //! of every data product, and a read-through local disk cache for inputs.
 
 pub mod cache;
+pub mod config;
 pub mod keys;
 pub mod manifest;
 pub mod parquet;
 pub mod store;
 
 pub use cache::{Cache, CacheOptions};
-pub use manifest::{CommitOutcome, JobId, Manifest, OutputEntry};
+pub use config::{open_file, read_file, root_to_url, StorageSection};
+pub use manifest::{CommitOutcome, JobId, JobRef, Manifest, OutputEntry, Ran};
 pub use store::{ObjectInfo, RetryPolicy, Store, StoreOptions};

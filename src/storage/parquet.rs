@@ -6,7 +6,7 @@
 //!
 //! ```
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
-//! use imet::data::{Fold, ImageId};
+//! use imet::ids::{Fold, ImageId};
 //! use imet::storage::parquet::*;
 //! use imet::storage::{keys, Store};
 //! let store = Store::memory();
@@ -28,7 +28,7 @@
 
 use super::manifest::OutputEntry;
 use super::store::Store;
-use crate::data::{Fold, ImageId};
+use crate::ids::{Fold, ImageId};
 use crate::error::{Error, Result};
 use arrow::array::{
     Array, ArrayRef, AsArray, FixedSizeListArray, Float32Array, Float64Array, RecordBatch, StringArray, UInt32Array,

@@ -17,7 +17,7 @@
 //! ```
 
 use super::cache::{Cache, CacheOptions};
-use crate::error::{Error, Result};
+use crate::error::{is_transient, Error, Result};
 use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::aws::AmazonS3Builder;
@@ -103,33 +103,6 @@ pub struct Store {
     url: String,
     retry: RetryPolicy,
     cache: Option<Arc<Cache>>,
-}
-
-/// True for faults worth retrying: connection errors, timeouts, 5xx, 429.
-pub fn is_transient(err: &object_store::Error) -> bool {
-    use object_store::Error as E;
-    match err {
-        E::NotFound { .. }
-        | E::AlreadyExists { .. }
-        | E::Precondition { .. }
-        | E::NotModified { .. }
-        | E::InvalidPath { .. }
-        | E::NotSupported { .. }
-        | E::NotImplemented { .. }
-        | E::PermissionDenied { .. }
-        | E::Unauthenticated { .. }
-        | E::UnknownConfigurationKey { .. } => false,
-        E::Generic { source, .. } => {
-            let text = format!("{source:?} {source}").to_ascii_lowercase();
-            // A 4xx other than 408/429 is the caller's fault, not the network's.
-            let client_error = ["status: 400", "status: 403", "status: 404", "status: 409", "status: 412"]
-                .iter()
-                .any(|s| text.contains(s));
-            let local_io = text.contains("unable to open file") || text.contains("permission denied");
-            !(client_error || local_io)
-        }
-        _ => true,
-    }
 }
 
 impl Store {

@@ -49,6 +49,24 @@ pub struct LoopState {
     pub spec_hash: String,
 }
 
+impl LoopState {
+    /// Before the first epoch of a job committed with `spec_hash`.
+    pub fn fresh(spec_hash: &str) -> LoopState {
+        LoopState {
+            epochs_done: 0,
+            phase: 0,
+            optim_steps: 0,
+            scaler_scale: 0.0,
+            scaler_tracker: 0,
+            best_f2: f64::NEG_INFINITY,
+            best_epoch: 0,
+            history: Vec::new(),
+            hard: Vec::new(),
+            spec_hash: spec_hash.to_string(),
+        }
+    }
+}
+
 /// A checkpoint in memory.
 pub struct Checkpoint {
     pub state: LoopState,

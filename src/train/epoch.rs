@@ -8,94 +8,16 @@ use super::loss::loss;
 use super::optim::{clip_grad_norm, Optimizer};
 use super::schedule::lr_factor;
 use crate::data::metric::f2_counts;
-use crate::data::sample::draw::splitmix;
-use crate::data::AttributeId;
+use crate::ids::AttributeId;
 use crate::error::{Error, Result};
-use crate::image::augment::Normalize;
-use crate::image::loader::{normalize_on_device, Epoch, Output};
+use super::config::{LossSpec, MixupSpec, PhaseSpec};
+use crate::fold_job::{predict_probs, DeviceSetup};
+use crate::image::loader::Epoch;
 use crate::image::mix::{mixup, smooth_labels};
 use crate::model::Network;
-use crate::spec::{LossSpec, MixupSpec, PhaseSpec, Precision};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Reduction, Tensor};
-
-/// How batches are prepared and run on the device.
-pub struct DeviceSetup {
-    pub device: Device,
-    /// fp16 autocast (CUDA only).
-    pub autocast: bool,
-    /// NHWC layout (CUDA only).
-    pub channels_last: bool,
-    /// Batches arrive as u8 and are normalised on the device.
-    pub normalize: Option<Normalize>,
-}
-
-impl DeviceSetup {
-    /// Device, precision and layout of a job on `device`: fp16 autocast
-    /// (`auto` or `fp16`), NHWC and device-side normalisation on CUDA only.
-    pub fn new(device: Device, precision: Precision, channels_last: bool) -> DeviceSetup {
-        let cuda = device.is_cuda();
-        DeviceSetup {
-            device,
-            autocast: cuda && matches!(precision, Precision::Auto | Precision::Fp16),
-            channels_last: cuda && channels_last,
-            normalize: cuda.then(Normalize::default),
-        }
-    }
-
-    /// What the loader should hand out: u8 when batches are normalised on
-    /// the device, normalised f32 otherwise.
-    pub fn loader_output(&self) -> Output {
-        match &self.normalize {
-            Some(_) => Output::U8,
-            None => Output::Normalized(Normalize::default()),
-        }
-    }
-
-    /// Gives every 4-D variable of `vs` NHWC strides when the setup uses
-    /// channels-last (values unchanged).
-    pub fn place_weights(&self, vs: &tch::nn::VarStore) {
-        if !self.channels_last {
-            return;
-        }
-        tch::no_grad(|| {
-            for (_, v) in vs.variables() {
-                if v.dim() == 4 {
-                    v.shallow_clone().set_data(&to_channels_last(&v));
-                }
-            }
-        });
-    }
-
-    /// Moves a loader batch to the device as normalised f32 NCHW.
-    pub fn images(&self, images: &Tensor) -> Tensor {
-        let xs = images.to_device(self.device);
-        let xs = match &self.normalize {
-            Some(n) => normalize_on_device(&xs, n),
-            None => xs,
-        };
-        if self.channels_last {
-            to_channels_last(&xs)
-        } else {
-            xs
-        }
-    }
-
-    /// Forward pass under autocast when enabled; logits as f32.
-    ///
-    /// # Errors
-    /// As [`Network::forward_t`].
-    pub fn forward(&self, net: &mut Network, xs: &Tensor, train: bool) -> Result<Tensor> {
-        let logits = if self.autocast { tch::autocast(true, || net.forward_t(xs, train))? } else { net.forward_t(xs, train)? };
-        Ok(logits.to_kind(Kind::Float))
-    }
-}
-
-/// Same values with NHWC strides (PyTorch's `channels_last`).
-pub fn to_channels_last(xs: &Tensor) -> Tensor {
-    xs.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
-}
 
 /// What one phase trains with.
 pub struct PhaseSetup<'a> {
@@ -156,7 +78,7 @@ pub fn train_epoch(
     let start = std::time::Instant::now();
     let steps_per_epoch = batch_count.div_ceil(setup.accumulation).max(1);
     let base_lr = setup.phase.optimizer.lr();
-    let mut rng = ChaCha8Rng::seed_from_u64(splitmix(pos.seed ^ 0x6d69_7875_70 ^ splitmix(pos.epoch as u64)));
+    let mut rng = ChaCha8Rng::seed_from_u64(crate::seed::mixup(pos.seed, pos.epoch));
     let (mut loss_sum, mut images, mut micro, mut step, mut skipped) = (0.0f64, 0usize, 0usize, 0usize, 0usize);
     let mut lr = base_lr;
     let mut item_losses = Vec::new();
@@ -251,27 +173,6 @@ pub struct Validation {
     pub probs: Vec<f32>,
 }
 
-/// Probabilities of every image of `batches` (sequential), with the mean
-/// BCE when targets are known.
-///
-/// # Errors
-/// Loader and forward errors.
-pub fn predict_probs(net: &mut Network, dev: &DeviceSetup, batches: Epoch) -> Result<(Vec<f32>, f64)> {
-    let _guard = tch::no_grad_guard();
-    let mut probs = Vec::new();
-    let (mut bce, mut count) = (0.0f64, 0usize);
-    for batch in batches {
-        let batch = batch?;
-        let xs = dev.images(&batch.images);
-        let logits = dev.forward(net, &xs, false)?;
-        let ys = batch.targets.to_device(dev.device);
-        bce += logits.binary_cross_entropy_with_logits::<Tensor>(&ys, None, None, Reduction::Sum).double_value(&[]);
-        count += ys.numel();
-        let p = logits.sigmoid().to_device(Device::Cpu).contiguous().view([-1]);
-        probs.extend(Vec::<f32>::try_from(&p)?);
-    }
-    Ok((probs, bce / count.max(1) as f64))
-}
 
 /// Validation: probabilities, loss, F2 at the best global threshold.
 ///
@@ -368,13 +269,5 @@ mod tests {
         assert!(ensure_finite(0.5, &pos, 0).is_ok());
         let err = ensure_finite(f64::NAN, &pos, 7).unwrap_err().to_string();
         assert!(err.contains("NaN at epoch 3 (batch 7)") && err.contains("checkpoint of epoch 3 is kept"), "{err}");
-    }
-
-    #[test]
-    fn channels_last_keeps_values_and_changes_strides() {
-        let xs = Tensor::randn([2, 3, 4, 5], (Kind::Float, Device::Cpu));
-        let cl = to_channels_last(&xs);
-        assert_eq!(cl, xs);
-        assert_eq!(cl.stride(), [60, 1, 15, 3]);
     }
 }

@@ -8,7 +8,7 @@
 //! the tags only): masked classes contribute neither to the value nor to
 //! the gradient.
 
-use crate::spec::LossSpec;
+use super::config::LossSpec;
 use tch::{Kind, Reduction, Tensor};
 
 /// Added to the soft-F2 denominator so an image without labels and with

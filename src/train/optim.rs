@@ -6,7 +6,7 @@
 //! [`Optimizer::load_state`].
 
 use crate::error::{Error, Result};
-use crate::spec::OptimizerSpec;
+use super::config::OptimizerSpec;
 use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 

@@ -6,10 +6,9 @@
 //! adds the images with the highest loss of the previous epoch once more.
 //! Reads and writes nothing.
 
-use crate::data::sample::draw::splitmix;
-use crate::data::AttributeId;
+use crate::ids::AttributeId;
 use crate::image::loader::{Sampler, Shuffle};
-use crate::spec::Sampling;
+use super::config::Sampling;
 use rand::distr::weighted::WeightedIndex;
 use rand::distr::Distribution;
 use rand::SeedableRng;
@@ -43,7 +42,7 @@ impl Weighted {
 
 impl Sampler for Weighted {
     fn order(&self, epoch: u64, n: usize) -> Vec<usize> {
-        let mut rng = ChaCha8Rng::seed_from_u64(splitmix(self.seed ^ splitmix(epoch)));
+        let mut rng = ChaCha8Rng::seed_from_u64(crate::seed::epoch_order(self.seed, epoch));
         match WeightedIndex::new(&self.weights[..n.min(self.weights.len())]) {
             Ok(dist) => (0..n).map(|_| dist.sample(&mut rng)).collect(),
             Err(_) => (0..n).collect(),
@@ -95,7 +94,7 @@ impl Sampler for HardMining {
             return v;
         }
         v.extend(hard.into_iter().filter(|&i| i < n));
-        rand::seq::SliceRandom::shuffle(&mut v[..], &mut ChaCha8Rng::seed_from_u64(splitmix(self.seed ^ 0x6861_7264 ^ splitmix(epoch))));
+        rand::seq::SliceRandom::shuffle(&mut v[..], &mut ChaCha8Rng::seed_from_u64(crate::seed::hard_examples(self.seed, epoch)));
         v
     }
 }

@@ -3,7 +3,7 @@
 //! function of the phase's [`ScheduleSpec`] and position, so a resumed job
 //! gets the same rates without storing any schedule state.
 
-use crate::spec::ScheduleSpec;
+use super::config::ScheduleSpec;
 
 /// Factor on the phase's base learning rate at step `step` (0-based) of
 /// epoch `epoch` (0-based, within the phase) when each epoch has

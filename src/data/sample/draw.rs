@@ -4,6 +4,7 @@
 //! colour) at a random position, scale and tilt; small clutter and block
 //! noise sit on top, so the labels are learnable but not read off one pixel.
 
+use crate::seed::splitmix;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -287,14 +288,6 @@ pub fn paint(look: &Look, seed: u64) -> Painted {
         }
     }
     Painted { width, height, mode, pixels }
-}
-
-/// A well-mixed 64-bit hash (SplitMix64 finaliser).
-pub fn splitmix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// Encodes `img` as PNG with fast compression.

@@ -1,0 +1,64 @@
+//! What train and predict share: a fold job's identity, its inputs (the
+//! images on each side of the fold), its device set-up, the model's weight
+//! bytes, and the prediction loop. Reads `data/*.csv`,
+//! `runs/{exp}/folds.parquet` and weight files; writes nothing.
+
+pub mod device;
+pub mod inputs;
+
+pub use device::{device, predict_probs, to_channels_last, DeviceSetup, Precision};
+pub use inputs::{fold_inputs, parse_fold, FoldInputs, FOLD_ENV};
+
+use crate::error::Result;
+use crate::ids::Fold;
+use crate::storage::JobId;
+
+/// Which fold job: the experiment, the model and the fold, with the hash of
+/// the spec parts the job depends on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FoldJob {
+    pub experiment: String,
+    pub model: String,
+    pub fold: Fold,
+    /// Folds of the experiment (`folds.k`).
+    pub k: u8,
+    pub spec_hash: String,
+}
+
+impl FoldJob {
+    /// `{model} fold {k}`, as errors and logs name the job.
+    pub fn label(&self) -> String {
+        format!("{} fold {}", self.model, self.fold.0)
+    }
+
+    /// The manifest identity of this job as `kind` (`train`, `predict`).
+    pub fn job_id(&self, kind: &str) -> JobId {
+        JobId { kind: kind.into(), experiment: self.experiment.clone(), model: Some(self.model.clone()), fold: Some(self.fold.0) }
+    }
+}
+
+/// The bytes of a weights file or module named by path or store URL.
+///
+/// # Errors
+/// [`crate::Error::StoreUrl`] for a URL without a file name,
+/// [`crate::Error::NotFound`] when the file is missing.
+pub async fn fetch_weights(url: &str) -> Result<bytes::Bytes> {
+    crate::storage::read_file(url).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn weights_are_fetched_from_a_url_and_a_missing_file_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("w.safetensors"), b"bytes").expect("write");
+        let url = format!("file://{}/w.safetensors", dir.path().display());
+        assert_eq!(&fetch_weights(&url).await.unwrap()[..], b"bytes");
+        let missing = format!("file://{}/nope.safetensors", dir.path().display());
+        let err = fetch_weights(&missing).await.unwrap_err().to_string();
+        assert!(err.contains("nope.safetensors"), "{err}");
+        assert!(fetch_weights("s3://bucket/").await.is_err());
+    }
+}

@@ -1,0 +1,418 @@
+//! Train stage: the compute loop of a train job, on a blocking thread.
+//! Builds the network (initial weights, or a checkpoint to resume from),
+//! the loaders and the sampler, then runs every epoch of every phase:
+//! train, validate, record, and hand the epoch's checkpoint to the
+//! [`super::sink`]. Returns the kept weights. Touches the store only through
+//! the loaders (images) and the sink.
+
+use super::amp::GradScaler;
+use super::checkpoint::{self, Checkpoint, LoopState};
+use super::config::{LabelScope, PhaseSpec, Trainable};
+use super::epoch::{self, PhaseSetup, Position, TrainTotals, Validation};
+use super::optim::Optimizer;
+use super::sampling::{self, HardMining};
+use super::sink::{EpochDone, SinkSender};
+use super::TrainJob;
+use crate::error::{Error, Result};
+use crate::fold_job::{device, DeviceSetup};
+use crate::ids::{AttributeId, Group};
+use crate::image::loader::{Item, Loader, LoaderOptions, Sequential};
+use crate::image::{Pipeline, Sampler};
+use crate::model::{Arch, Network, ScriptModel, WeightBytes};
+use crate::storage::keys;
+use crate::storage::parquet::EpochRecord;
+use crate::storage::Store;
+use std::sync::Arc;
+use tch::{nn, Tensor};
+use tracing::{info, warn};
+
+/// Variable holding a TorchScript module's bytes in checkpoints.
+const SCRIPT_MODULE: &str = "__torchscript_module__";
+
+/// The newest complete checkpoint of a job, and the checkpoint of its best
+/// epoch when the kept weights come from before the resume point.
+pub struct Resume {
+    key: String,
+    checkpoint: Checkpoint,
+    best: Option<(String, Checkpoint)>,
+}
+
+impl Resume {
+    /// Reads what a rerun of `job` resumes from; `None` for a fresh start.
+    ///
+    /// # Errors
+    /// [`Error::SpecChanged`] for a checkpoint of another spec; storage and
+    /// checkpoint errors.
+    pub async fn find(store: &Store, job: &TrainJob) -> Result<Option<Resume>> {
+        let f = &job.fold;
+        let key_of = |e: u32| keys::checkpoint(&f.experiment, &f.model, f.fold, e);
+        let prefix = keys::checkpoints(&f.experiment, &f.model, f.fold);
+        let Some((key, checkpoint)) = checkpoint::latest(store, &prefix, key_of, &f.spec_hash).await? else { return Ok(None) };
+        let s = &checkpoint.state;
+        let best = if s.best_epoch > 0 && s.best_epoch != s.epochs_done {
+            let best_key = key_of(s.best_epoch);
+            let bytes = store.get(&best_key).await?;
+            Some((best_key.clone(), checkpoint::decode(&best_key, &bytes)?))
+        } else {
+            None
+        };
+        Ok(Some(Resume { key, checkpoint, best }))
+    }
+}
+
+/// What the loop trained.
+pub struct Trained {
+    /// The kept (best epoch's) weights, as `model.safetensors` bytes.
+    pub weights: Vec<u8>,
+    pub best_epoch: u32,
+    pub best_f2: f64,
+    pub epochs_done: u32,
+    pub epochs_run: u32,
+    pub resumed_from: Option<u32>,
+    pub history: Vec<EpochRecord>,
+}
+
+/// Everything the blocking loop owns.
+pub struct Fit {
+    job: TrainJob,
+    store: Store,
+    classes: usize,
+    pipeline: Pipeline,
+    train_items: Vec<Item>,
+    valid_items: Vec<Item>,
+    /// Per phase, the `[classes]` 0/1 mask of the labels it learns.
+    masks: Vec<Option<Vec<f32>>>,
+    handle: tokio::runtime::Handle,
+}
+
+impl Fit {
+    /// Prepares the loop of `job` (call on the runtime).
+    ///
+    /// # Errors
+    /// As [`TrainJob::pipeline`].
+    pub fn new(job: &TrainJob, store: &Store, classes: usize, train_items: Vec<Item>, valid_items: Vec<Item>, groups: &[Group]) -> Result<Fit> {
+        let mask = |scope: LabelScope| -> Option<Vec<f32>> {
+            let group = match scope {
+                LabelScope::All => return None,
+                LabelScope::Tags => Group::Tag,
+                LabelScope::Cultures => Group::Culture,
+            };
+            Some(groups.iter().map(|g| if *g == group { 1.0 } else { 0.0 }).collect())
+        };
+        Ok(Fit {
+            pipeline: job.pipeline()?,
+            masks: job.train.phases.iter().map(|p| mask(p.labels)).collect(),
+            job: job.clone(),
+            store: store.clone(),
+            classes,
+            train_items,
+            valid_items,
+            handle: tokio::runtime::Handle::current(),
+        })
+    }
+
+    /// Runs every remaining epoch, sending each to `sink`.
+    ///
+    /// # Errors
+    /// [`Error::Train`] for a NaN/inf loss; loader, model and checkpoint
+    /// errors; a stopped sink.
+    pub fn run(self, resume: Option<Resume>, init_weights: Option<(String, bytes::Bytes)>, sink: SinkSender) -> Result<Trained> {
+        let label = self.job.fold.label();
+        let train = &self.job.train;
+        let device = device();
+        let dev = DeviceSetup::new(device, train.precision, train.channels_last);
+        tch::manual_seed(crate::seed::torch_init(self.job.seed));
+        let vs = nn::VarStore::new(device);
+        let mut net = self.open_network(&vs, resume.as_ref(), init_weights)?;
+        dev.place_weights(&vs);
+        let mut state = match &resume {
+            Some(r) => {
+                info!(key = %r.key, epochs_done = r.checkpoint.state.epochs_done, "resuming from checkpoint");
+                r.checkpoint.state.clone()
+            }
+            None => LoopState::fresh(&self.job.fold.spec_hash),
+        };
+        let resumed_from = resume.as_ref().map(|r| r.checkpoint.state.epochs_done);
+        let mut scaler = GradScaler::new(dev.autocast);
+        if resume.is_some() && dev.autocast {
+            scaler.restore(state.scaler_scale, state.scaler_tracker);
+        }
+        let loaders = self.loaders(&dev)?;
+        let mut optimizer: Option<(usize, Optimizer)> = None;
+        let mut best_weights: Option<Vec<u8>> = None;
+        let mut epochs_run = 0;
+        for e in state.epochs_done..train.epochs() {
+            let (pi, epoch_in_phase) = self.phase_of(e);
+            let phase = &train.phases[pi];
+            if optimizer.as_ref().is_none_or(|(i, _)| *i != pi) {
+                optimizer = Some((pi, self.start_phase(&net, &vs, phase, pi, e, epoch_in_phase, &state, resume.as_ref())?));
+            }
+            let (_, opt) = optimizer.as_mut().expect("set above");
+            let record = self.epoch(&mut net, &dev, &loaders, opt, &mut scaler, &mut state, (e, pi, epoch_in_phase), &label)?;
+            state.history.push(record);
+            let improved = state.history.last().is_some_and(|r| r.valid_f2 > state.best_f2);
+            if improved {
+                state.best_f2 = state.history.last().map_or(f64::NAN, |r| r.valid_f2);
+                state.best_epoch = e + 1;
+            }
+            state.epochs_done = e + 1;
+            state.phase = pi;
+            state.optim_steps = opt.steps();
+            (state.scaler_scale, state.scaler_tracker) = scaler.state();
+            if improved {
+                best_weights = Some(net.checkpoint(&vs)?);
+            }
+            let bytes = checkpoint::encode(&state, &model_tensors(&net, &vs)?, &opt.state_tensors())?;
+            sink.send(EpochDone { epoch: e + 1, checkpoint: bytes, history: state.history.clone(), best_epoch: state.best_epoch }, &label)?;
+            epochs_run += 1;
+        }
+        if let Some(skipped) = Some(loaders.train.skipped()).filter(|s| !s.is_empty()) {
+            warn!(images = skipped.len(), "training skipped bad images");
+        }
+        let weights = self.kept_weights(&mut net, &vs, &state, best_weights, resume.and_then(|r| r.best))?;
+        Ok(Trained {
+            weights,
+            best_epoch: state.best_epoch,
+            best_f2: state.best_f2,
+            epochs_done: state.epochs_done,
+            epochs_run,
+            resumed_from,
+            history: state.history,
+        })
+    }
+
+    /// Opens the job's network on `vs`: initial weights, or the resume
+    /// checkpoint's variables (and module, for TorchScript).
+    fn open_network(&self, vs: &nn::VarStore, resume: Option<&Resume>, init: Option<(String, bytes::Bytes)>) -> Result<Network> {
+        let config = crate::model::ModelConfig { head: crate::model::HeadConfig { classes: self.classes as i64, ..self.job.network.head }, ..self.job.network.clone() };
+        match resume {
+            Some(r) if config.arch == Arch::Torchscript => Ok(Network::Script(script_module(&r.key, &r.checkpoint, vs)?)),
+            Some(r) => {
+                let net = Network::open(&crate::model::ModelConfig { weights: None, ..config }, vs, None)?.0;
+                checkpoint::copy_into(&r.key, &sorted_variables(vs), &r.checkpoint.model)?;
+                Ok(net)
+            }
+            None => {
+                let weights = init.as_ref().map(|(file, bytes)| WeightBytes { file, bytes });
+                let (net, report) = Network::open(&config, vs, weights)?;
+                let fresh_head = report.as_ref().is_none_or(|r| r.fresh.iter().any(|n| n == "head.fc.bias"));
+                if let (Network::Native(_), true) = (&net, fresh_head) {
+                    init_head_bias(vs, &self.train_items, self.classes);
+                }
+                Ok(net)
+            }
+        }
+    }
+
+    /// The training and validation loaders (started on the runtime).
+    fn loaders(&self, dev: &DeviceSetup) -> Result<Loaders> {
+        let train = &self.job.train;
+        let output = dev.loader_output();
+        let train_opts = LoaderOptions { drop_last: false, ..LoaderOptions::from_section(&self.job.image, train.batch_size, self.classes, self.job.seed, output.clone()) };
+        let labels: Vec<_> = self.train_items.iter().map(|i| i.labels.clone()).collect();
+        let base = sampling::sampler(train.sampling, &labels, self.classes, train.limit_images, self.job.seed);
+        let mining = train.hard_negative_mining.map(|_| Arc::new(HardMining::new(base.clone(), self.job.seed)));
+        let sampler: Arc<dyn Sampler> = match &mining {
+            Some(h) => h.clone(),
+            None => base,
+        };
+        let valid_opts = LoaderOptions::from_section(&self.job.image, self.job.predict_batch, self.classes, self.job.seed, output);
+        let _rt = self.handle.enter();
+        Ok(Loaders {
+            train: Loader::new(self.store.clone(), self.train_items.clone(), self.pipeline.clone(), train_opts, sampler)?,
+            valid: Loader::new(self.store.clone(), self.valid_items.clone(), self.job.eval.clone(), valid_opts, Arc::new(Sequential))?,
+            valid_labels: self.valid_items.iter().map(|i| i.labels.clone()).collect(),
+            mining,
+            n_train: train.limit_images.map_or(self.train_items.len(), |l| l.min(self.train_items.len())),
+        })
+    }
+
+    /// The phase of epoch `e` (0-based over all phases) and the epoch
+    /// within it.
+    fn phase_of(&self, e: u32) -> (usize, u32) {
+        let mut start = 0;
+        for (i, p) in self.job.train.phases.iter().enumerate() {
+            if e < start + p.epochs {
+                return (i, e - start);
+            }
+            start += p.epochs;
+        }
+        unreachable!("epoch {e} is below the total of the phases")
+    }
+
+    /// Sets the trainable part of phase `pi` and its optimiser, restoring
+    /// the optimiser's state when resuming inside the phase.
+    #[allow(clippy::too_many_arguments)]
+    fn start_phase(
+        &self,
+        net: &Network,
+        vs: &nn::VarStore,
+        phase: &PhaseSpec,
+        pi: usize,
+        e: u32,
+        epoch_in_phase: u32,
+        state: &LoopState,
+        resume: Option<&Resume>,
+    ) -> Result<Optimizer> {
+        if let Network::Native(_) = net {
+            net.set_backbone_trainable(phase.trainable == Trainable::All)?;
+        }
+        let params: Vec<(String, Tensor)> = sorted_variables(vs).into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        let mut opt = Optimizer::new(&phase.optimizer, params);
+        if let Some(r) = resume {
+            if state.epochs_done == e && r.checkpoint.state.phase == pi && epoch_in_phase > 0 {
+                opt.load_state(&r.checkpoint.optim, r.checkpoint.state.optim_steps)
+                    .map_err(|err| Error::Checkpoint { key: r.key.clone(), message: err.to_string() })?;
+            }
+        }
+        info!(phase = pi, name = %phase.display_name(pi), optimizer = phase.optimizer.name(), trainable = ?phase.trainable, labels = ?phase.labels, "phase starts");
+        Ok(opt)
+    }
+
+    /// Trains and validates one epoch; its history record.
+    #[allow(clippy::too_many_arguments)]
+    fn epoch(
+        &self,
+        net: &mut Network,
+        dev: &DeviceSetup,
+        loaders: &Loaders,
+        opt: &mut Optimizer,
+        scaler: &mut GradScaler,
+        state: &mut LoopState,
+        (e, pi, epoch_in_phase): (u32, usize, u32),
+        label: &str,
+    ) -> Result<EpochRecord> {
+        let train = &self.job.train;
+        let phase = &train.phases[pi];
+        let setup = PhaseSetup {
+            phase,
+            loss: phase.loss.unwrap_or(train.loss),
+            mask: self.masks[pi].as_ref().map(|v| Tensor::from_slice(v).to_device(dev.device)),
+            label_smoothing: train.label_smoothing,
+            mixup: train.mixup,
+            clip_grad_norm: train.clip_grad_norm,
+            accumulation: train.accumulation(),
+            track_items: train.hard_negative_mining.is_some(),
+        };
+        let pos = Position { job: label, epoch: e, epoch_in_phase, last_checkpoint: (state.epochs_done > 0).then_some(state.epochs_done), seed: self.job.seed };
+        let started = std::time::Instant::now();
+        // Dropout and other torch randomness restart from a per-epoch seed,
+        // so a resumed epoch draws what the uninterrupted one drew.
+        tch::manual_seed(crate::seed::torch_epoch(self.job.seed, e));
+        if let Some(h) = &loaders.mining {
+            h.set_hard(state.hard.clone());
+        }
+        let batch_count = (loaders.n_train + state.hard.len()).div_ceil(train.batch_size);
+        let totals = epoch::train_epoch(net, dev, &setup, opt, scaler, loaders.train.epoch(e as u64), batch_count, &pos)?;
+        if let Some(fraction) = train.hard_negative_mining {
+            state.hard = sampling::hardest(&totals.item_losses, fraction, loaders.n_train);
+        }
+        let v = epoch::validate(net, dev, loaders.valid.epoch(0), &loaders.valid_labels, self.classes)?;
+        if !v.loss.is_finite() {
+            warn!(
+                epoch = e + 1,
+                valid_loss = v.loss,
+                "validation loss is not finite (training loss is): BatchNorm statistics or the learning rate may have diverged; NaN probabilities count as predicting nothing"
+            );
+        }
+        Ok(record(e, phase.display_name(pi), &totals, &v, started, train.epochs()))
+    }
+
+    /// The weights the job keeps: the best epoch's (from memory, or from its
+    /// checkpoint when it came before the resume point), else the last.
+    fn kept_weights(&self, net: &mut Network, vs: &nn::VarStore, state: &LoopState, best: Option<Vec<u8>>, stored: Option<(String, Checkpoint)>) -> Result<Vec<u8>> {
+        if state.best_epoch == state.epochs_done || state.best_epoch == 0 {
+            return net.checkpoint(vs);
+        }
+        if let Some(bytes) = best {
+            return Ok(bytes);
+        }
+        let (key, ck) = stored.ok_or_else(|| Error::Checkpoint {
+            key: keys::checkpoint(&self.job.fold.experiment, &self.job.fold.model, self.job.fold.fold, state.best_epoch),
+            message: "the best epoch's checkpoint was not read before resuming".into(),
+        })?;
+        match net {
+            Network::Native(_) => checkpoint::copy_into(&key, &sorted_variables(vs), &ck.model)?,
+            Network::Script(_) => *net = Network::Script(script_module(&key, &ck, vs)?),
+        }
+        net.checkpoint(vs)
+    }
+}
+
+/// The loaders of a job and what goes with them.
+struct Loaders {
+    train: Loader,
+    valid: Loader,
+    valid_labels: Vec<Vec<AttributeId>>,
+    mining: Option<Arc<HardMining>>,
+    /// Training images per epoch, before hard examples.
+    n_train: usize,
+}
+
+/// The history record of epoch `e` (0-based), logged.
+fn record(e: u32, phase: String, totals: &TrainTotals, v: &Validation, started: std::time::Instant, total_epochs: u32) -> EpochRecord {
+    let record = EpochRecord {
+        epoch: e + 1,
+        phase,
+        train_loss: totals.loss,
+        valid_loss: v.loss,
+        valid_f2: v.f2,
+        valid_threshold: v.threshold,
+        lr: totals.lr,
+        train_images_per_sec: totals.images as f64 / totals.seconds.max(1e-9),
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    info!(
+        epoch = e + 1,
+        of = total_epochs,
+        train_loss = format_args!("{:.4}", record.train_loss),
+        valid_loss = format_args!("{:.4}", record.valid_loss),
+        valid_f2 = format_args!("{:.4}", record.valid_f2),
+        threshold = record.valid_threshold,
+        images_per_sec = format_args!("{:.1}", record.train_images_per_sec),
+        skipped_steps = totals.skipped_steps,
+        "epoch done"
+    );
+    record
+}
+
+/// The TorchScript module a checkpoint holds.
+fn script_module(key: &str, ck: &Checkpoint, vs: &nn::VarStore) -> Result<ScriptModel> {
+    let t = ck.model.get(SCRIPT_MODULE).ok_or_else(|| Error::Checkpoint { key: key.to_string(), message: "no TorchScript module in it".into() })?;
+    ScriptModel::from_bytes(key, &Vec::<u8>::try_from(t)?, vs)
+}
+
+/// Starts a fresh head at the label prior: `head.fc.bias[c] = logit(p_c)`
+/// with `p_c` the class's frequency in the training images (clamped to
+/// [1e-4, 0.5]), so the first epoch does not spend itself learning that
+/// almost every attribute is absent.
+fn init_head_bias(vs: &nn::VarStore, items: &[Item], classes: usize) {
+    let Some(bias) = vs.variables().get("head.fc.bias").map(|b| b.shallow_clone()) else { return };
+    let mut counts = vec![0f64; classes];
+    for item in items {
+        for a in &item.labels {
+            counts[a.0 as usize] += 1.0;
+        }
+    }
+    let n = items.len().max(1) as f64;
+    let prior: Vec<f32> = counts.iter().map(|c| (c / n).clamp(1e-4, 0.5)).map(|p| (p / (1.0 - p)).ln() as f32).collect();
+    tch::no_grad(|| {
+        let mut b = bias;
+        b.copy_(&Tensor::from_slice(&prior).to_device(b.device()).to_kind(b.kind()));
+    });
+}
+
+/// Every variable of `vs`, sorted by name.
+fn sorted_variables(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+    let mut v: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// The model part of a checkpoint.
+fn model_tensors(net: &Network, vs: &nn::VarStore) -> Result<Vec<(String, Tensor)>> {
+    match net {
+        Network::Native(_) => Ok(sorted_variables(vs)),
+        Network::Script(_) => Ok(vec![(SCRIPT_MODULE.to_string(), Tensor::from_slice(&net.checkpoint(vs)?))]),
+    }
+}

@@ -1,0 +1,109 @@
+//! Train stage: the output side of the training loop. The loop computes an
+//! epoch and sends its record (checkpoint bytes and history so far) here;
+//! an async task writes the checkpoint, the history and prunes old
+//! checkpoints by the job's [`CheckpointPolicy`], while the loop goes on with
+//! the next epoch. At most one record waits, so storage never falls more
+//! than an epoch behind and memory stays bounded.
+//!
+//! Writes `checkpoints/epoch={e}.safetensors` and `history.parquet` under
+//! the fold job's prefix.
+
+use super::checkpoint;
+use super::config::CheckpointPolicy;
+use crate::error::{Error, Result};
+use crate::fold_job::FoldJob;
+use crate::storage::keys;
+use crate::storage::parquet::{write_history, EpochRecord};
+use crate::storage::{OutputEntry, Store};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+/// What the loop hands over after an epoch.
+pub struct EpochDone {
+    /// Epochs done (1-based number of the epoch just finished).
+    pub epoch: u32,
+    /// The epoch's checkpoint ([`checkpoint::encode`]).
+    pub checkpoint: Vec<u8>,
+    /// Every epoch's record so far.
+    pub history: Vec<EpochRecord>,
+    /// Best epoch so far (its checkpoint is kept by the default policy).
+    pub best_epoch: u32,
+}
+
+/// The sending half, for the blocking loop.
+#[derive(Clone)]
+pub struct SinkSender(mpsc::Sender<EpochDone>);
+
+impl SinkSender {
+    /// Hands an epoch over, waiting while the previous one is still being
+    /// written.
+    ///
+    /// # Errors
+    /// [`Error::Train`] when the writer stopped (its own error is what the
+    /// job reports).
+    pub fn send(&self, done: EpochDone, job: &str) -> Result<()> {
+        self.0.blocking_send(done).map_err(|_| Error::Train { job: job.to_string(), message: "the checkpoint writer stopped".into() })
+    }
+}
+
+/// The writer task of one train job.
+pub struct Sink {
+    tx: SinkSender,
+    task: JoinHandle<Result<Option<OutputEntry>>>,
+}
+
+impl Sink {
+    /// Starts the writer for `job` on the current runtime.
+    pub fn start(store: Store, job: FoldJob, policy: CheckpointPolicy) -> Sink {
+        let (tx, mut rx) = mpsc::channel::<EpochDone>(1);
+        let span = tracing::Span::current();
+        let task = tokio::spawn(
+            async move {
+                let mut history_entry = None;
+                while let Some(done) = rx.recv().await {
+                    history_entry = Some(write_epoch(&store, &job, policy, done).await?);
+                }
+                Ok(history_entry)
+            }
+            .instrument(span),
+        );
+        Sink { tx: SinkSender(tx), task }
+    }
+
+    /// A sender for the loop.
+    pub fn sender(&self) -> SinkSender {
+        self.tx.clone()
+    }
+
+    /// Waits until every record sent is written; the entry of the last
+    /// history write, if any.
+    ///
+    /// # Errors
+    /// The first storage error the writer met.
+    pub async fn finish(self) -> Result<Option<OutputEntry>> {
+        drop(self.tx);
+        self.task.await?
+    }
+}
+
+/// Checkpoint, history, then pruning: a checkpoint is complete before any
+/// older one is deleted.
+async fn write_epoch(store: &Store, job: &FoldJob, policy: CheckpointPolicy, done: EpochDone) -> Result<OutputEntry> {
+    let (exp, model, fold) = (&job.experiment, &job.model, job.fold);
+    store.put(&keys::checkpoint(exp, model, fold, done.epoch), done.checkpoint).await?;
+    let entry = write_history(store, &keys::history(exp, model, fold), &done.history, exp, model, fold, &job.spec_hash).await?;
+    if let Some(keep) = policy.while_training(done.epoch, done.best_epoch) {
+        prune(store, job, &keep).await?;
+    }
+    Ok(entry)
+}
+
+/// Deletes every checkpoint of `job` but those of the epochs in `keep`.
+///
+/// # Errors
+/// Storage errors.
+pub async fn prune(store: &Store, job: &FoldJob, keep: &[u32]) -> Result<()> {
+    let (exp, model, fold) = (&job.experiment, &job.model, job.fold);
+    checkpoint::prune(store, &keys::checkpoints(exp, model, fold), |e| keys::checkpoint(exp, model, fold, e), keep).await
+}

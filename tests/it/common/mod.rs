@@ -1,0 +1,71 @@
+//! Helpers shared by integration tests: locating the Python reference
+//! interpreter and the S3 test server, and running them.
+#![allow(dead_code)]
+
+pub mod s3;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The folder ci/env.sh installs dependencies into.
+pub fn deps_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("IMET_DEPS_DIR") {
+        return PathBuf::from(d);
+    }
+    let cache = std::env::var("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").expect("HOME is set")).join(".cache"));
+    cache.join("imet-deps")
+}
+
+/// The Python with the reference tools (pyarrow, scikit-learn, ...).
+/// Panics with the fix when it is missing: these tests must not pass silently.
+pub fn python() -> PathBuf {
+    let p = std::env::var("IMET_PYTHON").map(PathBuf::from).unwrap_or_else(|_| deps_dir().join("venv/bin/python"));
+    assert!(p.exists(), "no reference Python at {}; run `bash ci/setup-python.sh` (ci/test.sh does)", p.display());
+    p
+}
+
+/// Runs `script` with the reference Python and `args`; panics with its
+/// output on failure; returns stdout.
+pub fn run_python(script: &str, args: &[&str]) -> String {
+    let out = Command::new(python()).arg("-c").arg(script).args(args).output().expect("reference Python starts");
+    assert!(
+        out.status.success(),
+        "python failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("python prints UTF-8")
+}
+
+const JSONSCHEMA_CHECK: &str = r#"
+import sys, json, jsonschema
+schema = json.load(open(sys.argv[1]))
+doc = json.load(open(sys.argv[2]))
+jsonschema.validate(doc, schema, format_checker=jsonschema.FormatChecker())
+print("ok")
+"#;
+
+/// Validates the JSON file `doc` against `schemas/{schema}` with the
+/// reference Python's jsonschema (formats checked); panics with its error.
+pub fn assert_matches_json_schema(schema: &str, doc: &std::path::Path) {
+    let schema = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("schemas").join(schema);
+    let out = run_python(JSONSCHEMA_CHECK, &[schema.to_str().expect("UTF-8 path"), doc.to_str().expect("UTF-8 path")]);
+    assert_eq!(out.trim(), "ok");
+}
+
+/// The real competition CSVs the repository ships (`data/imet2019/`).
+pub fn real_data_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/imet2019");
+    assert!(dir.join("train.csv").exists(), "the real competition CSVs are missing from {}", dir.display());
+    dir
+}
+
+/// The `imet` binary under test (`IMET_TEST_BIN` overrides cargo's, for
+/// running the suite against a copied build).
+#[allow(dead_code)]
+pub fn imet_bin() -> PathBuf {
+    std::env::var_os("IMET_TEST_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_imet")))
+}

@@ -1,0 +1,27 @@
+//! Every integration test, as one test binary (each binary links libtorch
+//! again, so one binary builds much faster than one per file). One module
+//! per feature; `common` and `model_support` hold the shared fixtures.
+
+mod common;
+mod model_support;
+
+mod cli;
+mod data_cli;
+mod ensemble_end_to_end;
+mod folds_real;
+mod image_decode;
+mod layers;
+mod metric_parity;
+mod model_parity;
+mod model_weights;
+mod recipes;
+mod render;
+mod run_local;
+mod sample_learnable;
+mod sample_run;
+mod schemas;
+mod slurm;
+mod spec_hashes;
+mod storage_s3;
+mod train_jobs;
+mod train_parity;
