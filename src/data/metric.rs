@@ -4,6 +4,7 @@
 //! image. Works on sparse label sets; reads and writes nothing.
 
 use crate::ids::Group;
+use rayon::prelude::*;
 use serde::Serialize;
 
 /// Sparse multi-label sets, one sorted list of class indices per image
@@ -324,6 +325,63 @@ pub struct Prf3 {
     pub macro_: Prf,
 }
 
+/// Mean per-image F2 at the best single threshold over every class, and
+/// that threshold as a grid index `j` (the threshold is `j / bins`, `j` from
+/// 1 to `bins`). A probability counts as predicted when its grid bin
+/// (`floor(p * bins)`) is at least `j`. An image with no probability at or
+/// above the threshold predicts its most probable class, as a submission
+/// does: the one definition of F2 that validation, blend-weight fitting and
+/// the ensemble's reports share.
+///
+/// # Shapes
+/// `probs`: `[truth.len(), classes]`.
+pub fn best_global_f2(probs: &[f32], classes: usize, truth: &LabelSets, bins: usize) -> (usize, f64) {
+    let n = truth.len();
+    let w = bins + 1;
+    let obj = (0..n)
+        .into_par_iter()
+        .fold(
+            || (vec![0.0f64; w], vec![0u32; w], vec![0u32; w]),
+            |(mut obj, mut cnt, mut pos), i| {
+                let row = &probs[i * classes..(i + 1) * classes];
+                cnt.iter_mut().for_each(|v| *v = 0);
+                pos.iter_mut().for_each(|v| *v = 0);
+                let (mut max, mut arg) = (f32::MIN, 0usize);
+                for (c, &p) in row.iter().enumerate() {
+                    cnt[((p * bins as f32) as usize).min(bins)] += 1;
+                    if p > max {
+                        max = p;
+                        arg = c;
+                    }
+                }
+                let labels = truth.row(i);
+                for &c in labels {
+                    pos[((row[c as usize] * bins as f32) as usize).min(bins)] += 1;
+                }
+                let top_true = labels.binary_search(&(arg as u16)).is_ok() as u32;
+                let (mut k, mut tp) = (0u32, 0u32);
+                for j in (0..w).rev() {
+                    k += cnt[j];
+                    tp += pos[j];
+                    obj[j] += if k == 0 { f2_counts(top_true, labels.len() as u32, 1) } else { f2_counts(tp, labels.len() as u32, k) };
+                }
+                (obj, cnt, pos)
+            },
+        )
+        .map(|(o, _, _)| o)
+        .reduce(|| vec![0.0; w], |mut a, b| {
+            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+            a
+        });
+    let mut best = 1;
+    for j in 1..w {
+        if obj[j] > obj[best] {
+            best = j;
+        }
+    }
+    (best, obj[best] / n.max(1) as f64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -361,5 +419,20 @@ mod tests {
         let s = LabelSets::from_rows(5, [vec![3u16, 1, 3]]);
         assert_eq!(s.row(0), &[1, 3]);
         assert_eq!(LabelSets::from_dense(3, &[0, 1, 1, 1, 0, 0]).row(1), &[0]);
+    }
+
+    #[test]
+    fn an_image_with_nothing_above_the_threshold_predicts_its_top_class() {
+        // Every probability is below 0.5, the top class is right: F2 of one
+        // right label out of one true label at any threshold above 0.4.
+        let probs = [0.40f32, 0.10, 0.05];
+        let truth = LabelSets::from_rows(3, [vec![0u16]]);
+        let (j, f2) = best_global_f2(&probs, 3, &truth, 10);
+        assert_eq!(f2, 1.0);
+        assert!(j >= 5, "a threshold above every probability still scores the top class: j = {j}");
+        // A wrong top class scores 0 however high the threshold.
+        let truth = LabelSets::from_rows(3, [vec![2u16]]);
+        let (_, f2) = best_global_f2(&probs, 3, &truth, 10);
+        assert!(f2 < 1.0);
     }
 }

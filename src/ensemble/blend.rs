@@ -6,7 +6,7 @@
 //! weights are fitted on a row subsample of every member held quantised to
 //! one byte per probability. Reads and writes nothing.
 
-use super::metric::{f2_counts, LabelSets};
+use super::metric::LabelSets;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -215,56 +215,14 @@ impl Subsample {
     }
 }
 
-/// F2 per image at the best global grid threshold `j / bins`, with at
-/// least one label per image: the objective of weight fitting.
+/// F2 per image at the best global grid threshold `j / bins` (see
+/// [`crate::data::metric::best_global_f2`]), and that threshold.
 ///
 /// # Shapes
 /// `probs`: `[truth.len(), classes]`.
 pub fn best_global_f2(probs: &[f32], classes: usize, truth: &LabelSets, bins: usize) -> (f32, f64) {
-    let n = truth.len();
-    let w = bins + 1;
-    let obj = (0..n)
-        .into_par_iter()
-        .fold(
-            || (vec![0.0f64; w], vec![0u32; w], vec![0u32; w]),
-            |(mut obj, mut cnt, mut pos), i| {
-                let row = &probs[i * classes..(i + 1) * classes];
-                cnt.iter_mut().for_each(|v| *v = 0);
-                pos.iter_mut().for_each(|v| *v = 0);
-                let (mut max, mut arg) = (f32::MIN, 0usize);
-                for (c, &p) in row.iter().enumerate() {
-                    cnt[((p * bins as f32) as usize).min(bins)] += 1;
-                    if p > max {
-                        max = p;
-                        arg = c;
-                    }
-                }
-                let labels = truth.row(i);
-                for &c in labels {
-                    pos[((row[c as usize] * bins as f32) as usize).min(bins)] += 1;
-                }
-                let top_true = labels.binary_search(&(arg as u16)).is_ok() as u32;
-                let (mut k, mut tp) = (0u32, 0u32);
-                for j in (0..w).rev() {
-                    k += cnt[j];
-                    tp += pos[j];
-                    obj[j] += if k == 0 { f2_counts(top_true, labels.len() as u32, 1) } else { f2_counts(tp, labels.len() as u32, k) };
-                }
-                (obj, cnt, pos)
-            },
-        )
-        .map(|(o, _, _)| o)
-        .reduce(|| vec![0.0; w], |mut a, b| {
-            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-            a
-        });
-    let mut best = 1;
-    for j in 1..w {
-        if obj[j] > obj[best] {
-            best = j;
-        }
-    }
-    (best as f32 / bins as f32, obj[best] / n.max(1) as f64)
+    let (j, f2) = crate::data::metric::best_global_f2(probs, classes, truth, bins);
+    (j as f32 / bins as f32, f2)
 }
 
 /// Fits blend weights (summing to 1) on the subsample by coordinate search:

@@ -7,7 +7,7 @@ use super::amp::GradScaler;
 use super::loss::loss;
 use super::optim::{clip_grad_norm, Optimizer};
 use super::schedule::lr_factor;
-use crate::data::metric::f2_counts;
+use crate::data::metric::LabelSets;
 use crate::ids::AttributeId;
 use crate::error::{Error, Result};
 use super::config::{LossSpec, MixupSpec, PhaseSpec};
@@ -174,7 +174,8 @@ pub struct Validation {
 }
 
 
-/// Validation: probabilities, loss, F2 at the best global threshold.
+/// Validation: probabilities, loss, F2 at the best global threshold (the
+/// ensemble's definition: [`crate::data::metric::best_global_f2`]).
 ///
 /// # Errors
 /// As [`predict_probs`].
@@ -184,50 +185,24 @@ pub fn validate(net: &mut Network, dev: &DeviceSetup, batches: Epoch, labels: &[
     Ok(Validation { loss, f2, threshold, probs })
 }
 
-/// Candidate thresholds `t / 100`, `t = 1..=99`.
+/// Candidate thresholds of validation: `j / 100`.
 const STEPS: usize = 100;
 
-/// Mean per-image F2 at the best single threshold over every class, and
-/// that threshold (candidates 0.01 to 0.99). An image with no probability
-/// above the threshold predicts nothing (F2 0 for it).
+/// Mean per-image F2 over `labels` at the best global threshold `j / 100`,
+/// and that threshold.
 pub fn best_global_f2(probs: &[f32], classes: usize, labels: &[Vec<AttributeId>]) -> (f64, f64) {
-    let n = labels.len();
-    if n == 0 || classes == 0 {
+    if labels.is_empty() || classes == 0 {
         return (0.0, 0.5);
     }
-    // Per image: how many predictions and hits at each threshold, from a
-    // histogram of probabilities counted from the top.
-    let mut totals = vec![0.0f64; STEPS];
-    let mut predicted = vec![0u32; STEPS + 1];
-    let mut hits = vec![0u32; STEPS + 1];
-    for (i, truth) in labels.iter().enumerate() {
-        let row = &probs[i * classes..(i + 1) * classes];
-        predicted.iter_mut().for_each(|v| *v = 0);
-        hits.iter_mut().for_each(|v| *v = 0);
-        let bin = |p: f32| ((p * STEPS as f32).floor() as usize).min(STEPS);
-        for &p in row {
-            predicted[bin(p)] += 1;
-        }
-        for a in truth {
-            hits[bin(row[a.0 as usize])] += 1;
-        }
-        // p >= t/100 <=> bin(p) >= t.
-        let (mut pc, mut hc) = (0u32, 0u32);
-        for t in (1..=STEPS).rev() {
-            pc += predicted[t];
-            hc += hits[t];
-            if t < STEPS {
-                totals[t] += f2_counts(hc, truth.len() as u32, pc);
-            }
-        }
-    }
-    let (best_t, best) = (1..STEPS).map(|t| (t, totals[t])).fold((50, f64::MIN), |a, b| if b.1 > a.1 { b } else { a });
-    (best / n as f64, best_t as f64 / STEPS as f64)
+    let truth = LabelSets::from_rows(classes, labels.iter().map(|r| r.iter().map(|a| a.0).collect::<Vec<u16>>()));
+    let (j, f2) = crate::data::metric::best_global_f2(probs, classes, &truth, STEPS);
+    (f2, j as f64 / STEPS as f64)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::metric::f2_counts;
 
     #[test]
     fn the_best_global_threshold_matches_a_direct_scan() {
@@ -250,14 +225,18 @@ mod tests {
                 .enumerate()
                 .map(|(i, truth)| {
                     let row = &probs[i * classes..(i + 1) * classes];
-                    let pred: Vec<u16> = (0..classes as u16).filter(|&c| row[c as usize] as f64 >= t - 1e-9).collect();
+                    let mut pred: Vec<u16> = (0..classes as u16).filter(|&c| row[c as usize] as f64 >= t - 1e-9).collect();
+                    if pred.is_empty() {
+                        let top = (0..classes).fold(0, |b, c| if row[c] > row[b] { c } else { b });
+                        pred.push(top as u16);
+                    }
                     let tp = pred.iter().filter(|c| truth.contains(&AttributeId(**c))).count();
                     f2_counts(tp as u32, truth.len() as u32, pred.len() as u32)
                 })
                 .sum::<f64>()
                 / labels.len() as f64
         };
-        let best_direct = (1..100).map(|t| direct(t as f64 / 100.0)).fold(f64::MIN, f64::max);
+        let best_direct = (1..=100).map(|t| direct(t as f64 / 100.0)).fold(f64::MIN, f64::max);
         assert!((f2 - best_direct).abs() < 1e-9, "{f2} vs {best_direct}");
         assert!((direct(t) - f2).abs() < 1e-3, "threshold {t} gives {}", direct(t));
         assert!(f2 > 0.8, "separable data scores high: {f2}");
