@@ -14,7 +14,7 @@ use imet::data::sample::SampleSection;
 use imet::storage::keys::Split;
 
 fn bench(c: &mut Criterion) {
-    let p = plan(&SampleSection { train: 32, test: 1, classes: 30, seed: 7 }).expect("sample plan");
+    let p = plan(&SampleSection { train: 32, test: 1, classes: 30, seed: 7, noise: 0.0 }).expect("sample plan");
     let pngs: Vec<Vec<u8>> = p.train.iter().map(|r| p.render(r, Split::Train).expect("render")).collect();
     let pipe = Pipeline(vec![
         Transform::RandomResizedCrop(RandomResizedCrop { size: 320, scale: (0.08, 1.0), ratio: (3.0 / 4.0, 4.0 / 3.0) }),

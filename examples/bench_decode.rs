@@ -69,7 +69,7 @@ async fn main() -> imet::Result<()> {
     best(&label_f, &|| pool.install(|| files.par_iter().enumerate().try_for_each(|(i, (k, b))| full(k, b, &pipe, &norm, i as u64).map(|_| ()))))?;
 
     // Loader end to end: reads from the store, batches of 32.
-    let items: Vec<Item> = ids.iter().zip(&inputs.train.labels).map(|(id, l)| Item { key: keys::image(Split::Train, id), id: id.clone(), labels: l.clone() }).collect();
+    let items: Vec<Item> = ids.iter().zip(&inputs.train.labels).map(|(id, l)| Item::new(keys::image(Split::Train, id), id.clone(), l.clone())).collect();
     let opts = LoaderOptions { batch_size: 32, workers, ..Default::default() };
     let loader = Arc::new(Loader::new(store.clone(), items, pipe.clone(), opts, Arc::new(Shuffle { seed: 1 }))?);
     for epoch in 0..2 {

@@ -37,6 +37,9 @@ pub enum Error {
     #[error("`{key}` is not a valid {what}: {reason}")]
     Format { key: String, what: &'static str, reason: String },
 
+    #[error("`{key}` was made from outputs of `{upstream}` that have been committed again since; rerun what is stale with `imet run --rerun-stale` (or delete `{key}`)")]
+    Stale { key: String, upstream: String },
+
     #[error("manifest `{key}` was committed by a different spec (hash {found}, this spec {expected}); use a new experiment name or delete the run's outputs")]
     SpecChanged { key: String, expected: String, found: String },
 

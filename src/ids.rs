@@ -90,3 +90,6 @@ impl Group {
     }
 }
 
+/// The name of an experiment's first stage: its top-level `[[models]]` and
+/// `[ensemble]`. Later stages (`[[stages]]`) have their own names.
+pub const MAIN_STAGE: &str = "main";

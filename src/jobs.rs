@@ -1,40 +1,109 @@
 //! Job kinds: each turns an experiment spec into one stage's own job
 //! description and runs it against the spec's store. This is the only
 //! place where the whole spec meets a stage: `imet folds|train|predict|
-//! ensemble`, the local runner's children and the batch engines' jobs all
-//! come through here.
+//! ensemble|curate`, the local runner's children and the batch engines'
+//! jobs all come through here. A `stage` of `None` is the first stage.
 
+use crate::curate::{self, CurateJob, CurateOutcome};
 use crate::data::folds::{self, FoldsJob, FoldsOutcome};
 use crate::ensemble::{self, EnsembleJob, Summary};
 use crate::error::{Error, Result};
-use crate::fold_job::FoldJob;
+use crate::fold_job::{DataEdits, FoldJob};
 use crate::ids::Fold;
 use crate::predict::{self, PredictJob, PredictOutcome};
-use crate::spec::JobSpec;
+use crate::spec::{Init, JobSpec, Stage, MAIN};
+use crate::storage::keys::{self, Scope};
+use crate::storage::Upstream;
 use crate::train::{self, TrainJob, TrainOutcome};
+
+/// `--stage S` for messages (empty for the first stage).
+fn stage_arg(stage: Option<&str>) -> String {
+    stage.map(|s| format!(" --stage {s}")).unwrap_or_default()
+}
+
+/// The stage called `stage` (the first when `None` or `main`), and its name
+/// as keys carry it.
+fn stage_of<'a>(spec: &'a JobSpec, stage: Option<&str>) -> Result<(Stage<'a>, Option<String>)> {
+    let st = spec.stage(stage.unwrap_or(MAIN))?;
+    Ok((st, st.key().map(String::from)))
+}
 
 /// The folds job of `spec`.
 pub fn folds_job(spec: &JobSpec) -> FoldsJob {
     FoldsJob { experiment: spec.experiment.clone(), folds: spec.folds.clone(), spec_hash: spec.folds_hash() }
 }
 
-/// The fold job of model `model`, fold `fold`.
+/// The curate job of stage `stage`.
 ///
 /// # Errors
-/// [`Error::Usage`] for a model the spec does not have.
-pub fn fold_job(spec: &JobSpec, model: &str, fold: Fold) -> Result<FoldJob> {
-    let m = spec.model(model)?;
-    Ok(FoldJob { experiment: spec.experiment.clone(), model: m.name.clone(), fold, k: spec.folds.k, spec_hash: spec.model_hash(m) })
+/// [`Error::Usage`] for a stage the spec does not have, or the first stage
+/// (which edits nothing).
+pub fn curate_job(spec: &JobSpec, stage: &str) -> Result<CurateJob> {
+    let (st, _) = stage_of(spec, Some(stage))?;
+    let s = st.spec.ok_or_else(|| Error::Usage(format!("stage `{MAIN}` is the first stage: it has no data edits")))?;
+    Ok(CurateJob {
+        experiment: spec.experiment.clone(),
+        stage: s.name.clone(),
+        source: st.source.filter(|s| *s != MAIN).map(String::from),
+        drop_noisy: s.drop_noisy.clone(),
+        pseudo_labels: s.pseudo_labels.clone(),
+        distill: s.distill.clone(),
+        spec_hash: spec.curate_hash(stage),
+    })
 }
 
-/// The train job of model `model`, fold `fold`.
+/// The fold job of model `model`, fold `fold` in stage `stage`.
 ///
 /// # Errors
-/// [`Error::Usage`] for a model the spec does not have.
-pub fn train_job(spec: &JobSpec, model: &str, fold: Fold) -> Result<TrainJob> {
-    let m = spec.model(model)?;
+/// [`Error::Usage`] for a stage or model the spec does not have, or a fold
+/// the model does not train.
+pub fn fold_job(spec: &JobSpec, stage: Option<&str>, model: &str, fold: Fold) -> Result<FoldJob> {
+    let (st, key) = stage_of(spec, stage)?;
+    let m = spec.stage_model(stage, model)?;
+    let own = m.fold_list(spec.folds.k);
+    if !own.contains(&fold.0) {
+        return Err(Error::Usage(format!("model `{model}` trains folds {own:?}, not fold {}; see its `folds`", fold.0)));
+    }
+    let mut edits = DataEdits::default();
+    let mut inputs = Vec::new();
+    if st.curates() {
+        let c = curate_job(spec, st.name)?;
+        edits = c.edits();
+        inputs.push(Upstream::required(keys::stage_data_success(c.scope()), format!("imet curate --spec <spec> --stage {}", st.name)));
+    }
+    Ok(FoldJob {
+        experiment: spec.experiment.clone(),
+        stage: key,
+        model: m.name.clone(),
+        fold,
+        k: spec.folds.k,
+        spec_hash: spec.stage_model_hash(stage, m),
+        edits,
+        inputs,
+    })
+}
+
+/// The train job of model `model`, fold `fold` in stage `stage`.
+///
+/// # Errors
+/// As [`fold_job`].
+pub fn train_job(spec: &JobSpec, stage: Option<&str>, model: &str, fold: Fold) -> Result<TrainJob> {
+    let (st, _) = stage_of(spec, stage)?;
+    let m = spec.stage_model(stage, model)?;
+    let mut f = fold_job(spec, stage, model, fold)?;
+    let mut init_from = None;
+    if let (Some(s), Some(source)) = (st.spec, st.source) {
+        if s.init == Init::Source {
+            let scope = Scope { experiment: &spec.experiment, stage: Some(source).filter(|s| *s != MAIN) };
+            init_from = Some(keys::weights(scope, model, fold));
+            f.inputs.push(Upstream::required(
+                keys::trained(scope, model, fold),
+                format!("imet train --spec <spec> --model {model} --fold {}{}", fold.0, stage_arg(scope.stage)),
+            ));
+        }
+    }
     Ok(TrainJob {
-        fold: fold_job(spec, model, fold)?,
+        fold: f,
         network: m.network(m.head.classes),
         size: m.size,
         train: m.train.clone(),
@@ -43,17 +112,18 @@ pub fn train_job(spec: &JobSpec, model: &str, fold: Fold) -> Result<TrainJob> {
         image: spec.image.clone(),
         predict_batch: m.predict_batch(),
         seed: crate::seed::fold_job(spec.seed, &m.name, fold.0),
+        init_from,
     })
 }
 
-/// The predict job of model `model`, fold `fold`.
+/// The predict job of model `model`, fold `fold` in stage `stage`.
 ///
 /// # Errors
-/// [`Error::Usage`] for a model the spec does not have.
-pub fn predict_job(spec: &JobSpec, model: &str, fold: Fold) -> Result<PredictJob> {
-    let m = spec.model(model)?;
+/// As [`fold_job`].
+pub fn predict_job(spec: &JobSpec, stage: Option<&str>, model: &str, fold: Fold) -> Result<PredictJob> {
+    let m = spec.stage_model(stage, model)?;
     Ok(PredictJob {
-        fold: fold_job(spec, model, fold)?,
+        fold: fold_job(spec, stage, model, fold)?,
         network: m.network(m.head.classes),
         size: m.size,
         eval: m.eval_resize.pipeline(m.size),
@@ -66,16 +136,37 @@ pub fn predict_job(spec: &JobSpec, model: &str, fold: Fold) -> Result<PredictJob
     })
 }
 
-/// The ensemble job of `spec`.
+/// The ensemble job of stage `stage`.
 ///
 /// # Errors
-/// [`Error::Usage`] without an `[ensemble]` section.
-pub fn ensemble_job(spec: &JobSpec) -> Result<EnsembleJob> {
-    let config = spec
-        .ensemble
-        .clone()
-        .ok_or_else(|| Error::Usage(format!("spec of experiment `{}` has no [ensemble] section; add `[ensemble] members = [...]`", spec.experiment)))?;
-    Ok(EnsembleJob { experiment: spec.experiment.clone(), k: spec.folds.k, config, spec_hash: spec.hash() })
+/// [`Error::Usage`] for a stage without an `[ensemble]` section.
+pub fn ensemble_job(spec: &JobSpec, stage: Option<&str>) -> Result<EnsembleJob> {
+    let (st, key) = stage_of(spec, stage)?;
+    let config = st.ensemble.cloned().ok_or_else(|| {
+        Error::Usage(format!("stage `{}` of experiment `{}` has no [ensemble] section; add `[ensemble] members = [...]`", st.name, spec.experiment))
+    })?;
+    let scope = Scope { experiment: &spec.experiment, stage: key.as_deref() };
+    let mut member_folds = std::collections::BTreeMap::new();
+    let mut inputs = Vec::new();
+    for name in &config.members {
+        let Some(m) = st.model(name) else { continue };
+        let folds = m.fold_list(spec.folds.k);
+        for &f in &folds {
+            inputs.push(Upstream::optional(
+                keys::success(scope, name, Fold(f)),
+                format!("imet predict --spec <spec> --model {name} --fold {f}{}", stage_arg(key.as_deref())),
+            ));
+        }
+        if m.folds.is_some() {
+            member_folds.insert(name.clone(), folds);
+        }
+    }
+    for (_, other) in config.groups.sources() {
+        let other_scope = Scope { experiment: &spec.experiment, stage: Some(other).filter(|s| *s != MAIN) };
+        inputs.push(Upstream::required(keys::ensemble_success(other_scope), format!("imet ensemble --spec <spec>{}", stage_arg(other_scope.stage))));
+    }
+    let spec_hash = spec.stage_hash(st.name);
+    Ok(EnsembleJob { experiment: spec.experiment.clone(), stage: key, k: spec.folds.k, config, member_folds, spec_hash, inputs })
 }
 
 /// `imet folds`: writes the spec's synthetic sample first when it has one
@@ -90,27 +181,37 @@ pub async fn folds(spec: &JobSpec) -> Result<FoldsOutcome> {
     folds::run(&store, &folds_job(spec)).await
 }
 
+/// `imet curate`.
+///
+/// # Errors
+/// As [`curate::run`].
+pub async fn curate(spec: &JobSpec, stage: &str) -> Result<CurateOutcome> {
+    curate::run(&spec.open_store()?, &curate_job(spec, stage)?).await
+}
+
 /// `imet train`.
 ///
 /// # Errors
 /// As [`train::run`].
-pub async fn train(spec: &JobSpec, model: &str, fold: Fold) -> Result<TrainOutcome> {
-    train::run(&spec.open_store()?, &train_job(spec, model, fold)?).await
+pub async fn train(spec: &JobSpec, stage: Option<&str>, model: &str, fold: Fold) -> Result<TrainOutcome> {
+    let job = train_job(spec, stage, model, fold)?;
+    train::run(&spec.open_store()?, &job).await
 }
 
 /// `imet predict`.
 ///
 /// # Errors
 /// As [`predict::run`].
-pub async fn predict(spec: &JobSpec, model: &str, fold: Fold) -> Result<PredictOutcome> {
-    predict::run(&spec.open_store()?, &predict_job(spec, model, fold)?).await
+pub async fn predict(spec: &JobSpec, stage: Option<&str>, model: &str, fold: Fold) -> Result<PredictOutcome> {
+    let job = predict_job(spec, stage, model, fold)?;
+    predict::run(&spec.open_store()?, &job).await
 }
 
 /// `imet ensemble`.
 ///
 /// # Errors
 /// As [`ensemble::run`].
-pub async fn ensemble(spec: &JobSpec) -> Result<Summary> {
-    let job = ensemble_job(spec)?;
+pub async fn ensemble(spec: &JobSpec, stage: Option<&str>) -> Result<Summary> {
+    let job = ensemble_job(spec, stage)?;
     ensemble::run(&spec.open_store()?, &job).await
 }

@@ -30,9 +30,10 @@
 //! | 5 | `fold_job` | what train and predict share |
 //! | 6 | `train`, `predict` | the fold jobs |
 //! | 7 | `ensemble` | blends, thresholds, submission |
-//! | 8 | `spec` | the experiment spec, composing every stage's configuration |
-//! | 9 | `jobs` | job kinds: spec in, one stage run |
-//! | 10 | `orchestrate` | the DAG and its executors |
+//! | 8 | `curate` | a later stage's data edits from an earlier stage's ensemble |
+//! | 9 | `spec` | the experiment spec, composing every stage's configuration |
+//! | 10 | `jobs` | job kinds: spec in, one stage run |
+//! | 11 | `orchestrate` | the DAG and its executors |
 
 // Layer 0: the ground floor. Every stage may use these; they import no stage.
 pub mod error;
@@ -48,6 +49,7 @@ pub mod fold_job;
 pub mod train;
 pub mod predict;
 pub mod ensemble;
+pub mod curate;
 pub mod spec;
 pub mod jobs;
 pub mod orchestrate;

@@ -59,11 +59,25 @@ enum Command {
         /// Number of most frequent classes the labels are drawn from.
         #[arg(long, default_value_t = 30)]
         classes: usize,
+        /// Fraction of training images given another image's labels (which ones goes to truth/noisy.csv).
+        #[arg(long, default_value_t = 0.0)]
+        noise: f64,
     },
     /// Blend every member's predictions, fit thresholds on OOF F2, write the submission.
     Ensemble {
         #[arg(long)]
         spec: PathBuf,
+        /// A later stage (`[[stages]] name`); the first stage when unset.
+        #[arg(long)]
+        stage: Option<String>,
+    },
+    /// A later stage's data edits (dropped noisy images, pseudo-labels, distillation targets) from its source stage's ensemble.
+    Curate {
+        #[arg(long)]
+        spec: PathBuf,
+        /// The stage (`[[stages]] name`).
+        #[arg(long)]
+        stage: String,
     },
     /// Score a predictions parquet against a train.csv-format truth file (prints JSON).
     Eval {
@@ -104,6 +118,9 @@ enum Command {
         /// The program every job runs [default: this executable] (tests, wrappers).
         #[arg(long, hide = true)]
         program: Option<PathBuf>,
+        /// Run again the jobs that are stale (committed by an earlier version of the spec, or made from upstream outputs committed again since) instead of failing them; their old manifests are kept beside.
+        #[arg(long)]
+        rerun_stale: bool,
     },
     /// Where an experiment stands, from its store: jobs done and pending, train checkpoints, the OOF F2.
     Status {
@@ -189,9 +206,13 @@ struct FoldJob {
     #[arg(long)]
     model: String,
     /// Fold number, or `env` for the batch engine's array index
-    /// (SLURM_ARRAY_TASK_ID, JOB_COMPLETION_INDEX, AWS_BATCH_JOB_ARRAY_INDEX).
+    /// (SLURM_ARRAY_TASK_ID, JOB_COMPLETION_INDEX, AWS_BATCH_JOB_ARRAY_INDEX;
+    /// mapped through IMET_FOLDS when set).
     #[arg(long)]
     fold: String,
+    /// A later stage (`[[stages]] name`); the first stage when unset.
+    #[arg(long)]
+    stage: Option<String>,
 }
 
 impl FoldJob {
@@ -235,8 +256,8 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
 
 /// `imet predict` of one fold model, printing its outcome (also run by
 /// `imet train` when the model's `predict_after` is set).
-async fn predict_fold(spec: &JobSpec, model: &str, fold: imet::ids::Fold) -> anyhow::Result<()> {
-    let out = imet::jobs::predict(spec, model, fold)
+async fn predict_fold(spec: &JobSpec, stage: Option<&str>, model: &str, fold: imet::ids::Fold) -> anyhow::Result<()> {
+    let out = imet::jobs::predict(spec, stage, model, fold)
         .await
         .with_context(|| format!("predicting model `{model}` fold {} of experiment `{}`", fold.0, spec.experiment))?;
     print_json(&out)
@@ -280,17 +301,24 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 .with_context(|| format!("assigning folds for experiment `{}`", spec.experiment))?;
             print_json(&out)
         }
-        Command::Sample { out, train, test, seed, classes } => {
-            let section = imet::data::sample::SampleSection { train, test, classes, seed };
+        Command::Sample { out, train, test, seed, classes, noise } => {
+            let section = imet::data::sample::SampleSection { train, test, classes, seed, noise };
             let summary = imet::data::sample::generate_at(&out, &section)
                 .instrument(info_span!("job", kind = "sample"))
                 .await
                 .with_context(|| format!("writing the synthetic sample to {out}"))?;
             print_json(&summary)
         }
-        Command::Ensemble { spec } => {
+        Command::Ensemble { spec, stage } => {
             let spec = JobSpec::load(&spec)?;
-            let s = imet::jobs::ensemble(&spec).await.with_context(|| format!("ensemble of experiment `{}`", spec.experiment))?;
+            let s = imet::jobs::ensemble(&spec, stage.as_deref()).await.with_context(|| format!("ensemble of experiment `{}`", spec.experiment))?;
+            print_json(&s)
+        }
+        Command::Curate { spec, stage } => {
+            let spec = JobSpec::load(&spec)?;
+            let s = imet::jobs::curate(&spec, &stage)
+                .await
+                .with_context(|| format!("data edits of stage `{stage}` of experiment `{}`", spec.experiment))?;
             print_json(&s)
         }
         Command::Eval { pred, truth, labels, threshold } => {
@@ -300,21 +328,22 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Train(job) => {
             let (spec, fold) = job.resolve()?;
             let model = job.model;
-            let out = imet::jobs::train(&spec, &model, fold)
+            let stage = job.stage.as_deref();
+            let out = imet::jobs::train(&spec, stage, &model, fold)
                 .await
                 .with_context(|| format!("training model `{model}` fold {} of experiment `{}`", fold.0, spec.experiment))?;
             print_json(&out)?;
-            if spec.model(&model)?.train.predict_after {
-                predict_fold(&spec, &model, fold).await?;
+            if spec.stage_model(stage, &model)?.train.predict_after {
+                predict_fold(&spec, stage, &model, fold).await?;
             }
             Ok(())
         }
         Command::Predict(job) => {
             let (spec, fold) = job.resolve()?;
-            predict_fold(&spec, &job.model, fold).await
+            predict_fold(&spec, job.stage.as_deref(), &job.model, fold).await
         }
-        Command::Run { spec, parallel, smoke, log_dir, json, program } => {
-            let mut options = imet::orchestrate::local::RunOptions { parallel, log_dir, ..imet::orchestrate::local::RunOptions::current_exe()? };
+        Command::Run { spec, parallel, smoke, log_dir, json, program, rerun_stale } => {
+            let mut options = imet::orchestrate::local::RunOptions { parallel, log_dir, rerun_stale, ..imet::orchestrate::local::RunOptions::current_exe()? };
             if let Some(p) = program {
                 options.program = p;
             }

@@ -24,8 +24,10 @@ use std::path::Path;
 
 mod cluster;
 mod models;
+mod stages;
 pub use cluster::{is_dns_label, is_dns_subdomain, AwsBatchSettings, AwsSecret, ClusterSection, KubernetesSettings, SlurmSettings};
-pub use models::{parse_duration, ModelSpec, Resources};
+pub use models::{parse_duration, FoldItem, ModelSpec, Resources};
+pub use stages::{Init, Stage, StageSpec, MAIN};
 
 /// A whole experiment.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -48,6 +50,10 @@ pub struct JobSpec {
     /// The models trained per fold (`[[models]]`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub models: Vec<ModelSpec>,
+    /// Later stages, in order (`[[stages]]`): each reads an earlier stage's
+    /// ensemble and trains its own models.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<StageSpec>,
     /// How batch engines run the jobs (`imet submit`, `imet render`).
     #[serde(default, skip_serializing_if = "ClusterSection::is_default")]
     pub cluster: ClusterSection,
@@ -88,24 +94,100 @@ impl JobSpec {
         self.folds.validate()?;
         self.storage.validate()?;
         self.data.validate(self.folds.k)?;
-        let mut names = std::collections::HashSet::new();
-        for m in &self.models {
-            m.validate()?;
-            if !names.insert(m.name.as_str()) {
-                return Err(format!("`models`: two models are named {:?}", m.name));
-            }
-        }
+        validate_models(&self.models, self.ensemble.as_ref(), self.folds.k, "models", "ensemble")?;
         if let Some(e) = &self.ensemble {
-            e.validate(self.folds.k)?;
-            if !self.models.is_empty() {
-                if let Some(m) = e.members.iter().find(|m| !names.contains(m.as_str())) {
-                    return Err(format!("`ensemble.members` names {m:?}, which is not a `[[models]]` name ({names:?})"));
+            e.validate_groups(&[], MAIN)?;
+        }
+        let mut earlier = vec![MAIN];
+        for st in &self.stages {
+            st.validate(&earlier)?;
+            let source = st.source.as_deref().unwrap_or(earlier[earlier.len() - 1]);
+            if self.stage(source).ok().and_then(|s| s.ensemble).is_none() {
+                return Err(format!(
+                    "`stages[{}]` reads the ensemble of stage `{source}`, which has none: add its `[ensemble]` section",
+                    st.name
+                ));
+            }
+            let (models_at, ensemble_at) = (format!("stages[{}].models", st.name), format!("stages[{}].ensemble", st.name));
+            validate_models(&st.models, Some(&st.ensemble), self.folds.k, &models_at, &ensemble_at)?;
+            st.ensemble.validate_groups(&earlier, &st.name)?;
+            if st.init == Init::Source {
+                let src = self.stage(source).map_err(|e| e.to_string())?;
+                if let Some(m) = st.models.iter().find(|m| src.model(&m.name).is_none()) {
+                    return Err(format!(
+                        "`stages[{}].init` = \"source\" but stage `{source}` has no model {:?} to start from",
+                        st.name, m.name
+                    ));
                 }
             }
+            earlier.push(&st.name);
         }
         self.image.validate()?;
+        for st in self.stages() {
+            for m in st.models {
+                self.check_eval_geometry(&st, m)?;
+            }
+        }
         self.cluster.validate()?;
         Ok(())
+    }
+
+    /// Refuses an evaluation resize that shows validation and test images a
+    /// geometry training never showed: the training pipeline's last sizing
+    /// transform decides which `eval_resize` mirrors it.
+    fn check_eval_geometry(&self, st: &Stage<'_>, m: &ModelSpec) -> std::result::Result<(), String> {
+        let train = m.augment.as_ref().unwrap_or(&self.image.augment);
+        let Some(g) = train.geometry() else { return Ok(()) };
+        let want = crate::image::EvalResize::matching(g);
+        if m.eval_resize == want {
+            return Ok(());
+        }
+        let at = if st.spec.is_some() { format!("stages[{}].models[{}]", st.name, m.name) } else { format!("models[{}]", m.name) };
+        let how = match g {
+            crate::image::augment::Geometry::Whole => "resizes the whole image",
+            crate::image::augment::Geometry::CropThenResize => "crops at most twice the size, then resizes",
+            crate::image::augment::Geometry::NativeScale => "crops at native scale (padding small images)",
+        };
+        Err(format!(
+            "`{at}.eval_resize` = \"{}\" but training {how}, so validation and test images would be seen at another scale; set `eval_resize = \"{}\"`",
+            m.eval_resize.name(),
+            want.name()
+        ))
+    }
+
+    /// Every stage, the first one (`main`) first.
+    pub fn stages(&self) -> Vec<Stage<'_>> {
+        let mut out = vec![Stage { name: MAIN, spec: None, models: &self.models, ensemble: self.ensemble.as_ref(), source: None }];
+        let mut previous = MAIN;
+        for st in &self.stages {
+            let source = st.source.as_deref().unwrap_or(previous);
+            out.push(Stage { name: &st.name, spec: Some(st), models: &st.models, ensemble: Some(&st.ensemble), source: Some(source) });
+            previous = &st.name;
+        }
+        out
+    }
+
+    /// The stage called `name` (`main`, or `None`, for the first).
+    ///
+    /// # Errors
+    /// [`Error::Usage`] listing the spec's stages.
+    pub fn stage(&self, name: &str) -> Result<Stage<'_>> {
+        self.stages().into_iter().find(|s| s.name == name).ok_or_else(|| {
+            let names: Vec<&str> = self.stages().iter().map(|s| s.name).collect();
+            Error::Usage(format!("the spec has no stage {name:?}; its stages are {names:?}"))
+        })
+    }
+
+    /// Model `name` of stage `stage` (`None`: the first stage).
+    ///
+    /// # Errors
+    /// [`Error::Usage`] naming the stage's models.
+    pub fn stage_model(&self, stage: Option<&str>, name: &str) -> Result<&ModelSpec> {
+        let st = self.stage(stage.unwrap_or(MAIN))?;
+        st.model(name).ok_or_else(|| {
+            let names: Vec<&str> = st.models.iter().map(|m| m.name.as_str()).collect();
+            Error::Usage(format!("stage `{}` has no model {name:?}; its models are {names:?}", st.name))
+        })
     }
 
     /// A minimal spec for `imet folds --data ROOT --k K --seed S`.
@@ -168,20 +250,119 @@ impl JobSpec {
         ])
     }
 
-    /// Hash of the whole spec except where its storage lives and how jobs
-    /// are scheduled (`[cluster]`).
+    /// Hash of the first stage: the whole spec except where its storage
+    /// lives, how jobs are scheduled (`[cluster]`) and the later stages.
+    /// The first stage's ensemble carries it.
     pub fn hash(&self) -> String {
         let mut v = serde_json::to_value(self).expect("spec serialises");
         if let Some(o) = v.as_object_mut() {
             o.remove("storage");
             // Where and how jobs are scheduled does not change their outputs.
             o.remove("cluster");
+            o.remove("stages");
             if !self.models.is_empty() {
                 o.insert("models".into(), self.models.iter().map(identity).collect());
             }
         }
         hash_parts(&[v])
     }
+}
+
+impl JobSpec {
+    /// Hash of stage `name`: for the first stage [`JobSpec::hash`]; for a
+    /// later one its whole table and its source stage's hash, so an edit
+    /// upstream changes every stage downstream. Its ensemble carries it.
+    ///
+    /// # Panics
+    /// For a name that is not a stage of the spec (callers pass names of
+    /// [`JobSpec::stages`]).
+    pub fn stage_hash(&self, name: &str) -> String {
+        let st = self.stage(name).expect("a stage of this spec");
+        match (st.spec, st.source) {
+            (Some(spec), Some(source)) => hash_parts(&[serde_json::json!(self.stage_hash(source)), stage_identity(spec)]),
+            _ => self.hash(),
+        }
+    }
+
+    /// Hash of what the fold jobs of `model` in stage `stage` depend on:
+    /// [`JobSpec::model_hash`] in the first stage; in a later one also the
+    /// stage's data edits and init, and its source stage's hash.
+    pub fn stage_model_hash(&self, stage: Option<&str>, model: &ModelSpec) -> String {
+        let Some(name) = stage.filter(|s| *s != MAIN) else { return self.model_hash(model) };
+        let st = self.stage(name).expect("a stage of this spec");
+        let spec = st.spec.expect("a later stage has its table");
+        let mut context = stage_identity(spec);
+        if let Some(o) = context.as_object_mut() {
+            o.remove("models");
+            o.remove("ensemble");
+        }
+        hash_parts(&[
+            serde_json::json!(self.model_hash(model)),
+            context,
+            serde_json::json!(self.stage_hash(st.source.unwrap_or(MAIN))),
+        ])
+    }
+
+    /// Hash of stage `name`'s curate job: its data edits and its source.
+    pub fn curate_hash(&self, name: &str) -> String {
+        let st = self.stage(name).expect("a stage of this spec");
+        let spec = st.spec.expect("a later stage has its table");
+        let mut context = stage_identity(spec);
+        if let Some(o) = context.as_object_mut() {
+            o.remove("models");
+            o.remove("ensemble");
+            o.remove("init");
+        }
+        hash_parts(&[context, serde_json::json!(self.stage_hash(st.source.unwrap_or(MAIN)))])
+    }
+}
+
+/// A stage's table as its identity (its models as their jobs' identity).
+fn stage_identity(st: &StageSpec) -> serde_json::Value {
+    let mut v = serde_json::to_value(st).expect("spec sections serialise");
+    if let Some(o) = v.as_object_mut() {
+        o.insert("models".into(), st.models.iter().map(identity).collect());
+    }
+    v
+}
+
+/// Checks one stage's models and ensemble; `models_at` and `ensemble_at`
+/// name them in messages.
+fn validate_models(models: &[ModelSpec], ensemble: Option<&EnsembleSection>, k: u8, models_at: &str, ensemble_at: &str) -> std::result::Result<(), String> {
+    let mut names = std::collections::HashSet::new();
+    for m in models {
+        m.validate(k).map_err(|e| if models_at == "models" { e } else { e.replacen("`models[", &format!("`{models_at}["), 1) })?;
+        if !names.insert(m.name.as_str()) {
+            return Err(format!("`{models_at}`: two models are named {:?}", m.name));
+        }
+    }
+    let Some(e) = ensemble else { return Ok(()) };
+    e.validate(k).map_err(|msg| if ensemble_at == "ensemble" { msg } else { msg.replace("`ensemble.", &format!("`{ensemble_at}.")) })?;
+    if !models.is_empty() {
+        if let Some(m) = e.members.iter().find(|m| !names.contains(m.as_str())) {
+            return Err(format!("`{ensemble_at}.members` names {m:?}, which is not a `{models_at}` name ({names:?})"));
+        }
+    }
+    let members: Vec<&ModelSpec> = models.iter().filter(|m| e.members.contains(&m.name)).collect();
+    let subsets = members.iter().any(|m| m.folds.is_some());
+    if subsets {
+        let covered: std::collections::BTreeSet<u8> = members.iter().flat_map(|m| m.fold_list(k)).collect();
+        if covered.is_empty() {
+            return Err(format!("`{ensemble_at}.members` train no fold: no training image would be predicted"));
+        }
+        if !matches!(e.blend, crate::ensemble::BlendKind::Mean | crate::ensemble::BlendKind::Geometric) {
+            return Err(format!(
+                "`{ensemble_at}.blend` = {:?}: members on fold subsets are blended row by row over the members that cover each row; use `mean` or `geometric`",
+                e.blend
+            ));
+        }
+        if let Some(tf) = &e.test_folds {
+            if let Some(m) = members.iter().find(|m| !m.fold_list(k).iter().any(|f| tf.contains(f))) {
+                return Err(format!("`{ensemble_at}.test_folds` has none of the folds model {:?} trains", m.name));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A model's table as its jobs' identity: everything but what only decides
@@ -278,7 +459,7 @@ mod tests {
         for (line, element) in [
             ("level2 = { kind = \"lightgbm\" }", "`ensemble.level2`: not supported yet: a second-level model"),
             ("knn_tag_relevance = { k = 10, weight = 0.5 }", "`ensemble.knn_tag_relevance`: not supported yet: k-NN tag relevance"),
-            ("member_folds = { a = [0, 1] }", "`ensemble.member_folds`: not supported yet: training a member on a subset"),
+            ("member_folds = { a = [0, 1] }", "`ensemble.member_folds`: set each member's folds in its own table"),
         ] {
             let err = JobSpec::parse("x.toml", &format!("{MINIMAL}[ensemble]\nmembers = [\"a\"]\n{line}\n")).unwrap_err().to_string();
             assert!(err.contains(element), "{line}: {err}");

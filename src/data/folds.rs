@@ -294,6 +294,7 @@ impl FoldsJob {
             id: JobId { kind: "folds".into(), experiment: self.experiment.clone(), model: None, fold: None },
             manifest: keys::folds_success(&self.experiment),
             spec_hash: self.spec_hash.clone(),
+            inputs: Vec::new(),
         }
     }
 }

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::storage::keys::{self, Split};
 use crate::storage::Store;
 use futures::stream::{self, TryStreamExt};
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -46,6 +47,15 @@ pub struct SampleSection {
     pub classes: usize,
     #[serde(default = "crate::seed::default_master")]
     pub seed: u64,
+    /// Fraction of training images whose written labels are another
+    /// image's (label noise, for testing cleaning); which ones is recorded
+    /// under `truth/`, outside what the pipeline reads.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub noise: f64,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 fn default_classes() -> usize {
@@ -65,6 +75,9 @@ impl DataSection {
         if !(2..=1103).contains(&s.classes) {
             return Err(format!("`data.sample.classes` = {}: must be between 2 and 1103", s.classes));
         }
+        if !(0.0..0.5).contains(&s.noise) {
+            return Err(format!("`data.sample.noise` = {}: must be in [0, 0.5)", s.noise));
+        }
         Ok(())
     }
 }
@@ -80,7 +93,11 @@ const ORIGIN_TRAIN: &str = "<embedded data/imet2019/train.csv>";
 #[derive(Clone, Debug, PartialEq)]
 pub struct Planned {
     pub id: ImageId,
+    /// What the image shows.
     pub labels: Vec<AttributeId>,
+    /// What `train.csv` says it shows: another image's labels when the
+    /// sample injects noise into it, else `labels`.
+    pub given: Vec<AttributeId>,
     /// Seed of [`draw::paint`] for this image.
     pub seed: u64,
 }
@@ -181,13 +198,36 @@ pub fn plan(section: &SampleSection) -> Result<Plan> {
                     }
                 };
                 let labels = rows[rng.random_range(0..rows.len())].clone();
-                Planned { id, labels, seed: rng.random() }
+                Planned { id, given: labels.clone(), labels, seed: rng.random() }
             })
             .collect()
     };
-    let train = draw_split(section.train, &mut rng);
+    let mut train = draw_split(section.train, &mut rng);
     let test = draw_split(section.test, &mut rng);
+    inject_noise(&mut train, &rows, section.noise, section.seed);
     Ok(Plan { vocab, classes, train, test })
+}
+
+/// Gives `round(noise * n)` training images, chosen by their own seeded
+/// stream, the labels of another real row that shares none of theirs.
+fn inject_noise(train: &mut [Planned], rows: &[Vec<AttributeId>], noise: f64, seed: u64) {
+    let n = ((train.len() as f64) * noise).round() as usize;
+    if n == 0 {
+        return;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(crate::seed::splitmix(seed ^ 0x6e6f_6973_65));
+    let mut order: Vec<usize> = (0..train.len()).collect();
+    order.shuffle(&mut rng);
+    for &i in &order[..n] {
+        let p = &mut train[i];
+        for _ in 0..1000 {
+            let other = &rows[rng.random_range(0..rows.len())];
+            if other.iter().all(|a| !p.labels.contains(a)) {
+                p.given = other.clone();
+                break;
+            }
+        }
+    }
 }
 
 /// What [`generate`] wrote.
@@ -248,11 +288,13 @@ pub async fn generate(store: &Store, section: &SampleSection) -> Result<SampleSu
     let labels = REAL_LABELS.to_string();
     let mut train_csv = String::from("id,attribute_ids\n");
     for p in &plan.train {
-        let ids: Vec<String> = p.labels.iter().map(|a| a.0.to_string()).collect();
-        train_csv.push_str(&format!("{},{}\n", p.id, ids.join(" ")));
+        train_csv.push_str(&format!("{},{}\n", p.id, attribute_ids(&p.given)));
     }
     let submission = super::TestIds { ids: plan.test.iter().map(|p| p.id.clone()).collect() }.to_csv();
     bytes += (labels.len() + train_csv.len() + submission.len()) as u64;
+    for (name, text) in truth_files(&plan) {
+        store.put(&keys::truth(name), text).await?;
+    }
     store.put(keys::LABELS, labels).await?;
     store.put(keys::SAMPLE_SUBMISSION, submission).await?;
     store.put(keys::TRAIN, train_csv).await?;
@@ -265,6 +307,30 @@ pub async fn generate(store: &Store, section: &SampleSection) -> Result<SampleSu
     };
     info!(train = summary.train, test = summary.test, classes = summary.classes, bytes, seconds = summary.seconds, "sample written");
     Ok(summary)
+}
+
+fn attribute_ids(labels: &[AttributeId]) -> String {
+    labels.iter().map(|a| a.0.to_string()).collect::<Vec<_>>().join(" ")
+}
+
+/// What the sample knows and the pipeline must not read, as `truth/` files
+/// in the `train.csv` format: `test.csv` (the test images' labels, for
+/// `imet eval`), `train.csv` (the training images' real labels) and
+/// `noisy.csv` (`id,given,real` of every image whose labels were replaced).
+pub fn truth_files(plan: &Plan) -> Vec<(&'static str, String)> {
+    let mut test = String::from("id,attribute_ids\n");
+    for p in &plan.test {
+        test.push_str(&format!("{},{}\n", p.id, attribute_ids(&p.labels)));
+    }
+    let mut train = String::from("id,attribute_ids\n");
+    let mut noisy = String::from("id,given,real\n");
+    for p in &plan.train {
+        train.push_str(&format!("{},{}\n", p.id, attribute_ids(&p.labels)));
+        if p.given != p.labels {
+            noisy.push_str(&format!("{},{},{}\n", p.id, attribute_ids(&p.given), attribute_ids(&p.labels)));
+        }
+    }
+    vec![("test.csv", test), ("train.csv", train), ("noisy.csv", noisy)]
 }
 
 /// Generates the spec's `[data.sample]` when `data/train.csv` is absent
@@ -294,7 +360,24 @@ mod tests {
     use super::*;
 
     fn section(train: usize, test: usize, classes: usize, seed: u64) -> SampleSection {
-        SampleSection { train, test, classes, seed }
+        SampleSection { train, test, classes, seed, noise: 0.0 }
+    }
+
+    #[test]
+    fn noise_replaces_the_labels_of_a_known_fraction_and_keeps_the_rest() {
+        let clean = plan(&section(200, 10, 30, 4)).unwrap();
+        let noisy = plan(&SampleSection { noise: 0.15, ..section(200, 10, 30, 4) }).unwrap();
+        let changed: Vec<&Planned> = noisy.train.iter().filter(|p| p.given != p.labels).collect();
+        assert_eq!(changed.len(), 30);
+        for p in &changed {
+            assert!(p.given.iter().all(|a| !p.labels.contains(a)), "a noisy image shares no label with what it shows");
+        }
+        // Same ids, images and real labels as the clean sample.
+        for (a, b) in clean.train.iter().zip(&noisy.train) {
+            assert_eq!((&a.id, &a.labels, a.seed), (&b.id, &b.labels, b.seed));
+        }
+        let truth = truth_files(&noisy);
+        assert_eq!(truth[2].1.lines().count(), 31);
     }
 
     #[test]

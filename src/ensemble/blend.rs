@@ -79,6 +79,29 @@ impl Accumulator {
         self.weight += weight as f64;
     }
 
+    /// The blend of rows each of which has its own total weight (members
+    /// that predict only some rows), divided by each row's maximum when
+    /// `normalize_max`. Rows of weight 0 stay 0.
+    pub fn finish_per_row(self, row_weight: &[f32], normalize_max: bool) -> Vec<f32> {
+        let c = self.classes.max(1);
+        let geo = self.kind == BlendKind::Geometric;
+        let mut out = self.sum;
+        out.par_chunks_mut(c).zip(row_weight.par_iter()).for_each(|(row, &w)| {
+            let inv = if w > 0.0 { 1.0 / w } else { 0.0 };
+            for v in row.iter_mut() {
+                *v *= inv;
+                if geo && w > 0.0 {
+                    *v = v.exp();
+                }
+                *v = v.clamp(0.0, 1.0);
+            }
+        });
+        if normalize_max {
+            divide_by_row_max(&mut out, self.classes);
+        }
+        out
+    }
+
     /// The blend, divided by each row's maximum when `normalize_max`.
     pub fn finish(self, normalize_max: bool) -> Vec<f32> {
         let w = if self.weight > 0.0 { (1.0 / self.weight) as f32 } else { 0.0 };

@@ -61,11 +61,48 @@ pub struct EnsembleSection {
     /// Not built yet: refused by validation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub knn_tag_relevance: Option<KnnTagRelevance>,
-    /// Folds each member is trained on when not all of `folds.k` (R4: 10,
-    /// 5 and 5 fold-models of a 40-fold split). Not built yet: refused by
-    /// validation.
+    /// Refused: each model's own `folds` (`[[models]] folds = ["0-9"]`)
+    /// says which folds it trains.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub member_folds: Option<std::collections::BTreeMap<String, Vec<u8>>>,
+    /// Per-group blends: take the columns of a group (`culture`, `tag`)
+    /// from another stage's blend instead of this one's (R2 and R3 trust
+    /// tags more than cultures; R2 fine-tunes a tags-only stage).
+    #[serde(default, skip_serializing_if = "GroupSources::is_empty")]
+    pub groups: GroupSources,
+}
+
+/// Which stage's blend supplies each group's columns (this stage's own
+/// when unset).
+///
+/// ```toml
+/// groups = { culture = "main" }   # cultures from the first stage, tags from this one
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupSources {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub culture: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+}
+
+impl GroupSources {
+    pub fn is_empty(&self) -> bool {
+        self.culture.is_none() && self.tag.is_none()
+    }
+
+    /// `(group, stage)` of every group taken from another stage.
+    pub fn sources(&self) -> Vec<(crate::ids::Group, &str)> {
+        let mut out = Vec::new();
+        if let Some(s) = &self.culture {
+            out.push((crate::ids::Group::Culture, s.as_str()));
+        }
+        if let Some(s) = &self.tag {
+            out.push((crate::ids::Group::Tag, s.as_str()));
+        }
+        out
+    }
 }
 
 /// A second-level (stacking) model fitted on OOF predictions.
@@ -154,7 +191,7 @@ impl EnsembleSection {
             return Err(format!("`ensemble.weight_rows` = {}: use at least 10", self.weight_rows));
         }
         if self.member_folds.is_some() {
-            return Err("`ensemble.member_folds`: not supported yet: training a member on a subset of the folds".into());
+            return Err("`ensemble.member_folds`: set each member's folds in its own table instead (`[[models]] folds = [\"0-9\"]`)".into());
         }
         if self.level2.is_some() {
             return Err("`ensemble.level2`: not supported yet: a second-level model over the members' predictions".into());
@@ -201,6 +238,25 @@ mod defaults {
 }
 
 impl EnsembleSection {
+    /// Checks `groups` of the ensemble of stage `stage`: each names one of
+    /// the `earlier` stages (`main` first), and not both groups come from
+    /// elsewhere.
+    pub fn validate_groups(&self, earlier: &[&str], stage: &str) -> Result<(), String> {
+        let at = if stage == crate::ids::MAIN_STAGE { "`ensemble.groups`".to_string() } else { format!("`stages[{stage}].ensemble.groups`") };
+        if self.groups.culture.is_some() && self.groups.tag.is_some() {
+            return Err(format!("{at}: both groups come from other stages; take that stage's ensemble instead"));
+        }
+        for (g, s) in self.groups.sources() {
+            if s == stage {
+                return Err(format!("{at}.{}: names this stage itself; leave it out", g.as_str()));
+            }
+            if !earlier.contains(&s) {
+                return Err(format!("{at}.{} = {s:?}: must name an earlier stage ({})", g.as_str(), if earlier.is_empty() { "the first stage has none".to_string() } else { earlier.join(", ") }));
+            }
+        }
+        Ok(())
+    }
+
     /// The thresholding settings of this section.
     pub fn fit_config(&self) -> FitConfig {
         let range = |[lo, hi]: [u32; 2]| Range { min: lo, max: if hi == 0 { None } else { Some(hi) } };

@@ -32,30 +32,49 @@ pub use config::{EnsembleSection, KnnTagRelevance, Level2Kind, Level2Spec};
 pub use eval::eval;
 
 use crate::error::{Error, Result};
-use crate::storage::{keys, JobId, JobRef, OutputEntry, Ran, Store};
+use crate::storage::keys::{self, Scope};
+use crate::storage::{JobId, JobRef, OutputEntry, Ran, Store, Upstream};
 use std::collections::BTreeMap;
 use std::time::Instant;
 use threshold::{Evaluated, Matrix, Strategy};
 use tracing::{info, info_span, Instrument};
 
-/// One ensemble job: the experiment, its folds and its `[ensemble]`
-/// section, with the hash its manifest carries.
+/// One ensemble job: the experiment and stage, its folds and its
+/// `[ensemble]` section, with the hash its manifest carries.
 #[derive(Clone, Debug)]
 pub struct EnsembleJob {
     pub experiment: String,
+    /// `None` for the first stage.
+    pub stage: Option<String>,
     /// Folds of the experiment (`folds.k`).
     pub k: u8,
     pub config: EnsembleSection,
+    /// Folds a member trains when not all of them (members on fold subsets).
+    pub member_folds: BTreeMap<String, Vec<u8>>,
     pub spec_hash: String,
+    /// The upstream jobs it reads (the members' predict jobs, the stages a
+    /// group's columns come from).
+    pub inputs: Vec<Upstream>,
 }
 
 impl EnsembleJob {
+    /// Where the job's outputs live.
+    pub fn scope(&self) -> Scope<'_> {
+        Scope { experiment: &self.experiment, stage: self.stage.as_deref() }
+    }
+
+    /// The folds member `model` has predictions for.
+    pub fn folds_of(&self, model: &str) -> Vec<u8> {
+        self.member_folds.get(model).cloned().unwrap_or_else(|| (0..self.k).collect())
+    }
+
     /// The job as the store sees it (`ensemble/_SUCCESS.json`).
     pub fn job_ref(&self) -> JobRef {
         JobRef {
-            id: JobId { kind: "ensemble".into(), experiment: self.experiment.clone(), model: None, fold: None },
-            manifest: keys::ensemble_success(&self.experiment),
+            id: JobId { kind: "ensemble".into(), experiment: self.experiment.clone(), model: self.stage.clone(), fold: None },
+            manifest: keys::ensemble_success(self.scope()),
             spec_hash: self.spec_hash.clone(),
+            inputs: self.inputs.clone(),
         }
     }
 }
@@ -107,7 +126,8 @@ async fn ensemble(store: &Store, job: &EnsembleJob) -> Result<(Evaluated, Vec<Ou
     let t0 = Instant::now();
     let inputs = inputs::read(store, job).await?;
     seconds.insert("inputs".to_string(), t0.elapsed().as_secs_f64());
-    let blended = pass::blend(store, job, &inputs, &mut seconds).await?;
+    let mut blended = pass::blend(store, job, &inputs, &mut seconds).await?;
+    take_groups(store, job, &inputs, &mut blended).await?;
     let t2 = Instant::now();
     let fitted = fit(&job.config, &inputs, &blended)?;
     seconds.insert("thresholds".to_string(), t2.elapsed().as_secs_f64());
@@ -115,8 +135,51 @@ async fn ensemble(store: &Store, job: &EnsembleJob) -> Result<(Evaluated, Vec<Ou
     Ok((fitted.chosen, outputs))
 }
 
+/// Per-group blends: overwrites the columns of each group `groups` takes
+/// from another stage with that stage's committed blend (OOF and test).
+///
+/// # Errors
+/// [`Error::Member`] when the other stage's blend covers other images or
+/// was made with another vocabulary; read errors.
+async fn take_groups(store: &Store, job: &EnsembleJob, inputs: &inputs::Inputs, blended: &mut pass::Blended) -> Result<()> {
+    let c = inputs.vocab.len();
+    for (group, stage) in job.config.groups.sources() {
+        let scope = Scope { experiment: &job.experiment, stage: Some(stage).filter(|s| *s != crate::ids::MAIN_STAGE) };
+        let columns: Vec<usize> = (0..c).filter(|&k| inputs.vocab.groups()[k] == group).collect();
+        let own_oof_ids: Vec<&crate::ids::ImageId> = match &blended.rows {
+            None => inputs.train.ids.iter().collect(),
+            Some(rows) => rows.iter().map(|&r| &inputs.train.ids[r as usize]).collect(),
+        };
+        for (key, own_ids, own) in [
+            (keys::ensemble_oof(scope), own_oof_ids, &mut blended.oof),
+            (keys::ensemble_test(scope), inputs.test.ids.iter().collect(), &mut blended.test),
+        ] {
+            let other = crate::storage::parquet::read_predictions(store, &key).await?;
+            if other.classes() != c || other.meta.vocabulary_hash != inputs.vocab.hash() {
+                return Err(Error::Member { key, message: "was made with another data/labels.csv; rerun that stage".into() });
+            }
+            let row: std::collections::HashMap<&crate::ids::ImageId, usize> = other.ids.iter().enumerate().map(|(r, id)| (id, r)).collect();
+            for (i, id) in own_ids.iter().enumerate() {
+                let &r = row.get(id).ok_or_else(|| Error::Member {
+                    key: key.clone(),
+                    message: format!("has no row for `{id}`, which this stage's blend has; both stages must predict the same images"),
+                })?;
+                let src = other.row(r);
+                for &k in &columns {
+                    own[i * c + k] = src[k];
+                }
+            }
+        }
+        info!(group = group.as_str(), from = %scope, "group columns taken from another stage's blend");
+    }
+    Ok(())
+}
+
 /// Fitted threshold strategies and what the chosen one predicts.
 pub struct Fitted {
+    /// The labels of the blended OOF rows (every training image, or the
+    /// covered ones).
+    pub truth: metric::LabelSets,
     pub group: Vec<u8>,
     pub tables: threshold::Tables,
     pub evaluated: Vec<Evaluated>,
@@ -135,15 +198,19 @@ fn fit(cfg: &EnsembleSection, inputs: &inputs::Inputs, blended: &pass::Blended) 
     let group = threshold::group_index(inputs.vocab.groups());
     let oof_m = Matrix { probs: &blended.oof, classes: c, group: &group };
     let test_m = Matrix { probs: &blended.test, classes: c, group: &group };
+    let (truth, fold_of) = match &blended.rows {
+        None => (inputs.truth.clone(), inputs.fold_of.clone()),
+        Some(rows) => (inputs.truth.select(rows), rows.iter().map(|&r| inputs.fold_of[r as usize]).collect()),
+    };
     let fit_cfg = cfg.fit_config();
-    let tables = threshold::Tables::build(oof_m, &inputs.truth, fit_cfg.bins);
-    let evaluated = threshold::fit_all_with(oof_m, &inputs.truth, &inputs.fold_of, &fit_cfg, &tables);
+    let tables = threshold::Tables::build(oof_m, &truth, fit_cfg.bins);
+    let evaluated = threshold::fit_all_with(oof_m, &truth, &fold_of, &fit_cfg, &tables);
     let chosen = threshold::pick(&evaluated).cloned().ok_or_else(|| Error::Ensemble("no threshold strategy was fitted".into()))?;
     info!(strategy = %chosen.strategy.name, cv_f2 = chosen.cv_f2, in_sample_f2 = chosen.in_sample_f2, "strategy chosen");
     let pred_oof = threshold::apply(&chosen.strategy, oof_m, None);
     let pred_test = threshold::apply(&chosen.strategy, test_m, None);
     info!(peak_rss_mib = peak_rss_mib(), "thresholds fitted");
-    Ok(Fitted { group, tables, evaluated, chosen, pred_oof, pred_test })
+    Ok(Fitted { truth, group, tables, evaluated, chosen, pred_oof, pred_test })
 }
 
 /// The chosen strategy's group thresholds for the F2 curves: its own, else

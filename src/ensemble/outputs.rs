@@ -30,6 +30,7 @@ pub async fn write(
     let t3 = Instant::now();
     let cfg = &job.config;
     let exp = job.experiment.as_str();
+    let scope = job.scope();
     let (vocab, train, test) = (&inputs.vocab, &inputs.train, &inputs.test);
     let c = vocab.len();
     let vh = vocab.hash();
@@ -38,10 +39,10 @@ pub async fn write(
         normalize_max: cfg.normalize_max,
         members: cfg.members.clone(),
         weights: blended.weights.clone(),
-        test_folds: inputs.test_folds.clone(),
+        test_folds: inputs.union_test_folds(),
     };
     let mut outputs = Vec::new();
-    let (scores, per_class) = report::chosen_scores(&inputs.truth, &fitted.pred_oof, vocab);
+    let (scores, per_class) = report::chosen_scores(&fitted.truth, &fitted.pred_oof, vocab);
     // F2 curves per group, the other group at the chosen (or fitted group) threshold.
     let [tc, tt] = curve_thresholds(&fitted.chosen.strategy, &fitted.evaluated, vocab.groups());
     let curves = vec![
@@ -60,10 +61,14 @@ pub async fn write(
     };
     // Test first: the OOF write then holds the OOF matrix and its copy only.
     let test_preds = Predictions { ids: test.ids.clone(), probs: blended.test, meta: meta(PredictionKind::Test) };
-    let test_entry = pq::write_predictions(store, &keys::ensemble_test(exp), &test_preds).await?;
+    let test_entry = pq::write_predictions(store, &keys::ensemble_test(scope), &test_preds).await?;
     drop(test_preds);
-    let oof_preds = Predictions { ids: train.ids.clone(), probs: blended.oof, meta: meta(PredictionKind::Oof) };
-    outputs.push(pq::write_predictions(store, &keys::ensemble_oof(exp), &oof_preds).await?);
+    let oof_ids = match &blended.rows {
+        None => train.ids.clone(),
+        Some(rows) => rows.iter().map(|&r| train.ids[r as usize].clone()).collect(),
+    };
+    let oof_preds = Predictions { ids: oof_ids, probs: blended.oof, meta: meta(PredictionKind::Oof) };
+    outputs.push(pq::write_predictions(store, &keys::ensemble_oof(scope), &oof_preds).await?);
     outputs.push(test_entry);
     drop(oof_preds);
     info!(peak_rss_mib = peak_rss_mib(), "blends written");
@@ -79,7 +84,7 @@ pub async fn write(
         cv_f2: fitted.chosen.cv_f2,
         strategies: fitted.evaluated.iter().map(|e| e.strategy.clone()).collect(),
     };
-    outputs.push(put(store, &keys::thresholds(exp), serde_json::to_vec_pretty(&thresholds_doc)?).await?);
+    outputs.push(put(store, &keys::thresholds(scope), serde_json::to_vec_pretty(&thresholds_doc)?).await?);
 
     let counts = train.labels.iter().fold(vec![0u32; c], |mut acc, r| {
         r.iter().for_each(|a| acc[a.0 as usize] += 1);
@@ -87,10 +92,10 @@ pub async fn write(
     });
     let points: Vec<(u32, f64, bool)> = per_class.iter().map(|p| (counts[p.id as usize], p.f2, p.group == Group::Culture)).collect();
     let label_counts = LabelCounts {
-        true_mean: inputs.truth.mean_count(),
+        true_mean: fitted.truth.mean_count(),
         oof_predicted_mean: fitted.pred_oof.mean_count(),
         test_predicted_mean: fitted.pred_test.mean_count(),
-        true_hist: report::histogram(&inputs.truth),
+        true_hist: report::histogram(&fitted.truth),
         oof_predicted_hist: report::histogram(&fitted.pred_oof),
         test_predicted_hist: report::histogram(&fitted.pred_test),
     };
@@ -107,10 +112,10 @@ pub async fn write(
         ),
     ];
     for (name, png) in plots {
-        outputs.push(put(store, &keys::plot(exp, name), png).await?);
+        outputs.push(put(store, &keys::plot(scope, name), png).await?);
     }
     let csv = submission::to_csv(&test.ids, &fitted.pred_test);
-    outputs.push(put(store, &keys::submission(exp), csv.into_bytes()).await?);
+    outputs.push(put(store, &keys::submission(scope), csv.into_bytes()).await?);
     seconds.insert("outputs".to_string(), t3.elapsed().as_secs_f64());
     seconds.insert("total".to_string(), t0.elapsed().as_secs_f64());
 
@@ -118,6 +123,7 @@ pub async fn write(
         experiment: exp.to_string(),
         spec_hash: job.spec_hash.clone(),
         train_images: train.len(),
+        covered_images: fitted.truth.len(),
         test_images: test.ids.len(),
         members: blended.members,
         blend: blend_info,
@@ -131,7 +137,7 @@ pub async fn write(
         weights_f2: blended.weights_f2,
         peak_rss_mib: peak_rss_mib(),
     };
-    outputs.push(put(store, &keys::report(exp), serde_json::to_vec_pretty(&rep)?).await?);
+    outputs.push(put(store, &keys::report(scope), serde_json::to_vec_pretty(&rep)?).await?);
     Ok(outputs)
 }
 

@@ -33,12 +33,17 @@ pub struct Blended {
     pub blend_oof_f2: f64,
     /// Largest TTA of any test file.
     pub tta: u32,
+    /// The training rows some member predicts, when members train on fold
+    /// subsets (`oof` then holds these rows only, in this order); `None`
+    /// when every member predicts every row.
+    pub rows: Option<Vec<u32>>,
 }
 
 /// Where the members' files are and what they must look like.
 struct Source<'a> {
     store: &'a Store,
     job: &'a EnsembleJob,
+    fold_of: &'a [u8],
     train_index: IdIndex<'a>,
     test_index: IdIndex<'a>,
     classes: usize,
@@ -56,17 +61,26 @@ pub async fn blend(store: &Store, job: &EnsembleJob, inputs: &Inputs, seconds: &
     let (n, c, nt) = (inputs.train.len(), inputs.vocab.len(), inputs.test.ids.len());
     let kind = cfg.blend;
     let weighted = kind == BlendKind::Weighted;
-    let files = (cfg.members.len() * (inputs.all_folds.len() + inputs.test_folds.len())) as u64;
+    let partial = !inputs.full_coverage();
+    if partial && !matches!(kind, BlendKind::Mean | BlendKind::Geometric) {
+        return Err(crate::Error::Ensemble(format!(
+            "members train on different folds, so rows are blended over the members that cover them; `ensemble.blend = {kind:?}` needs every member on every row: use `mean` or `geometric`"
+        )));
+    }
+    let files = inputs.oof_folds.iter().chain(&inputs.test_folds).map(Vec::len).sum::<usize>() as u64;
     let src = Source {
         store,
         job,
+        fold_of: &inputs.fold_of,
         train_index: IdIndex::new(&inputs.train.ids, Some(&inputs.fold_of)),
         test_index: IdIndex::new(&inputs.test.ids, None),
         classes: c,
         vocabulary_hash: inputs.vocab.hash(),
         progress: Progress::new("member files", if weighted { 2 * files } else { files }),
     };
-    let nf = inputs.test_folds.len() as f32;
+    // Rows each member covers weigh in the blend; with full coverage every
+    // row has every member's weight and the scalar total is used.
+    let mut row_weight = if partial { vec![0f32; n] } else { Vec::new() };
 
     // Pass 1: validate every file, blending as we go (except weighted blends).
     let t1 = Instant::now();
@@ -75,12 +89,17 @@ pub async fn blend(store: &Store, job: &EnsembleJob, inputs: &Inputs, seconds: &
     let mut whole = if kind == BlendKind::Rank { vec![0f32; n * c] } else { Vec::new() };
     for (mi, m) in cfg.members.iter().enumerate() {
         sub.add_member();
-        src.stream(m, PredictionKind::Oof, &inputs.all_folds, |r, p| {
+        src.stream(m, PredictionKind::Oof, &inputs.oof_folds[mi], |r, p| {
             sub.offer(mi, r, p);
             match kind {
                 BlendKind::Rank => whole[r * c..(r + 1) * c].copy_from_slice(p),
                 BlendKind::Weighted => {}
-                BlendKind::Mean | BlendKind::Geometric => oof_acc.add_row(r, p, 1.0),
+                BlendKind::Mean | BlendKind::Geometric => {
+                    oof_acc.add_row(r, p, 1.0);
+                    if partial {
+                        row_weight[r] += 1.0;
+                    }
+                }
             }
         })
         .await?;
@@ -98,7 +117,16 @@ pub async fn blend(store: &Store, job: &EnsembleJob, inputs: &Inputs, seconds: &
         .iter()
         .enumerate()
         .map(|(mi, m)| {
-            let (threshold, oof_f2) = blend::best_global_f2(&sub.dequantised(mi), c, &truth_sub, cfg.threshold_bins);
+            let (threshold, oof_f2) = if partial {
+                // Only the sampled rows the member predicts.
+                let own: Vec<usize> = (0..sub.rows.len()).filter(|&s| inputs.oof_folds[mi].contains(&inputs.fold_of[sub.rows[s] as usize])).collect();
+                let probs = sub.dequantised(mi);
+                let kept: Vec<f32> = own.iter().flat_map(|&s| probs[s * c..(s + 1) * c].iter().copied()).collect();
+                let rows: Vec<u32> = own.iter().map(|&s| s as u32).collect();
+                blend::best_global_f2(&kept, c, &truth_sub.select(&rows), cfg.threshold_bins)
+            } else {
+                blend::best_global_f2(&sub.dequantised(mi), c, &truth_sub, cfg.threshold_bins)
+            };
             report::MemberReport { model: m.clone(), weight: 1.0 / cfg.members.len() as f32, oof_f2, threshold }
         })
         .collect();
@@ -107,10 +135,11 @@ pub async fn blend(store: &Store, job: &EnsembleJob, inputs: &Inputs, seconds: &
     {
         let whole_needed = matches!(kind, BlendKind::Rank | BlendKind::Geometric);
         let mut model = if whole_needed { vec![0f32; nt * c] } else { Vec::new() };
-        for m in &cfg.members {
+        for (mi, m) in cfg.members.iter().enumerate() {
             model.iter_mut().for_each(|v| *v = 0.0);
+            let nf = inputs.test_folds[mi].len() as f32;
             let t = src
-                .stream(m, PredictionKind::Test, &inputs.test_folds, |r, p| match kind {
+                .stream(m, PredictionKind::Test, &inputs.test_folds[mi], |r, p| match kind {
                     BlendKind::Mean => test_acc.add_row(r, p, 1.0 / nf),
                     BlendKind::Weighted => {}
                     BlendKind::Rank | BlendKind::Geometric => model[r * c..(r + 1) * c].iter_mut().zip(p).for_each(|(a, b)| *a += b / nf),
@@ -140,10 +169,11 @@ pub async fn blend(store: &Store, job: &EnsembleJob, inputs: &Inputs, seconds: &
         let t = Instant::now();
         oof_acc = Accumulator::new(BlendKind::Weighted, n, c);
         test_acc = Accumulator::new(BlendKind::Weighted, nt, c);
-        for (m, &w) in cfg.members.iter().zip(&weights) {
-            src.stream(m, PredictionKind::Oof, &inputs.all_folds, |r, p| oof_acc.add_row(r, p, w)).await?;
+        for (mi, (m, &w)) in cfg.members.iter().zip(&weights).enumerate() {
+            let nf = inputs.test_folds[mi].len() as f32;
+            src.stream(m, PredictionKind::Oof, &inputs.oof_folds[mi], |r, p| oof_acc.add_row(r, p, w)).await?;
             oof_acc.add_weight(w);
-            src.stream(m, PredictionKind::Test, &inputs.test_folds, |r, p| test_acc.add_row(r, p, w / nf)).await?;
+            src.stream(m, PredictionKind::Test, &inputs.test_folds[mi], |r, p| test_acc.add_row(r, p, w / nf)).await?;
             test_acc.add_weight(w);
         }
         seconds.insert("weighted_blend".to_string(), t.elapsed().as_secs_f64());
@@ -152,10 +182,19 @@ pub async fn blend(store: &Store, job: &EnsembleJob, inputs: &Inputs, seconds: &
     for (r, w) in member_reports.iter_mut().zip(&weights) {
         r.weight = *w;
     }
-    let oof = oof_acc.finish(cfg.normalize_max);
     let test = test_acc.finish(cfg.normalize_max);
-    let (_, blend_oof_f2) = blend::best_global_f2(&oof, c, &inputs.truth, cfg.threshold_bins);
-    Ok(Blended { oof, test, weights, weights_f2, members: member_reports, blend_oof_f2, tta })
+    let (oof, rows) = if partial {
+        let rows: Vec<u32> = (0..n as u32).filter(|&r| inputs.covered[r as usize]).collect();
+        let full = oof_acc.finish_per_row(&row_weight, cfg.normalize_max);
+        let oof = rows.iter().flat_map(|&r| full[r as usize * c..(r as usize + 1) * c].iter().copied()).collect();
+        info!(covered = rows.len(), of = n, "members on fold subsets: rows blended over the members that cover them");
+        (oof, Some(rows))
+    } else {
+        (oof_acc.finish(cfg.normalize_max), None)
+    };
+    let truth = rows.as_ref().map(|r| inputs.truth.select(r));
+    let (_, blend_oof_f2) = blend::best_global_f2(&oof, c, truth.as_ref().unwrap_or(&inputs.truth), cfg.threshold_bins);
+    Ok(Blended { oof, test, weights, weights_f2, members: member_reports, blend_oof_f2, tta, rows })
 }
 
 impl Source<'_> {
@@ -165,13 +204,20 @@ impl Source<'_> {
     /// folds; test: every test image in each file). Returns the largest TTA
     /// seen.
     async fn stream(&self, model: &str, kind: PredictionKind, folds: &[u8], mut sink: impl FnMut(usize, &[f32])) -> Result<u32> {
-        let exp = &self.job.experiment;
+        let exp = self.job.scope();
         let index = match kind {
             PredictionKind::Oof => &self.train_index,
             PredictionKind::Test => &self.test_index,
         };
         let mut tta = 1;
         let mut seen = vec![false; index.ids.len()];
+        if kind == PredictionKind::Oof {
+            // Rows of folds the member did not train count as seen: the
+            // coverage check below is for the member's own folds.
+            for (s, f) in seen.iter_mut().zip(self.fold_of) {
+                *s = !folds.contains(f);
+            }
+        }
         for &f in folds {
             let key = match kind {
                 PredictionKind::Oof => keys::oof(exp, model, Fold(f)),

@@ -9,14 +9,14 @@ use super::metric::{self, group_scores, LabelSets, Prf, Prf3};
 use super::threshold::{Evaluated, Rule, Strategy};
 use crate::data::Vocabulary;
 use crate::ids::Group;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Version of the `thresholds.json` layout (schemas/thresholds.schema.json).
 pub const THRESHOLDS_VERSION: u32 = 1;
 
 /// `thresholds.json`: everything needed to turn a blend into labels.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ThresholdsFile {
     pub version: u32,
     pub experiment: String,
@@ -32,7 +32,7 @@ pub struct ThresholdsFile {
 }
 
 /// How members were blended.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BlendInfo {
     pub kind: BlendKind,
     pub normalize_max: bool,
@@ -96,6 +96,9 @@ pub struct Report {
     pub experiment: String,
     pub spec_hash: String,
     pub train_images: usize,
+    /// Training images some member predicts (every one unless members
+    /// train on fold subsets): what the thresholds are fitted on.
+    pub covered_images: usize,
     pub test_images: usize,
     pub members: Vec<MemberReport>,
     pub blend: BlendInfo,

@@ -7,28 +7,52 @@ pub mod device;
 pub mod inputs;
 
 pub use device::{device, predict_probs, to_channels_last, DeviceSetup, Precision};
-pub use inputs::{fold_inputs, parse_fold, FoldInputs, FOLD_ENV};
+pub use inputs::{fold_inputs, parse_fold, DataEdits, FoldInputs, FOLDS_ENV, FOLD_ENV};
 
 use crate::error::Result;
 use crate::ids::Fold;
+use crate::storage::keys::Scope;
 use crate::storage::JobId;
 
-/// Which fold job: the experiment, the model and the fold, with the hash of
-/// the spec parts the job depends on.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Which fold job: the experiment, its stage, the model and the fold, with
+/// the hash of the spec parts the job depends on and the stage's edits of
+/// its training data.
+#[derive(Clone, Debug, PartialEq)]
 pub struct FoldJob {
     pub experiment: String,
+    /// `None` for the first stage.
+    pub stage: Option<String>,
     pub model: String,
     pub fold: Fold,
     /// Folds of the experiment (`folds.k`).
     pub k: u8,
     pub spec_hash: String,
+    pub edits: DataEdits,
+    /// The upstream jobs the job reads (the stage's data edits, a source
+    /// fold model).
+    pub inputs: Vec<crate::storage::Upstream>,
 }
 
 impl FoldJob {
-    /// `{model} fold {k}`, as errors and logs name the job.
+    /// `{model} fold {k}` (`{stage}/{model} fold {k}` in later stages), as
+    /// errors and logs name the job.
     pub fn label(&self) -> String {
-        format!("{} fold {}", self.model, self.fold.0)
+        match &self.stage {
+            None => format!("{} fold {}", self.model, self.fold.0),
+            Some(s) => format!("{s}/{} fold {}", self.model, self.fold.0),
+        }
+    }
+
+    /// The command line of this fold job as `verb` (`train`, `predict`),
+    /// for messages.
+    pub fn command(&self, verb: &str) -> String {
+        let stage = self.stage.as_ref().map(|s| format!(" --stage {s}")).unwrap_or_default();
+        format!("imet {verb} --spec <spec> --model {} --fold {}{stage}", self.model, self.fold.0)
+    }
+
+    /// Where the job's outputs live.
+    pub fn scope(&self) -> Scope<'_> {
+        Scope { experiment: &self.experiment, stage: self.stage.as_deref() }
     }
 
     /// The manifest identity of this job as `kind` (`train`, `predict`).

@@ -58,6 +58,9 @@ pub enum Transform {
     CropIfNeeded(Side),
     /// A random `size x size` crop, padding (centred, `fill`) smaller images first.
     RandomCrop(RandomCrop),
+    /// The centre `size x size` crop at native scale, padding (centred,
+    /// `fill`) smaller images first: the evaluation view of `random_crop`.
+    PadCenterCrop(RandomCrop),
     /// Centre crop of at most `crop x crop`, then resize to `size x size`.
     CenterCropResize(CenterCropResize),
     /// Resize the whole image to `size x size`.
@@ -259,6 +262,7 @@ impl Transform {
             Transform::RandomResizedCrop(_) => "random_resized_crop",
             Transform::CropIfNeeded(_) => "crop_if_needed",
             Transform::RandomCrop(_) => "random_crop",
+            Transform::PadCenterCrop(_) => "pad_center_crop",
             Transform::CenterCropResize(_) => "center_crop_resize",
             Transform::Resize(_) => "resize",
             Transform::Hflip(_) => "hflip",
@@ -285,7 +289,7 @@ impl Transform {
                 check_range(n, "ratio", t.ratio, 1e-2, 100.0)
             }
             Transform::CropIfNeeded(t) | Transform::Resize(t) => check_size(n, t.size),
-            Transform::RandomCrop(t) => check_size(n, t.size),
+            Transform::RandomCrop(t) | Transform::PadCenterCrop(t) => check_size(n, t.size),
             Transform::CenterCropResize(t) => {
                 check_size(n, t.size)?;
                 check_size(n, t.crop)
@@ -342,6 +346,11 @@ impl Transform {
                 let (w, h) = img.dimensions();
                 let r = Rect { x: rng.random_range(0..=w - t.size), y: rng.random_range(0..=h - t.size), w: t.size, h: t.size };
                 geometry::crop(&img, r)
+            }
+            Transform::PadCenterCrop(t) => {
+                let img = geometry::pad_to(&img, t.size, t.size, t.fill);
+                let (w, h) = img.dimensions();
+                geometry::crop(&img, Rect { x: (w - t.size) / 2, y: (h - t.size) / 2, w: t.size, h: t.size })
             }
             Transform::CenterCropResize(t) => {
                 let (cw, ch) = (w.min(t.crop), h.min(t.crop));
@@ -446,16 +455,38 @@ impl Pipeline {
         self.0.iter().fold(img, |img, t| t.apply(img, &mut rng))
     }
 
+    /// The geometry of the pipeline's last sizing transform: how a training
+    /// image reaches the model's size, which evaluation should mirror.
+    pub fn geometry(&self) -> Option<Geometry> {
+        self.0.iter().rev().find_map(|t| match t {
+            Transform::RandomResizedCrop(_) | Transform::Resize(_) => Some(Geometry::Whole),
+            Transform::CropIfNeeded(_) | Transform::CenterCropResize(_) => Some(Geometry::CropThenResize),
+            Transform::RandomCrop(_) | Transform::PadCenterCrop(_) => Some(Geometry::NativeScale),
+            _ => None,
+        })
+    }
+
     /// The output side when the pipeline ends in a fixed-size transform.
     pub fn output_size(&self) -> Option<u32> {
         self.0.iter().rev().find_map(|t| match t {
             Transform::RandomResizedCrop(t) => Some(t.size),
             Transform::CropIfNeeded(t) | Transform::Resize(t) => Some(t.size),
-            Transform::RandomCrop(t) => Some(t.size),
+            Transform::RandomCrop(t) | Transform::PadCenterCrop(t) => Some(t.size),
             Transform::CenterCropResize(t) => Some(t.size),
             _ => None,
         })
     }
+}
+
+/// How a pipeline brings an image to its size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Geometry {
+    /// The whole image (or a large random part of it) resized.
+    Whole,
+    /// A crop of at most twice the size, then resized (R2, R3).
+    CropThenResize,
+    /// A size x size crop at native scale, padded when small (R4).
+    NativeScale,
 }
 
 /// Per-channel normalisation `(v / 255 - mean) / std` into planar CHW f32.

@@ -1,7 +1,7 @@
 //! The image configuration of a spec: the `[image]` section, and how
 //! validation and test images reach a model's input size.
 
-use super::augment::{CenterCropResize, Pipeline, Side, Transform};
+use super::augment::{CenterCropResize, Geometry, Pipeline, RandomCrop, Side, Transform};
 use super::decode::{OnBadImage, DEFAULT_MAX_PIXELS};
 use super::tta::TtaSettings;
 use serde::{Deserialize, Serialize};
@@ -79,8 +79,12 @@ pub enum EvalResize {
     /// Whole image resized to `size` x `size`.
     #[default]
     Resize,
-    /// Centre square crop, then resize.
+    /// Centre crop of at most `2 x size`, then resize (matches training
+    /// that crops before resizing: `crop_if_needed`).
     CenterCrop,
+    /// Centre `size x size` crop at native scale, padded when smaller
+    /// (matches `random_crop`).
+    PadCenterCrop,
 }
 
 
@@ -91,6 +95,25 @@ impl EvalResize {
         Pipeline(vec![match self {
             EvalResize::Resize => Transform::Resize(Side { size }),
             EvalResize::CenterCrop => Transform::CenterCropResize(CenterCropResize { crop: 2 * size, size }),
+            EvalResize::PadCenterCrop => Transform::PadCenterCrop(RandomCrop { size, fill: [0; 3] }),
         }])
+    }
+
+    /// The evaluation geometry that mirrors training geometry `train`.
+    pub fn matching(train: Geometry) -> EvalResize {
+        match train {
+            Geometry::Whole => EvalResize::Resize,
+            Geometry::CropThenResize => EvalResize::CenterCrop,
+            Geometry::NativeScale => EvalResize::PadCenterCrop,
+        }
+    }
+
+    /// The spec's name of this mode.
+    pub fn name(self) -> &'static str {
+        match self {
+            EvalResize::Resize => "resize",
+            EvalResize::CenterCrop => "center_crop",
+            EvalResize::PadCenterCrop => "pad_center_crop",
+        }
     }
 }

@@ -30,6 +30,16 @@ pub struct Item {
     pub id: ImageId,
     /// Multi-hot truth; empty for test images.
     pub labels: Vec<AttributeId>,
+    /// Soft targets (`[classes]`, distillation or soft pseudo-labels) that
+    /// replace the multi-hot `labels` as the image's training target.
+    pub soft: Option<std::sync::Arc<[f32]>>,
+}
+
+impl Item {
+    /// An image with hard labels.
+    pub fn new(key: String, id: ImageId, labels: Vec<AttributeId>) -> Item {
+        Item { key, id, labels, soft: None }
+    }
 }
 
 /// Element type of the image tensor.
@@ -353,9 +363,15 @@ fn assemble(
     let n = kept.len();
     let mut raw = RawBatch { indices: kept.iter().map(|(i, _)| *i).collect(), images_f32: Vec::new(), images_u8: Vec::new(), targets: vec![0.0; n * opts.classes] };
     for (r, (i, _)) in kept.iter().enumerate() {
-        for a in &items[*i].labels {
-            if (a.0 as usize) < opts.classes {
-                raw.targets[r * opts.classes + a.0 as usize] = 1.0;
+        let row = &mut raw.targets[r * opts.classes..(r + 1) * opts.classes];
+        match &items[*i].soft {
+            Some(soft) if soft.len() == opts.classes => row.copy_from_slice(soft),
+            _ => {
+                for a in &items[*i].labels {
+                    if (a.0 as usize) < opts.classes {
+                        row[a.0 as usize] = 1.0;
+                    }
+                }
             }
         }
     }
@@ -421,7 +437,7 @@ mod tests {
             img.write_to(&mut std::io::Cursor::new(&mut png), ::image::ImageFormat::Png).unwrap();
             let key = keys::image(Split::Train, &id);
             store.put(&key, png).await.unwrap();
-            items.push(Item { key, id, labels: vec![AttributeId((i % 3) as u16)] });
+            items.push(Item::new(key, id, vec![AttributeId((i % 3) as u16)]));
         }
         (store, items)
     }
@@ -488,7 +504,7 @@ mod tests {
         let bad = ImageId::new("badbadbadbad").unwrap();
         let key = keys::image(Split::Train, &bad);
         store.put(&key, bytes::Bytes::from_static(b"")).await.unwrap();
-        items.insert(1, Item { key: key.clone(), id: bad, labels: vec![] });
+        items.insert(1, Item::new(key.clone(), bad, vec![]));
         let fail = Loader::new(store.clone(), items.clone(), resize16(), opts(8), Arc::new(Sequential)).unwrap();
         let err = tokio::task::spawn_blocking(move || fail.epoch(0).next().unwrap().unwrap_err()).await.unwrap();
         assert!(err.to_string().contains(&key), "{err}");

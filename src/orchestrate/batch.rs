@@ -1,8 +1,9 @@
 //! AWS Batch requests (`imet render --engine aws-batch`): one
-//! RegisterJobDefinition request per job kind under `job-definitions/`
-//! (the folds job, one per model, the ensemble), `submit-jobs.json` with
-//! the SubmitJob requests (each model an array job of `folds.k` children
-//! whose index is the fold; `dependsOn` names jobs by `@@jobName@@`
+//! RegisterJobDefinition request per group of the plan under
+//! `job-definitions/` (the folds job, one array per model and stage, each
+//! stage's curate and ensemble jobs), `submit-jobs.json` with the SubmitJob
+//! requests (an array job has one child per fold it trains, mapped to the
+//! fold through `IMET_FOLDS`; `dependsOn` names jobs by `@@jobName@@`
 //! placeholders) and a `submit.sh` that registers the definitions and
 //! submits in order with the aws CLI, replacing each placeholder by the id
 //! it got. The spec travels in the job's environment; credentials only as
@@ -10,8 +11,8 @@
 //! files under the output folder.
 
 use super::k8s::{container_image, container_root, write_files, Rendered};
-use super::plan::{shell_quote, Job, JobKind, JobResources, Plan};
-use super::slurm::with_env_fold;
+use super::plan::{shell_quote, JobResources, Plan};
+use crate::fold_job::FOLDS_ENV;
 use crate::error::{Error, Result};
 use crate::spec::JobSpec;
 use serde_json::{json, Value};
@@ -71,7 +72,7 @@ pub fn requests(spec: &JobSpec) -> Result<Vec<(String, String, String)>> {
             shell_quote(spec_path)
         )
     };
-    let definition = |name: &str, command: String, r: &JobResources| {
+    let definition = |name: &str, command: String, r: &JobResources, folds: Option<&Vec<u8>>| {
         let mut resources = vec![
             json!({ "type": "VCPU", "value": r.cpus.to_string() }),
             json!({ "type": "MEMORY", "value": (r.memory_gb * 1024).to_string() }),
@@ -79,15 +80,20 @@ pub fn requests(spec: &JobSpec) -> Result<Vec<(String, String, String)>> {
         if r.gpus > 0 {
             resources.push(json!({ "type": "GPU", "value": r.gpus.to_string() }));
         }
+        let mut environment = vec![
+            json!({ "name": crate::storage::config::ROOT_ENV, "value": root }),
+            json!({ "name": "IMET_LOG_FORMAT", "value": "json" }),
+            json!({ "name": SPEC_ENV, "value": spec_text }),
+        ];
+        if let Some(f) = folds {
+            let list: Vec<String> = f.iter().map(u8::to_string).collect();
+            environment.push(json!({ "name": FOLDS_ENV, "value": list.join(",") }));
+        }
         let mut container = json!({
             "image": image,
             "command": ["sh", "-c", command],
             "resourceRequirements": resources,
-            "environment": [
-                { "name": crate::storage::config::ROOT_ENV, "value": root },
-                { "name": "IMET_LOG_FORMAT", "value": "json" },
-                { "name": SPEC_ENV, "value": spec_text },
-            ],
+            "environment": environment,
         });
         if let Some(role) = &a.job_role_arn {
             container["jobRoleArn"] = json!(role);
@@ -106,11 +112,10 @@ pub fn requests(spec: &JobSpec) -> Result<Vec<(String, String, String)>> {
             "propagateTags": true,
         })
     };
-    let command = |j: &Job| j.command_line(c.imet());
 
     let mut files = Vec::new();
     let mut submits: Vec<Value> = Vec::new();
-    let mut add = |files: &mut Vec<(String, String, String)>, name: String, def: Value, size: Option<u8>, after: Vec<String>| -> Result<()> {
+    let mut add = |files: &mut Vec<(String, String, String)>, name: String, def: Value, size: Option<usize>, after: Vec<String>| -> Result<()> {
         let text = serde_json::to_string_pretty(&def)? + "\n";
         files.push((format!("job-definitions/{name}.json"), text, format!("RegisterJobDefinition {name}")));
         let mut req = json!({ "jobName": name, "jobQueue": queue, "jobDefinition": name, "tags": { "imet:experiment": exp }, "propagateTags": true });
@@ -127,33 +132,13 @@ pub fn requests(spec: &JobSpec) -> Result<Vec<(String, String, String)>> {
         Ok(())
     };
 
-    let mut folds_name = None;
-    if let Some(folds) = plan.jobs.iter().find(|j| j.kind == JobKind::Folds) {
-        let name = batch_name(&["imet", exp, "folds"])?;
-        add(&mut files, name.clone(), definition(&name, shell(&command(folds)), &folds.resources), None, vec![])?;
-        folds_name = Some(name);
-    }
-    let mut members = Vec::new();
-    for m in &spec.models {
-        let of = |kind: JobKind| plan.jobs.iter().find(|j| j.kind == kind && j.model.as_deref() == Some(m.name.as_str()) && j.fold == Some(0));
-        let (Some(train), Some(predict)) = (of(JobKind::Train), of(JobKind::Predict)) else { continue };
-        let name = batch_name(&["imet", exp, &m.name])?;
-        let (tr, pr) = (&train.resources, &predict.resources);
-        let r = JobResources {
-            gpus: tr.gpus.max(pr.gpus),
-            cpus: tr.cpus.max(pr.cpus),
-            memory_gb: tr.memory_gb.max(pr.memory_gb),
-            time_limit_s: tr.time_limit_s + pr.time_limit_s,
-        };
-        let line = format!("{} && {}", command(&with_env_fold(train)), command(&with_env_fold(predict)));
-        add(&mut files, name.clone(), definition(&name, shell(&line), &r), Some(spec.folds.k), folds_name.iter().cloned().collect())?;
-        if spec.ensemble.as_ref().is_some_and(|e| e.members.contains(&m.name)) {
-            members.push(name);
-        }
-    }
-    if let Some(ens) = plan.jobs.iter().find(|j| j.kind == JobKind::Ensemble) {
-        let name = batch_name(&["imet", exp, "ensemble"])?;
-        add(&mut files, name.clone(), definition(&name, shell(&command(ens)), &ens.resources), None, members)?;
+    let groups = plan.groups(&Default::default());
+    let name_of = |id: &str| batch_name(&["imet", exp, &super::plan::short_name(id)]);
+    for g in &groups {
+        let name = name_of(&g.id)?;
+        let after = g.deps.iter().map(|d| name_of(d)).collect::<Result<Vec<_>>>()?;
+        let def = definition(&name, shell(&g.command_line(c.imet())), &g.resources, g.folds.as_ref());
+        add(&mut files, name, def, g.folds.as_ref().map(Vec::len), after)?;
     }
     files.push(("submit-jobs.json".into(), serde_json::to_string_pretty(&submits)? + "\n", format!("{} SubmitJob requests", submits.len())));
     files.push(("submit.sh".into(), submit_script(exp, &submits)?, "registers the definitions and submits the jobs in order".into()));

@@ -1,12 +1,15 @@
 //! Kubernetes manifests (`imet render --engine k8s`): a ConfigMap holding
-//! the spec, the folds Job, one Indexed Job per model (completion index =
-//! fold; each pod trains then predicts its fold) and the ensemble Job, plus
-//! a `submit.sh` that applies them in dependency order with `kubectl wait`.
+//! the spec and one Job per group of the plan: the folds Job, one Indexed
+//! Job per model and stage (completion index `i` is the `i`-th fold it
+//! trains, through `IMET_FOLDS`; each pod trains then predicts its fold),
+//! each stage's curate and ensemble Jobs, plus a `submit.sh` that applies
+//! them wave by wave in dependency order with `kubectl wait`.
 //! Credentials come from the Secret the spec names (`envFrom`), never from
 //! the manifests. Reads the spec; writes files under the output folder.
 
-use super::plan::{JobKind, JobResources, Plan};
-use super::slurm::with_env_fold;
+use super::plan::{short_name, Group, JobResources, Plan};
+use crate::fold_job::FOLDS_ENV;
+use std::collections::HashMap;
 use crate::error::{Error, Result};
 use crate::spec::JobSpec;
 use serde_json::{json, Value};
@@ -132,22 +135,27 @@ pub fn manifests(spec: &JobSpec) -> Result<Vec<(String, String, String)>> {
     });
     files.push(("00-spec.yaml".to_string(), to_yaml_docs(&[configmap]), format!("ConfigMap/{config_name}")));
 
-    let pod = |component: &str, command: Vec<String>, r: &JobResources| {
+    let pod = |component: &str, command: Vec<String>, r: &JobResources, folds: Option<&Vec<u8>>| {
         let mut requests = json!({ "cpu": r.cpus.to_string(), "memory": format!("{}Gi", r.memory_gb) });
         let mut limits = json!({ "memory": format!("{}Gi", r.memory_gb) });
         if r.gpus > 0 {
             requests["nvidia.com/gpu"] = json!(r.gpus.to_string());
             limits["nvidia.com/gpu"] = json!(r.gpus.to_string());
         }
+        let mut env = vec![
+            json!({ "name": crate::storage::config::ROOT_ENV, "value": root }),
+            json!({ "name": "IMET_LOG_FORMAT", "value": "json" }),
+        ];
+        if let Some(f) = folds {
+            let list: Vec<String> = f.iter().map(u8::to_string).collect();
+            env.push(json!({ "name": FOLDS_ENV, "value": list.join(",") }));
+        }
         let mut container = json!({
             "name": "imet",
             "image": image,
             "imagePullPolicy": k.image_pull_policy,
             "command": command,
-            "env": [
-                { "name": crate::storage::config::ROOT_ENV, "value": root },
-                { "name": "IMET_LOG_FORMAT", "value": "json" },
-            ],
+            "env": env,
             "resources": { "requests": requests, "limits": limits },
             "volumeMounts": [{ "name": "spec", "mountPath": spec_dir, "readOnly": true }],
         });
@@ -173,56 +181,52 @@ pub fn manifests(spec: &JobSpec) -> Result<Vec<(String, String, String)>> {
         json!({ "apiVersion": "batch/v1", "kind": "Job", "metadata": meta(name, component), "spec": spec })
     };
 
-    // Jobs in apply order with the time `kubectl wait` allows each.
+    // Groups in apply order, each in the wave after its dependencies, with
+    // the time `kubectl wait` allows it.
+    let groups = plan.groups(&Default::default());
+    let mut wave: HashMap<&str, usize> = HashMap::new();
     let mut order: Vec<(String, String, u64)> = Vec::new();
-    if let Some(folds) = plan.jobs.iter().find(|j| j.kind == JobKind::Folds) {
-        let name = object_name(&["imet", exp, "folds"])?;
-        let command: Vec<String> = std::iter::once(c.imet().to_string()).chain(folds.args.iter().cloned()).collect();
-        let obj = job_object(&name, "folds", pod("folds", command, &folds.resources), json!({}));
-        files.push(("01-folds.yaml".into(), to_yaml_docs(&[obj]), format!("Job/{name}")));
-        order.push(("01-folds.yaml".into(), name, folds.resources.time_limit_s));
-    }
-    let mut ensemble_after = Vec::new();
-    for m in &spec.models {
-        let of = |kind: JobKind| plan.jobs.iter().find(|j| j.kind == kind && j.model.as_deref() == Some(m.name.as_str()) && j.fold == Some(0));
-        let (Some(train), Some(predict)) = (of(JobKind::Train), of(JobKind::Predict)) else { continue };
-        let name = object_name(&["imet", exp, &m.name])?;
-        let (tr, pr) = (&train.resources, &predict.resources);
-        let r = JobResources {
-            gpus: tr.gpus.max(pr.gpus),
-            cpus: tr.cpus.max(pr.cpus),
-            memory_gb: tr.memory_gb.max(pr.memory_gb),
-            time_limit_s: tr.time_limit_s + pr.time_limit_s,
+    for g in &groups {
+        let w = 1 + g.deps.iter().filter_map(|d| wave.get(d.as_str())).max().copied().unwrap_or(0);
+        wave.insert(&g.id, w);
+        let name = object_name(&["imet", exp, &short_name(&g.id)])?;
+        let component = component_of(g);
+        let file = format!("{w:02}-{}.yaml", sanitize(&g.id.replace('/', "-")));
+        let (obj, what, timeout) = match &g.folds {
+            None => {
+                let command: Vec<String> = std::iter::once(c.imet().to_string()).chain(g.commands[0].iter().cloned()).collect();
+                let obj = job_object(&name, &component, pod(&component, command, &g.resources, None), json!({}));
+                (obj, format!("Job/{name}"), g.resources.time_limit_s)
+            }
+            Some(folds) => {
+                let n = folds.len() as u32;
+                let parallelism = k.parallelism.unwrap_or(n).min(n).max(1);
+                let command = vec!["sh".into(), "-c".into(), g.command_line(c.imet())];
+                let obj = job_object(
+                    &name,
+                    &component,
+                    pod(&component, command, &g.resources, Some(folds)),
+                    json!({ "completionMode": "Indexed", "completions": n, "parallelism": parallelism }),
+                );
+                let waves = u64::from(n.div_ceil(parallelism));
+                (obj, format!("Job/{name} (Indexed, {n} completions)"), g.resources.time_limit_s * waves * u64::from(k.backoff_limit + 1))
+            }
         };
-        let line = format!("{} && {}", with_env_fold(train).command_line(c.imet()), with_env_fold(predict).command_line(c.imet()));
-        let folds = u32::from(spec.folds.k);
-        let parallelism = k.parallelism.unwrap_or(folds).min(folds);
-        let obj = job_object(
-            &name,
-            "train-predict",
-            pod("train-predict", vec!["sh".into(), "-c".into(), line], &r),
-            json!({ "completionMode": "Indexed", "completions": folds, "parallelism": parallelism }),
-        );
-        let file = format!("02-model-{}.yaml", sanitize(&m.name));
-        files.push((file.clone(), to_yaml_docs(&[obj]), format!("Job/{name} (Indexed, {folds} completions)")));
-        let waves = u64::from(folds.div_ceil(parallelism));
-        order.push((file, name.clone(), r.time_limit_s * waves * u64::from(k.backoff_limit + 1)));
-        if spec.ensemble.as_ref().is_some_and(|e| e.members.contains(&m.name)) {
-            ensemble_after.push(name);
-        }
-    }
-    if let Some(ens) = plan.jobs.iter().find(|j| j.kind == JobKind::Ensemble) {
-        let name = object_name(&["imet", exp, "ensemble"])?;
-        let command: Vec<String> = std::iter::once(c.imet().to_string()).chain(ens.args.iter().cloned()).collect();
-        let obj = job_object(&name, "ensemble", pod("ensemble", command, &ens.resources), json!({}));
-        files.push(("03-ensemble.yaml".into(), to_yaml_docs(&[obj]), format!("Job/{name}")));
-        order.push(("03-ensemble.yaml".into(), name, ens.resources.time_limit_s));
+        files.push((file.clone(), to_yaml_docs(&[obj]), what));
+        order.push((file, name, timeout));
     }
     files.push(("submit.sh".into(), submit_script(exp, &k.namespace, &order), "applies the manifests in dependency order".into()));
     Ok(files)
 }
 
-/// Label values allow 63 characters from `[A-Za-z0-9_.-]`.
+/// The `app.kubernetes.io/component` label of a group's pods.
+fn component_of(g: &Group) -> String {
+    match g.folds {
+        Some(_) => "train-predict".into(),
+        None => g.kind.as_str().into(),
+    }
+}
+
 fn label_value(s: &str) -> String {
     s.chars().take(63).collect::<String>().trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_string()
 }

@@ -31,6 +31,10 @@ pub struct RunOptions {
     pub parallel: usize,
     /// Where job logs go; [`default_log_dir`] when unset.
     pub log_dir: Option<PathBuf>,
+    /// Jobs committed by another spec, or made from upstream outputs that
+    /// were committed again since, run again (their manifest is kept
+    /// beside as `_SUCCESS.json.stale-{time}`) instead of failing.
+    pub rerun_stale: bool,
 }
 
 impl RunOptions {
@@ -40,7 +44,7 @@ impl RunOptions {
     /// [`Error::Io`] when the running executable cannot be found.
     pub fn current_exe() -> Result<RunOptions> {
         let program = std::env::current_exe().map_err(|source| Error::Io { path: PathBuf::from("/proc/self/exe"), source })?;
-        Ok(RunOptions { program, parallel: 1, log_dir: None })
+        Ok(RunOptions { program, parallel: 1, log_dir: None, rerun_stale: false })
     }
 }
 
@@ -89,6 +93,35 @@ pub struct JobOutcome {
     pub output: String,
 }
 
+/// One stage's ensemble F2.
+#[derive(Clone, Debug, Serialize)]
+pub struct StageF2 {
+    pub stage: String,
+    pub oof_f2: Option<f64>,
+    pub cv_f2: Option<f64>,
+}
+
+/// Every stage's ensemble F2 from the reports committed so far, in stage
+/// order, with the last stage's alone too.
+///
+/// # Errors
+/// As [`ensemble_f2`].
+pub async fn stages_f2(store: &Store, spec: &JobSpec) -> Result<(Vec<StageF2>, Option<f64>, Option<f64>)> {
+    let mut out = Vec::new();
+    for st in spec.stages() {
+        if st.ensemble.is_none() {
+            continue;
+        }
+        let (oof_f2, cv_f2) = ensemble_f2(store, keys::Scope { experiment: &spec.experiment, stage: st.key() }).await?;
+        out.push(StageF2 { stage: st.name.to_string(), oof_f2, cv_f2 });
+    }
+    let (oof, cv) = out.last().map_or((None, None), |s| (s.oof_f2, s.cv_f2));
+    if out.len() < 2 {
+        out.clear();
+    }
+    Ok((out, oof, cv))
+}
+
 /// What a local run did.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct RunSummary {
@@ -101,6 +134,10 @@ pub struct RunSummary {
     pub oof_f2: Option<f64>,
     /// The chosen threshold strategy's cross-validated OOF F2.
     pub cv_f2: Option<f64>,
+    /// Every committed stage's ensemble F2 (in-sample, cross-validated),
+    /// when the experiment has later stages; the last is `oof_f2`, `cv_f2`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<StageF2>,
     pub log_dir: PathBuf,
     /// An interrupt stopped the run before every job ended.
     pub interrupted: bool,
@@ -145,6 +182,11 @@ impl RunSummary {
         for j in &self.jobs {
             out.push_str(&format!("{:<width$}  {:<11} {:>8.1}  {}\n", j.job, j.state.as_str(), j.seconds, j.output));
         }
+        for st in &self.stages {
+            if let (Some(f2), Some(cv)) = (st.oof_f2, st.cv_f2) {
+                out.push_str(&format!("stage {:<12} OOF F2 {f2:.4} (cross-validated {cv:.4})\n", st.stage));
+            }
+        }
         if let Some(f2) = self.oof_f2 {
             out.push_str(&format!("OOF F2 of experiment `{}`: {f2:.4}", self.experiment));
             if let Some(cv) = self.cv_f2 {
@@ -178,11 +220,13 @@ pub fn log_file(dir: &Path, id: &str) -> PathBuf {
 /// The key a job's outputs are best known by.
 pub fn main_output(experiment: &str, job: &Job) -> String {
     let (model, fold) = (job.model.as_deref().unwrap_or_default(), Fold(job.fold.unwrap_or_default()));
+    let scope = keys::Scope { experiment, stage: job.stage.as_deref() };
     match job.kind {
         JobKind::Folds => keys::folds(experiment),
-        JobKind::Train => keys::weights(experiment, model, fold),
-        JobKind::Predict => keys::test_predictions(experiment, model, fold),
-        JobKind::Ensemble => keys::submission(experiment),
+        JobKind::Curate => keys::stage_data_success(scope),
+        JobKind::Train => keys::weights(scope, model, fold),
+        JobKind::Predict => keys::test_predictions(scope, model, fold),
+        JobKind::Ensemble => keys::submission(scope),
     }
 }
 
@@ -251,11 +295,7 @@ pub async fn run(spec: &JobSpec, spec_path: &Path, options: &RunOptions) -> Resu
         let (outcomes, interrupted) = execute(&store, &plan, options, &log_dir).await?;
         summary.jobs.extend(outcomes);
         summary.interrupted = interrupted;
-        if summary.jobs.iter().any(|j| j.job == "ensemble" && j.state.satisfied()) {
-            let (oof, cv) = ensemble_f2(&store, &spec.experiment).await?;
-            summary.oof_f2 = oof;
-            summary.cv_f2 = cv;
-        }
+        (summary.stages, summary.oof_f2, summary.cv_f2) = stages_f2(&store, spec).await?;
         info!(jobs = summary.jobs.len(), failed = summary.failed().len(), interrupted, "run finished");
         Ok(summary)
     }
@@ -268,7 +308,7 @@ pub async fn run(spec: &JobSpec, spec_path: &Path, options: &RunOptions) -> Resu
 ///
 /// # Errors
 /// Store errors and [`Error::Format`] for a report that is not JSON.
-pub async fn ensemble_f2(store: &Store, experiment: &str) -> Result<(Option<f64>, Option<f64>)> {
+pub async fn ensemble_f2(store: &Store, experiment: impl std::fmt::Display) -> Result<(Option<f64>, Option<f64>)> {
     let key = keys::report(experiment);
     let Some(bytes) = store.get_opt(&key).await? else {
         return Ok((None, None));
@@ -370,9 +410,15 @@ impl<'a> Executor<'a> {
                     self.say("skipped", i, "already committed");
                 }
                 Ok(false) => {}
+                // Another spec's manifest, or one made from upstream outputs
+                // committed again since: rerun when asked.
+                Err(Error::SpecChanged { .. } | Error::Stale { .. }) if self.options.rerun_stale => {
+                    let kept = set_aside(store, &job.manifest).await?;
+                    self.say("stale", i, &format!("runs again; its manifest is kept as {kept}"));
+                }
                 // Another spec's manifest, or one whose outputs were removed:
                 // the job's own failure, with the fix in the message.
-                Err(e @ (Error::SpecChanged { .. } | Error::Format { .. })) => {
+                Err(e @ (Error::SpecChanged { .. } | Error::Stale { .. } | Error::Format { .. })) => {
                     self.state[i] = JobState::Failed;
                     self.outcomes[i].output = e.to_string();
                     self.say("failed", i, &e.to_string());
@@ -491,6 +537,19 @@ impl<'a> Executor<'a> {
         }
         (outcomes, self.interrupted)
     }
+}
+
+/// Moves a stale manifest aside (`{key}.stale-{time}`) so its job runs
+/// again; returns the key it was kept under.
+///
+/// # Errors
+/// Storage errors.
+async fn set_aside(store: &Store, key: &str) -> Result<String> {
+    let bytes = store.get(key).await?;
+    let kept = format!("{key}.stale-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ"));
+    store.put(&kept, bytes).await?;
+    store.delete(key).await?;
+    Ok(kept)
 }
 
 /// Threads each of `parallel` concurrent jobs gets: the cores shared out,

@@ -6,7 +6,7 @@
 //! Reads the jobs' manifests (committed jobs are left out); writes the
 //! scripts and, through Slurm, the jobs' log files beside them.
 
-use super::plan::{shell_quote, Job, JobKind, JobResources, Plan};
+use super::plan::{shell_quote, JobResources, Plan};
 use super::show::ranges;
 use crate::error::{Error, Result};
 use crate::spec::{ClusterSection, JobSpec};
@@ -154,101 +154,29 @@ pub async fn submit(spec_path: &Path, options: &SubmitOptions) -> Result<Submiss
     Ok(Submission { experiment: plan.experiment.clone(), dir, dry_run: options.dry_run, batches, skipped })
 }
 
-/// The batches for the jobs of `plan` not in `done`, in submission order.
+/// The batches for the jobs of `plan` not in `done`, in submission order:
+/// one per group of [`Plan::groups`] (a single job, or an array whose task
+/// `i` runs the group's jobs of fold `i`).
 pub fn batches(plan: &Plan, cluster: &ClusterSection, done: &HashSet<String>, ctx: &Context) -> Vec<Batch> {
     let imet = cluster.imet();
-    let name = |key: &str| format!("imet-{}-{}", plan.experiment, key.replace('/', "-"));
-    let mut out: Vec<Batch> = Vec::new();
-    let todo = |j: &&Job| !done.contains(&j.id);
-    if let Some(folds) = plan.jobs.iter().filter(todo).find(|j| j.kind == JobKind::Folds) {
-        let mut b = Batch {
-            key: "folds".into(),
-            name: name("folds"),
-            script: ctx.dir.join("folds.sbatch"),
-            array: None,
-            after: vec![],
-            jobs: vec![folds.id.clone()],
-            job_id: None,
-            text: String::new(),
-        };
-        b.text = script(&b, cluster, ctx, &folds.resources, &folds.command_line(imet));
-        out.push(b);
-    }
-    let mut models: Vec<&str> = Vec::new();
-    for j in &plan.jobs {
-        if let Some(m) = j.model.as_deref() {
-            if !models.contains(&m) {
-                models.push(m);
-            }
-        }
-    }
-    for model in models {
-        let of_model = |kind: JobKind| plan.jobs.iter().filter(move |j| j.kind == kind && j.model.as_deref() == Some(model));
-        let pending: Vec<(&Job, &Job)> = of_model(JobKind::Train)
-            .zip(of_model(JobKind::Predict))
-            .filter(|(t, p)| !done.contains(&t.id) || !done.contains(&p.id))
-            .collect();
-        let Some((train, predict)) = pending.first().copied() else { continue };
-        let folds: Vec<u32> = pending.iter().filter_map(|(t, _)| t.fold.map(u32::from)).collect();
-        let mut jobs = Vec::new();
-        for (t, p) in &pending {
-            jobs.extend([t.id.clone(), p.id.clone()]);
-        }
-        let key = format!("model/{model}");
-        let after = out.iter().filter(|b| b.key == "folds").map(|b| b.key.clone()).collect();
-        let mut b = Batch {
-            name: name(&key),
-            script: ctx.dir.join(format!("model-{model}.sbatch")),
-            array: Some(ranges(&folds)),
-            after,
-            jobs,
-            job_id: None,
-            key,
-            text: String::new(),
-        };
-        let (tr, pr) = (&train.resources, &predict.resources);
-        let resources = JobResources {
-            gpus: tr.gpus.max(pr.gpus),
-            cpus: tr.cpus.max(pr.cpus),
-            memory_gb: tr.memory_gb.max(pr.memory_gb),
-            time_limit_s: tr.time_limit_s + pr.time_limit_s,
-        };
-        let command = format!("{} && {}", with_env_fold(train).command_line(imet), with_env_fold(predict).command_line(imet));
-        b.text = script(&b, cluster, ctx, &resources, &command);
-        out.push(b);
-    }
-    if let Some(ens) = plan.jobs.iter().filter(todo).find(|j| j.kind == JobKind::Ensemble) {
-        let after = out
-            .iter()
-            .filter(|b| b.key.strip_prefix("model/").is_some_and(|m| ens.deps.iter().any(|d| d.starts_with(&format!("predict/{m}/")))))
-            .map(|b| b.key.clone())
-            .collect();
-        let mut b = Batch {
-            key: "ensemble".into(),
-            name: name("ensemble"),
-            script: ctx.dir.join("ensemble.sbatch"),
-            array: None,
-            after,
-            jobs: vec![ens.id.clone()],
-            job_id: None,
-            text: String::new(),
-        };
-        b.text = script(&b, cluster, ctx, &ens.resources, &ens.command_line(imet));
-        out.push(b);
-    }
-    out
-}
-
-/// `job` with its `--fold K` replaced by `--fold env` (the engine's array
-/// index picks the fold).
-pub fn with_env_fold(job: &Job) -> Job {
-    let mut j = job.clone();
-    if let Some(i) = j.args.iter().position(|a| a == "--fold") {
-        if let Some(v) = j.args.get_mut(i + 1) {
-            *v = "env".into();
-        }
-    }
-    j
+    plan.groups(done)
+        .into_iter()
+        .map(|g| {
+            let file = g.id.replace('/', "-");
+            let mut b = Batch {
+                name: format!("imet-{}-{file}", plan.experiment),
+                script: ctx.dir.join(format!("{file}.sbatch")),
+                array: g.folds.as_ref().map(|f| ranges(&f.iter().map(|&x| u32::from(x)).collect::<Vec<_>>())),
+                after: g.deps.clone(),
+                jobs: g.jobs.clone(),
+                job_id: None,
+                key: g.id.clone(),
+                text: String::new(),
+            };
+            b.text = script(&b, cluster, ctx, &g.resources, &g.command_line(imet));
+            b
+        })
+        .collect()
 }
 
 /// Slurm's `--time` format, `D-HH:MM:SS`.

@@ -45,34 +45,59 @@ pub fn derive(spec: &JobSpec) -> Result<JobSpec, String> {
     s.storage.cache_dir = None;
     let sample_seed = spec.data.sample.as_ref().map_or(7, |x| x.seed);
     let classes = spec.data.sample.as_ref().map_or(30, |x| x.classes.min(30));
-    s.data.sample = Some(SampleSection { train: SMOKE_TRAIN, test: SMOKE_TEST, classes, seed: sample_seed });
+    let noise = spec.data.sample.as_ref().map_or(0.0, |x| x.noise);
+    s.data.sample = Some(SampleSection { train: SMOKE_TRAIN, test: SMOKE_TEST, classes, seed: sample_seed, noise });
     s.folds.k = spec.folds.k.min(SMOKE_MAX_FOLDS);
-    if let Some(e) = s.ensemble.as_mut() {
-        if let Some(tf) = e.test_folds.take() {
-            let kept: Vec<u8> = tf.into_iter().filter(|&f| f < s.folds.k).collect();
-            e.test_folds = if kept.is_empty() { None } else { Some(kept) };
-        }
-        e.weight_rows = e.weight_rows.min(SMOKE_TRAIN).max(10);
-    }
     s.image.workers = s.image.workers.min(2);
     let global_size = s.image.augment.output_size();
     if global_size.is_some() {
         // The global pipeline feeds every model without its own list; the
         // smallest size any of them accepts keeps it valid for all.
-        let size = s.models.iter().map(|m| smoke_size(m.arch)).max().unwrap_or(SMOKE_SIZE);
+        let all = s.models.iter().chain(s.stages.iter().flat_map(|st| st.models.iter()));
+        let size = all.map(|m| smoke_size(m.arch)).max().unwrap_or(SMOKE_SIZE);
         resize_pipeline(&mut s.image.augment, size);
     }
-    for m in &mut s.models {
+    let (k, k_full, augment) = (s.folds.k, spec.folds.k, s.image.augment.clone());
+    shrink_models(&mut s.models, k, k_full, global_size.is_some().then_some(&augment));
+    if let Some(e) = s.ensemble.as_mut() {
+        shrink_ensemble(e, k);
+    }
+    for st in &mut s.stages {
+        shrink_models(&mut st.models, k, k_full, global_size.is_some().then_some(&augment));
+        shrink_ensemble(&mut st.ensemble, k);
+    }
+    s.validate()?;
+    Ok(s)
+}
+
+/// Test folds the smoke run lacks dropped; fewer rows for blend weights.
+fn shrink_ensemble(e: &mut crate::ensemble::EnsembleSection, k: u8) {
+    if let Some(tf) = e.test_folds.take() {
+        let kept: Vec<u8> = tf.into_iter().filter(|&f| f < k).collect();
+        e.test_folds = if kept.is_empty() { None } else { Some(kept) };
+    }
+    e.weight_rows = e.weight_rows.min(SMOKE_TRAIN).max(10);
+}
+
+/// Every model at its smoke size, batch, epochs and image counts; fold
+/// subsets of a `k_full`-fold split mapped onto the smoke run's `k` folds
+/// (fold `f` becomes `f * k / k_full`), so members keep their share.
+fn shrink_models(models: &mut [crate::spec::ModelSpec], k: u8, k_full: u8, global: Option<&Pipeline>) {
+    for m in models {
         let size = smoke_size(m.arch);
         m.size = size;
         m.weights = None;
         if let Some(p) = m.augment.as_mut() {
             resize_pipeline(p, size);
-        } else if global_size.is_some() {
-            m.augment = Some(s.image.augment.clone());
-            if let Some(p) = m.augment.as_mut() {
-                resize_pipeline(p, size);
-            }
+        } else if let Some(g) = global {
+            let mut p = g.clone();
+            resize_pipeline(&mut p, size);
+            m.augment = Some(p);
+        }
+        if m.folds.is_some() && k < k_full {
+            let mut mapped: Vec<u8> = m.fold_list(k_full).into_iter().map(|f| (f as u32 * k as u32 / k_full as u32) as u8).collect();
+            mapped.dedup();
+            m.folds = Some(mapped.into_iter().map(crate::spec::FoldItem::One).collect());
         }
         let t = &mut m.train;
         t.batch_size = t.batch_size.clamp(1, SMOKE_BATCH);
@@ -91,8 +116,6 @@ pub fn derive(spec: &JobSpec) -> Result<JobSpec, String> {
         m.resources.time_limit = "30m".into();
         m.resources.predict_time_limit = "15m".into();
     }
-    s.validate()?;
-    Ok(s)
 }
 
 /// The input side of a smoke model.

@@ -3,7 +3,6 @@
 //! AWS Batch). Reads the jobs' manifests, the train jobs' checkpoint
 //! listings and the ensemble's `report.json`; writes nothing.
 
-use super::local::ensemble_f2;
 use super::plan::{JobKind, Plan};
 use crate::ids::Fold;
 use crate::error::{Error, Result};
@@ -80,22 +79,19 @@ pub async fn status(spec: &JobSpec) -> Result<StatusReport> {
         let state = match job.committed(&store).await {
             Ok(true) => "done",
             Ok(false) => "pending",
-            Err(Error::SpecChanged { .. }) => "stale",
+            Err(Error::SpecChanged { .. } | Error::Stale { .. }) => "stale",
             Err(e) => return Err(e),
         };
         let (mut checkpoint_epoch, mut epochs) = (None, None);
         if job.kind == JobKind::Train {
             let (Some(model), Some(fold)) = (job.model.as_deref(), job.fold) else { continue };
-            epochs = spec.models.iter().find(|m| m.name == model).map(|m| m.epochs());
-            checkpoint_epoch = latest_checkpoint(&store, &spec.experiment, model, Fold(fold)).await?;
+            epochs = spec.stage_model(job.stage.as_deref(), model).ok().map(|m| m.epochs());
+            let scope = crate::storage::keys::Scope { experiment: &spec.experiment, stage: job.stage.as_deref() };
+            checkpoint_epoch = latest_checkpoint(&store, scope, model, Fold(fold)).await?;
         }
         jobs.push(JobStatus { job: job.id.clone(), kind: job.kind, state: state.into(), checkpoint_epoch, epochs });
     }
-    let (oof_f2, cv_f2) = if jobs.iter().any(|j| j.kind == JobKind::Ensemble && j.state == "done") {
-        ensemble_f2(&store, &spec.experiment).await?
-    } else {
-        (None, None)
-    };
+    let (_, oof_f2, cv_f2) = super::local::stages_f2(&store, spec).await?;
     let done = jobs.iter().filter(|j| j.state == "done").count();
     Ok(StatusReport { experiment: spec.experiment.clone(), root: spec.storage.root_url()?, total: jobs.len(), done, jobs, oof_f2, cv_f2 })
 }
@@ -104,7 +100,7 @@ pub async fn status(spec: &JobSpec) -> Result<StatusReport> {
 ///
 /// # Errors
 /// Store errors.
-pub async fn latest_checkpoint(store: &Store, experiment: &str, model: &str, fold: Fold) -> Result<Option<u32>> {
+pub async fn latest_checkpoint(store: &Store, experiment: impl std::fmt::Display + Copy, model: &str, fold: Fold) -> Result<Option<u32>> {
     let prefix = keys::checkpoints(experiment, model, fold);
     let listed = store.list(&prefix).await?;
     Ok(listed.iter().filter_map(|o| checkpoint_epoch(&o.key)).max())

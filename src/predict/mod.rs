@@ -20,7 +20,7 @@ use crate::image::{ImageSection, Pipeline, TtaSettings};
 use crate::model::{ModelConfig, Network, WeightBytes};
 use crate::storage::keys;
 use crate::storage::parquet::{write_predictions_owned, PredictionKind, PredictionMeta, Predictions};
-use crate::storage::{JobRef, Manifest, OutputEntry, Ran, Store};
+use crate::storage::{JobRef, Manifest, OutputEntry, Ran, Store, Upstream};
 use serde::Serialize;
 use std::sync::Arc;
 use tch::nn;
@@ -50,7 +50,7 @@ impl PredictJob {
     /// The job as the store sees it (`_SUCCESS.json`).
     pub fn job_ref(&self) -> JobRef {
         let f = &self.fold;
-        JobRef { id: f.job_id("predict"), manifest: keys::success(&f.experiment, &f.model, f.fold), spec_hash: f.spec_hash.clone() }
+        JobRef { id: f.job_id("predict"), manifest: keys::success(f.scope(), &f.model, f.fold), spec_hash: f.spec_hash.clone(), inputs: vec![Upstream::optional(keys::trained(f.scope(), &f.model, f.fold), f.command("train"))] }
     }
 }
 
@@ -121,8 +121,8 @@ async fn run_inner(store: &Store, job: &PredictJob) -> Result<PredictOutcome> {
 /// images, views)` and every output (the train job's included).
 async fn predict(store: &Store, job: &PredictJob) -> Result<((usize, usize, usize), Vec<OutputEntry>)> {
     let f = &job.fold;
-    let (exp, model, fold) = (&f.experiment, &f.model, f.fold);
-    let trained = keys::trained(exp, model, fold);
+    let (exp, scope, model, fold) = (&f.experiment, f.scope(), &f.model, f.fold);
+    let trained = keys::trained(scope, model, fold);
     let Some(trained) = Manifest::committed(store, &trained, &f.spec_hash).await? else {
         return Err(Error::Predict {
             job: f.label(),
@@ -138,7 +138,7 @@ async fn predict(store: &Store, job: &PredictJob) -> Result<((usize, usize, usiz
     if let Some(limit) = job.limit_images {
         test.truncate(limit);
     }
-    let weights_key = keys::weights(exp, model, fold);
+    let weights_key = keys::weights(scope, model, fold);
     let weights = store.get(&weights_key).await?;
     let weights_file = format!("{}/{}", store.url().trim_end_matches('/'), weights_key);
     let ctx = Ctx { job: job.clone(), classes, store: store.clone(), oof: data.valid, test, handle: tokio::runtime::Handle::current() };
@@ -160,10 +160,10 @@ async fn predict(store: &Store, job: &PredictJob) -> Result<((usize, usize, usiz
     // The weights and history, as the train job committed them.
     let mut outputs = trained.outputs;
     let oof_preds = Arc::new(Predictions { ids: oof.0, probs: oof.1, meta: meta(PredictionKind::Oof) });
-    outputs.push(write_predictions_owned(store, &keys::oof(exp, model, fold), oof_preds).await?);
+    outputs.push(write_predictions_owned(store, &keys::oof(scope, model, fold), oof_preds).await?);
     let test_preds = Arc::new(Predictions { ids: test.0, probs: test.1, meta: meta(PredictionKind::Test) });
-    outputs.push(write_predictions_owned(store, &keys::test_predictions(exp, model, fold), test_preds).await?);
-    let stats_key = keys::predict_stats(exp, model, fold);
+    outputs.push(write_predictions_owned(store, &keys::test_predictions(scope, model, fold), test_preds).await?);
+    let stats_key = keys::predict_stats(scope, model, fold);
     let stats_bytes = serde_json::to_vec_pretty(&stats)?;
     outputs.push(OutputEntry::of_bytes(&stats_key, &stats_bytes));
     store.put(&stats_key, stats_bytes).await?;

@@ -30,6 +30,11 @@ pub struct ModelSpec {
     /// `runs/{experiment}/models/{name}/`; what `--model` and the ensemble's
     /// `members` name.
     pub name: String,
+    /// The folds this model trains fold models for (R4: members on disjoint
+    /// fold subsets), as numbers or ranges: `[0, 1, "5-9"]`. Every fold
+    /// when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folds: Option<Vec<FoldItem>>,
     pub arch: Arch,
     /// Initial weights (timm names; any store URL). Random init when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -58,6 +63,35 @@ pub struct ModelSpec {
     pub predict: PredictSection,
     #[serde(default)]
     pub resources: Resources,
+}
+
+/// A fold or an inclusive range of folds (`3` or `"10-14"`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum FoldItem {
+    One(u8),
+    Range(String),
+}
+
+impl FoldItem {
+    /// The folds it names.
+    ///
+    /// # Errors
+    /// A message for a range that is not `a-b` with `a <= b`.
+    pub fn folds(&self) -> Result<Vec<u8>, String> {
+        match self {
+            FoldItem::One(f) => Ok(vec![*f]),
+            FoldItem::Range(r) => {
+                let bad = || format!("{r:?} is not a fold range like \"10-14\"");
+                let (a, b) = r.split_once('-').ok_or_else(bad)?;
+                let (a, b): (u8, u8) = (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?);
+                if a > b {
+                    return Err(bad());
+                }
+                Ok((a..=b).collect())
+            }
+        }
+    }
 }
 
 /// What a batch engine should give one train or predict job of this model.
@@ -157,13 +191,27 @@ impl ModelSpec {
         self.train.epochs()
     }
 
+    /// The folds this model trains, in order (all `k` when `folds` is unset).
+    pub fn fold_list(&self, k: u8) -> Vec<u8> {
+        match &self.folds {
+            None => (0..k).collect(),
+            Some(items) => {
+                let mut all: Vec<u8> = items.iter().filter_map(|i| i.folds().ok()).flatten().collect();
+                all.sort_unstable();
+                all.dedup();
+                all
+            }
+        }
+    }
+
     /// Prediction batch size.
     pub fn predict_batch(&self) -> usize {
         self.predict.batch_size.unwrap_or(2 * self.train.batch_size)
     }
 
-    /// Range checks; messages name the field as `models[name].field`.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Range checks (`k`: the spec's folds); messages name the field as
+    /// `models[name].field`.
+    pub fn validate(&self, k: u8) -> Result<(), String> {
         let at = |field: &str| format!("`models[{}].{field}`", self.name);
         let name_ok = !self.name.is_empty()
             && self.name.len() <= 64
@@ -171,6 +219,17 @@ impl ModelSpec {
             && !self.name.starts_with('.');
         if !name_ok {
             return Err(format!("`models` entry name {:?}: use 1-64 characters from a-z, A-Z, 0-9, '-', '_', '.'", self.name));
+        }
+        if let Some(items) = &self.folds {
+            for item in items {
+                let folds = item.folds().map_err(|e| format!("{}: {e}", at("folds")))?;
+                if let Some(f) = folds.iter().find(|&&f| f >= k) {
+                    return Err(format!("{}: fold {f} is outside `folds.k` = {k} (folds 0 to {})", at("folds"), k - 1));
+                }
+            }
+            if self.fold_list(k).is_empty() {
+                return Err(format!("{}: list at least one fold", at("folds")));
+            }
         }
         self.network(self.head.classes).validate("spec").map_err(|e| format!("{}: {e}", at("arch")))?;
         if (self.size as i64) < self.arch.min_input_size() || self.size > 2048 {
@@ -212,7 +271,7 @@ phases = [{ epochs = 3, optimizer = { kind = "adamw", lr = 1e-3 } }]
 
     fn parse(text: &str) -> Result<ModelSpec, String> {
         let m: ModelSpec = toml::from_str(text).map_err(|e| e.to_string())?;
-        m.validate()?;
+        m.validate(5)?;
         Ok(m)
     }
 
@@ -283,9 +342,9 @@ phases = [
     #[test]
     fn elements_not_built_yet_are_refused_by_name() {
         for (line, element) in [
-            ("drop_noisy = 0.05", "not supported yet: dropping noisy"),
-            ("pseudo_labels = 0.1", "not supported yet: pseudo-labelling"),
-            ("distill_from = \"e\"", "not supported yet: knowledge distillation"),
+            ("drop_noisy = 0.05", "train.drop_noisy`: a stage setting now"),
+            ("pseudo_labels = 0.1", "train.pseudo_labels`: a stage setting now"),
+            ("distill_from = \"e\"", "train.distill_from`: a stage setting now"),
             ("precision = \"bf16\"", "not supported yet: bf16"),
         ] {
             let err = parse(&format!("{MODEL}{line}\n")).unwrap_err();

@@ -9,9 +9,33 @@
 //! runs/{experiment}/models/{model}/fold={k}/{model.safetensors,history.parquet,oof.parquet,test.parquet}
 //! runs/{experiment}/models/{model}/fold={k}/_SUCCESS.json
 //! runs/{experiment}/ensemble/...
+//! runs/{experiment}/stages/{stage}/...   a later stage: models/, ensemble/, data/ as above
 //! ```
+//!
+//! Functions that name a stage's outputs take its *scope*: the experiment
+//! (`"r2"`, the first stage) or a [`Scope`] (`r2`, stage `clean`), written
+//! `{scope}` below.
 
 use crate::ids::{Fold, ImageId};
+use std::fmt::{self, Display};
+
+/// Whose outputs: an experiment's first stage (`runs/{experiment}/`) or a
+/// later stage (`runs/{experiment}/stages/{stage}/`). A plain experiment
+/// name is the first stage's scope.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Scope<'a> {
+    pub experiment: &'a str,
+    pub stage: Option<&'a str>,
+}
+
+impl Display for Scope<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.stage {
+            None => f.write_str(self.experiment),
+            Some(s) => write!(f, "{}/stages/{s}", self.experiment),
+        }
+    }
+}
 
 pub const LABELS: &str = "data/labels.csv";
 pub const TRAIN: &str = "data/train.csv";
@@ -31,6 +55,12 @@ pub fn image(split: Split, id: &ImageId) -> String {
     }
 }
 
+/// What a synthetic sample knows and the pipeline must not read (the test
+/// images' labels, injected label noise): `truth/{name}`.
+pub fn truth(name: &str) -> String {
+    format!("truth/{name}")
+}
+
 pub fn run(experiment: &str) -> String {
     format!("runs/{experiment}")
 }
@@ -47,89 +77,100 @@ pub fn folds_success(experiment: &str) -> String {
     format!("runs/{experiment}/_FOLDS_SUCCESS.json")
 }
 
-pub fn fold_dir(experiment: &str, model: &str, fold: Fold) -> String {
-    format!("runs/{experiment}/models/{model}/fold={}", fold.0)
+pub fn fold_dir(scope: impl Display, model: &str, fold: Fold) -> String {
+    format!("runs/{scope}/models/{model}/fold={}", fold.0)
 }
 
-pub fn checkpoint(experiment: &str, model: &str, fold: Fold, epoch: u32) -> String {
-    format!("{}/checkpoints/epoch={epoch}.safetensors", fold_dir(experiment, model, fold))
+pub fn checkpoint(scope: impl Display, model: &str, fold: Fold, epoch: u32) -> String {
+    format!("{}/checkpoints/epoch={epoch}.safetensors", fold_dir(scope, model, fold))
 }
 
-pub fn checkpoints(experiment: &str, model: &str, fold: Fold) -> String {
-    format!("{}/checkpoints", fold_dir(experiment, model, fold))
+pub fn checkpoints(scope: impl Display, model: &str, fold: Fold) -> String {
+    format!("{}/checkpoints", fold_dir(scope, model, fold))
 }
 
-pub fn weights(experiment: &str, model: &str, fold: Fold) -> String {
-    format!("{}/model.safetensors", fold_dir(experiment, model, fold))
+pub fn weights(scope: impl Display, model: &str, fold: Fold) -> String {
+    format!("{}/model.safetensors", fold_dir(scope, model, fold))
 }
 
-pub fn history(experiment: &str, model: &str, fold: Fold) -> String {
-    format!("{}/history.parquet", fold_dir(experiment, model, fold))
+pub fn history(scope: impl Display, model: &str, fold: Fold) -> String {
+    format!("{}/history.parquet", fold_dir(scope, model, fold))
 }
 
-pub fn oof(experiment: &str, model: &str, fold: Fold) -> String {
-    format!("{}/oof.parquet", fold_dir(experiment, model, fold))
+pub fn oof(scope: impl Display, model: &str, fold: Fold) -> String {
+    format!("{}/oof.parquet", fold_dir(scope, model, fold))
 }
 
-pub fn test_predictions(experiment: &str, model: &str, fold: Fold) -> String {
-    format!("{}/test.parquet", fold_dir(experiment, model, fold))
+pub fn test_predictions(scope: impl Display, model: &str, fold: Fold) -> String {
+    format!("{}/test.parquet", fold_dir(scope, model, fold))
 }
 
 /// The train job's manifest (weights and history committed).
-pub fn trained(experiment: &str, model: &str, fold: Fold) -> String {
-    format!("{}/_TRAINED.json", fold_dir(experiment, model, fold))
+pub fn trained(scope: impl Display, model: &str, fold: Fold) -> String {
+    format!("{}/_TRAINED.json", fold_dir(scope, model, fold))
 }
 
 /// Prediction throughput of a fold model (`{images, views, seconds,
 /// images_per_sec, device}`), for inference budgets.
-pub fn predict_stats(experiment: &str, model: &str, fold: Fold) -> String {
-    format!("{}/predict_stats.json", fold_dir(experiment, model, fold))
+pub fn predict_stats(scope: impl Display, model: &str, fold: Fold) -> String {
+    format!("{}/predict_stats.json", fold_dir(scope, model, fold))
 }
 
 /// The predict job's manifest: the fold job is complete.
-pub fn success(experiment: &str, model: &str, fold: Fold) -> String {
-    format!("{}/_SUCCESS.json", fold_dir(experiment, model, fold))
+pub fn success(scope: impl Display, model: &str, fold: Fold) -> String {
+    format!("{}/_SUCCESS.json", fold_dir(scope, model, fold))
 }
 
 /// Images a fold job skipped (`image.on_bad_image = "skip"`), as JSON.
-pub fn skipped_images(experiment: &str, model: &str, fold: Fold) -> String {
-    format!("{}/skipped_images.json", fold_dir(experiment, model, fold))
+pub fn skipped_images(scope: impl Display, model: &str, fold: Fold) -> String {
+    format!("{}/skipped_images.json", fold_dir(scope, model, fold))
 }
 
-pub fn ensemble_dir(experiment: &str) -> String {
-    format!("runs/{experiment}/ensemble")
+pub fn ensemble_dir(scope: impl Display) -> String {
+    format!("runs/{scope}/ensemble")
 }
 
-pub fn ensemble_file(experiment: &str, name: &str) -> String {
-    format!("runs/{experiment}/ensemble/{name}")
+pub fn ensemble_file(scope: impl Display, name: &str) -> String {
+    format!("runs/{scope}/ensemble/{name}")
 }
 
-pub fn thresholds(experiment: &str) -> String {
-    ensemble_file(experiment, "thresholds.json")
+pub fn thresholds(scope: impl Display) -> String {
+    ensemble_file(scope, "thresholds.json")
 }
 
-pub fn report(experiment: &str) -> String {
-    ensemble_file(experiment, "report.json")
+pub fn report(scope: impl Display) -> String {
+    ensemble_file(scope, "report.json")
 }
 
-pub fn ensemble_oof(experiment: &str) -> String {
-    ensemble_file(experiment, "ensemble_oof.parquet")
+pub fn ensemble_oof(scope: impl Display) -> String {
+    ensemble_file(scope, "ensemble_oof.parquet")
 }
 
-pub fn ensemble_test(experiment: &str) -> String {
-    ensemble_file(experiment, "ensemble_test.parquet")
+pub fn ensemble_test(scope: impl Display) -> String {
+    ensemble_file(scope, "ensemble_test.parquet")
 }
 
-pub fn submission(experiment: &str) -> String {
-    ensemble_file(experiment, "submission.csv")
+pub fn submission(scope: impl Display) -> String {
+    ensemble_file(scope, "submission.csv")
 }
 
-pub fn plot(experiment: &str, name: &str) -> String {
-    format!("runs/{experiment}/ensemble/plots/{name}.png")
+pub fn plot(scope: impl Display, name: &str) -> String {
+    format!("runs/{scope}/ensemble/plots/{name}.png")
 }
 
-pub fn ensemble_success(experiment: &str) -> String {
-    ensemble_file(experiment, "_SUCCESS.json")
+pub fn ensemble_success(scope: impl Display) -> String {
+    ensemble_file(scope, "_SUCCESS.json")
+}
+
+/// A stage's edited training data: `dropped.parquet`, `pseudo.parquet`,
+/// `pseudo_targets.parquet`, `distill.json`.
+pub fn stage_data(scope: impl Display, name: &str) -> String {
+    format!("runs/{scope}/data/{name}")
+}
+
+/// The manifest of a stage's data edits.
+pub fn stage_data_success(scope: impl Display) -> String {
+    stage_data(scope, "_SUCCESS.json")
 }
 
 #[cfg(test)]
@@ -142,6 +183,9 @@ mod tests {
         assert_eq!(oof("exp", "resnet50", f), "runs/exp/models/resnet50/fold=3/oof.parquet");
         assert_eq!(checkpoint("exp", "m", f, 7), "runs/exp/models/m/fold=3/checkpoints/epoch=7.safetensors");
         assert_eq!(thresholds("exp"), "runs/exp/ensemble/thresholds.json");
+        let clean = Scope { experiment: "exp", stage: Some("clean") };
+        assert_eq!(oof(clean, "m", f), "runs/exp/stages/clean/models/m/fold=3/oof.parquet");
+        assert_eq!(stage_data(clean, "dropped.parquet"), "runs/exp/stages/clean/data/dropped.parquet");
         let id = ImageId::new("1000483014d91860").unwrap();
         assert_eq!(image(Split::Test, &id), "data/test/1000483014d91860.png");
     }

@@ -62,9 +62,24 @@ pub struct Manifest {
     pub job: JobId,
     pub spec_hash: String,
     pub outputs: Vec<OutputEntry>,
+    /// The committed jobs whose outputs this job read, each with the digest
+    /// of those outputs when it read them. A later change upstream makes
+    /// this job stale ([`JobRef::committed`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<InputEntry>,
     /// RFC 3339 time of the commit.
     pub created_at: String,
     pub imet_version: String,
+}
+
+/// An upstream job a job read from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputEntry {
+    /// The upstream job's manifest key.
+    pub manifest: String,
+    /// [`Manifest::digest`] of that manifest when it was read.
+    pub digest: String,
 }
 
 /// What [`Manifest::commit`] found.
@@ -83,9 +98,23 @@ impl Manifest {
             job,
             spec_hash: spec_hash.into(),
             outputs,
+            inputs: Vec::new(),
             created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             imet_version: env!("CARGO_PKG_VERSION").to_string(),
         }
+    }
+
+    /// sha256 over the keys and sha256 of every output: what a downstream
+    /// job records of this one.
+    pub fn digest(&self) -> String {
+        let mut h = Sha256::new();
+        for o in &self.outputs {
+            h.update(o.key.as_bytes());
+            h.update(b" ");
+            h.update(o.sha256.as_bytes());
+            h.update(b"\n");
+        }
+        hex::encode(h.finalize())
     }
 
     /// Writes the manifest at `key` unless one exists.
@@ -170,6 +199,34 @@ pub struct JobRef {
     /// Key of the job's manifest.
     pub manifest: String,
     pub spec_hash: String,
+    /// The upstream jobs whose outputs this job reads (beyond the
+    /// experiment's data and folds).
+    pub inputs: Vec<Upstream>,
+}
+
+/// An upstream job of a [`JobRef`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upstream {
+    /// Its manifest key.
+    pub manifest: String,
+    /// The command that commits it, for the error when it is missing.
+    pub command: String,
+    /// Whether the job refuses to run without it; an optional upstream is
+    /// recorded when committed (files a job can also read without their
+    /// manifest, such as members' predictions handed to an ensemble).
+    pub required: bool,
+}
+
+impl Upstream {
+    /// An upstream job that must be committed first.
+    pub fn required(manifest: String, command: String) -> Upstream {
+        Upstream { manifest, command, required: true }
+    }
+
+    /// An upstream job recorded when committed.
+    pub fn optional(manifest: String, command: String) -> Upstream {
+        Upstream { manifest, command, required: false }
+    }
 }
 
 /// What [`JobRef::run_once`] did.
@@ -188,8 +245,41 @@ impl JobRef {
     ///
     /// # Errors
     /// As [`Manifest::committed`].
+    ///
+    /// # Errors
+    /// Also [`Error::Stale`] when an upstream job it read was committed
+    /// again since, with other outputs.
     pub async fn committed(&self, store: &Store) -> Result<Option<Manifest>> {
-        Manifest::committed(store, &self.manifest, &self.spec_hash).await
+        let Some(m) = Manifest::committed(store, &self.manifest, &self.spec_hash).await? else { return Ok(None) };
+        for input in &m.inputs {
+            let now = Manifest::load(store, &input.manifest).await?.map(|u| u.digest());
+            if now.as_deref() != Some(input.digest.as_str()) {
+                return Err(Error::Stale { key: self.manifest.clone(), upstream: input.manifest.clone() });
+            }
+        }
+        Ok(Some(m))
+    }
+
+    /// The digests of the upstream manifests, each of which must be
+    /// committed.
+    ///
+    /// # Errors
+    /// [`Error::Usage`] naming the first upstream job not committed yet.
+    pub async fn read_inputs(&self, store: &Store) -> Result<Vec<InputEntry>> {
+        let mut out = Vec::new();
+        for up in &self.inputs {
+            let Some(m) = Manifest::load(store, &up.manifest).await? else {
+                if !up.required {
+                    continue;
+                }
+                return Err(Error::Usage(format!(
+                    "{} reads the outputs of `{}`, which is not committed yet; run `{}` first (`imet run` runs every job in order)",
+                    self.id, up.manifest, up.command
+                )));
+            };
+            out.push(InputEntry { manifest: up.manifest.clone(), digest: m.digest() });
+        }
+        Ok(out)
     }
 
     /// Skips the job when it is committed for this spec; otherwise runs
@@ -208,8 +298,10 @@ impl JobRef {
             tracing::info!(key = %self.manifest, job = %self.id, "already committed for this spec; skipping");
             return Ok(Ran::Skipped(done));
         }
+        let inputs = self.read_inputs(store).await?;
         let (outcome, outputs) = work().await?;
-        let manifest = Manifest::new(self.id.clone(), self.spec_hash.clone(), outputs);
+        let mut manifest = Manifest::new(self.id.clone(), self.spec_hash.clone(), outputs);
+        manifest.inputs = inputs;
         let commit = manifest.commit(store, &self.manifest).await?;
         if let CommitOutcome::AlreadyCommitted(_) = &commit {
             tracing::info!(key = %self.manifest, job = %self.id, "another run committed the same job first");
@@ -225,7 +317,7 @@ mod tests {
     #[tokio::test]
     async fn run_once_runs_then_skips_and_commits_nothing_on_failure() {
         let store = Store::memory();
-        let job = JobRef { id: job(), manifest: "_SUCCESS.json".into(), spec_hash: "h".into() };
+        let job = JobRef { id: job(), manifest: "_SUCCESS.json".into(), spec_hash: "h".into(), inputs: vec![] };
         let failed = job.run_once(&store, || async { Err::<((), Vec<OutputEntry>), _>(Error::Usage("boom".into())) }).await;
         assert!(failed.is_err());
         assert!(job.committed(&store).await.unwrap().is_none());
@@ -236,6 +328,30 @@ mod tests {
         assert!(matches!(job.run_once(&store, work).await.unwrap(), Ran::Done { outcome: 7, commit: CommitOutcome::Committed, .. }));
         let again = job.run_once(&store, || async { panic!("a committed job does not run") as Result<(i32, Vec<OutputEntry>)> }).await.unwrap();
         assert!(matches!(again, Ran::Skipped(m) if m.outputs.len() == 1));
+    }
+
+    #[tokio::test]
+    async fn a_job_goes_stale_when_what_it_read_is_committed_again() {
+        let store = Store::memory();
+        let up = JobRef { id: job(), manifest: "up/_SUCCESS.json".into(), spec_hash: "u".into(), inputs: vec![] };
+        let down = JobRef { id: job(), manifest: "down/_SUCCESS.json".into(), spec_hash: "d".into(), inputs: vec![Upstream::required(up.manifest.clone(), "imet up".into())] };
+        let err = down.run_once(&store, || async { Ok(((), vec![])) }).await.unwrap_err().to_string();
+        assert!(err.contains("up/_SUCCESS.json") && err.contains("not committed yet") && err.contains("imet up"), "{err}");
+        let write = |bytes: &'static [u8]| {
+            let store = store.clone();
+            async move {
+                store.put("up/out", bytes).await?;
+                Ok(((), vec![OutputEntry::of_bytes("up/out", bytes)]))
+            }
+        };
+        up.run_once(&store, || write(b"one")).await.unwrap();
+        down.run_once(&store, || async { Ok(((), vec![])) }).await.unwrap();
+        assert!(down.committed(&store).await.unwrap().is_some());
+        // Upstream is redone with other outputs: downstream is stale, by name.
+        store.delete("up/_SUCCESS.json").await.unwrap();
+        up.run_once(&store, || write(b"two")).await.unwrap();
+        let err = down.committed(&store).await.unwrap_err();
+        assert!(matches!(&err, Error::Stale { upstream, .. } if upstream == "up/_SUCCESS.json"), "{err}");
     }
 
     fn job() -> JobId {

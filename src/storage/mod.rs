@@ -11,5 +11,5 @@ pub mod store;
 
 pub use cache::{Cache, CacheOptions};
 pub use config::{open_file, read_file, root_to_url, StorageSection};
-pub use manifest::{CommitOutcome, JobId, JobRef, Manifest, OutputEntry, Ran};
+pub use manifest::{CommitOutcome, InputEntry, JobId, JobRef, Manifest, OutputEntry, Ran, Upstream};
 pub use store::{ObjectInfo, RetryPolicy, Store, StoreOptions};

@@ -477,6 +477,74 @@ pub async fn read_predictions(store: &Store, key: &str) -> Result<Predictions> {
 }
 
 // ---------------------------------------------------------------------------
+// Scored ids (a stage's data edits: dropped images, pseudo-labelled images)
+
+/// Image ids with one score each (an error, a confidence), and what they
+/// are in the metadata: `schemas/scored_ids.parquet.json`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScoredIds {
+    pub ids: Vec<ImageId>,
+    pub scores: Vec<f32>,
+    /// At least `what` (`dropped`, `pseudo_labels`) and `score` (what the
+    /// score measures); anything else the writer records.
+    pub meta: BTreeMap<String, String>,
+}
+
+/// The metadata keys every scored-ids file has.
+pub const SCORED_IDS_META_KEYS: [&str; 2] = ["score", "what"];
+
+pub fn scored_ids_schema() -> Schema {
+    Schema::new(vec![Field::new("id", DataType::Utf8, false), Field::new("score", DataType::Float32, false)])
+}
+
+/// Writes `ids` with their scores to `key`.
+///
+/// # Errors
+/// [`Error::Format`] when the lengths differ or a metadata key is missing;
+/// storage errors.
+pub async fn write_scored_ids(store: &Store, key: &str, s: &ScoredIds) -> Result<OutputEntry> {
+    let fmt = |reason: String| Error::Format { key: key.to_string(), what: "scored ids", reason };
+    if s.ids.len() != s.scores.len() {
+        return Err(fmt(format!("{} ids but {} scores", s.ids.len(), s.scores.len())));
+    }
+    if let Some(k) = SCORED_IDS_META_KEYS.iter().find(|k| !s.meta.contains_key(**k)) {
+        return Err(fmt(format!("metadata key `{k}` missing")));
+    }
+    let schema = Arc::new(scored_ids_schema());
+    let props = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?)).set_key_value_metadata(kv(&s.meta)).build();
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from_iter_values(s.ids.iter().map(|i| i.as_str()))),
+            Arc::new(Float32Array::from(s.scores.clone())),
+        ],
+    )?;
+    write_batches(store, key, schema, props, 1, one_batch(batch), &s.meta).await
+}
+
+/// Reads a file written by [`write_scored_ids`].
+///
+/// # Errors
+/// [`Error::Format`] naming `key` for a wrong column or missing metadata;
+/// [`Error::NotFound`] when absent.
+pub async fn read_scored_ids(store: &Store, key: &str) -> Result<ScoredIds> {
+    const WHAT: &str = "scored ids file";
+    let (_s, batches, meta) = read_all(store, key, WHAT).await?;
+    let fmt = |reason: String| Error::Format { key: key.to_string(), what: WHAT, reason };
+    if let Some(k) = SCORED_IDS_META_KEYS.iter().find(|k| !meta.contains_key(**k)) {
+        return Err(fmt(format!("metadata key `{k}` missing")));
+    }
+    let (mut ids, mut scores) = (Vec::new(), Vec::new());
+    for b in &batches {
+        ids_from(key, WHAT, column(key, WHAT, b, "id")?, &mut ids)?;
+        let c = column(key, WHAT, b, "score")?;
+        let c = c.as_primitive_opt::<Float32Type>().ok_or_else(|| fmt(format!("column `score` is {}, expected Float32", c.data_type())))?;
+        scores.extend_from_slice(c.values());
+    }
+    Ok(ScoredIds { ids, scores, meta })
+}
+
+// ---------------------------------------------------------------------------
 // Folds
 
 /// The metadata keys of `folds.parquet`.
@@ -558,9 +626,19 @@ pub struct EpochRecord {
     /// F2 per image at the best global threshold on the validation fold.
     pub valid_f2: f64,
     pub valid_threshold: f64,
+    /// The same over the culture attributes alone, and over the tags alone
+    /// (a phase that trains one group keeps the epoch best on it).
+    #[serde(default = "nan")]
+    pub valid_f2_culture: f64,
+    #[serde(default = "nan")]
+    pub valid_f2_tag: f64,
     pub lr: f64,
     pub train_images_per_sec: f64,
     pub seconds: f64,
+}
+
+fn nan() -> f64 {
+    f64::NAN
 }
 
 /// The metadata keys of `history.parquet`.
@@ -575,6 +653,8 @@ pub fn history_schema() -> Schema {
         f("valid_loss"),
         f("valid_f2"),
         f("valid_threshold"),
+        f("valid_f2_culture"),
+        f("valid_f2_tag"),
         f("lr"),
         f("train_images_per_sec"),
         f("seconds"),
@@ -608,6 +688,8 @@ pub async fn write_history(
             f64col(|r| r.valid_loss),
             f64col(|r| r.valid_f2),
             f64col(|r| r.valid_threshold),
+            f64col(|r| r.valid_f2_culture),
+            f64col(|r| r.valid_f2_tag),
             f64col(|r| r.lr),
             f64col(|r| r.train_images_per_sec),
             f64col(|r| r.seconds),
@@ -640,6 +722,9 @@ pub async fn read_history(store: &Store, key: &str) -> Result<Vec<EpochRecord>> 
             f64s("train_images_per_sec")?,
             f64s("seconds")?,
         );
+        // Histories written before the per-group columns read as NaN there.
+        let group = |name: &str| if b.column_by_name(name).is_some() { f64s(name) } else { Ok(vec![f64::NAN; b.num_rows()]) };
+        let (vc, vg) = (group("valid_f2_culture")?, group("valid_f2_tag")?);
         for i in 0..b.num_rows() {
             out.push(EpochRecord {
                 epoch: epoch.value(i),
@@ -648,6 +733,8 @@ pub async fn read_history(store: &Store, key: &str) -> Result<Vec<EpochRecord>> 
                 valid_loss: vl[i],
                 valid_f2: vf[i],
                 valid_threshold: vt[i],
+                valid_f2_culture: vc[i],
+                valid_f2_tag: vg[i],
                 lr: lr[i],
                 train_images_per_sec: ips[i],
                 seconds: s[i],
@@ -730,7 +817,7 @@ mod tests {
             train_loss: 0.5,
             valid_loss: 0.4,
             valid_f2: 0.3,
-            valid_threshold: 0.2,
+            valid_threshold: 0.2, valid_f2_culture: 0.25, valid_f2_tag: 0.5,
             lr: 1e-3,
             train_images_per_sec: 10.0,
             seconds: 1.5,

@@ -45,20 +45,17 @@ pub struct TrainSection {
     /// Use at most this many training images per epoch (smoke runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit_images: Option<usize>,
-    /// R2 stage 2 / R3: drop this fraction of training images whose OOF
-    /// prediction disagrees most with their labels.
+    /// Refused: a stage's `drop_noisy` (`[[stages]]`) does this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drop_noisy: Option<f64>,
     /// R2 stage 2: each epoch also visits this fraction of the training
     /// images once more: those with the highest loss in the epoch before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hard_negative_mining: Option<f64>,
-    /// R2 stage 3 / R3: add this fraction of the most confident test
-    /// predictions as pseudo-labels.
+    /// Refused: a stage's `pseudo_labels` (`[[stages]]`) does this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pseudo_labels: Option<f64>,
-    /// Knowledge distillation: the ensemble experiment whose predictions
-    /// become soft targets.
+    /// Refused: a stage's `distill` (`[[stages]]`) does this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub distill_from: Option<String>,
     /// Which epoch checkpoints are kept while training and once the job is
@@ -396,9 +393,16 @@ impl TrainSection {
     }
 
     fn validate_data_edits(&self, at: &dyn Fn(&str) -> String) -> Result<(), String> {
-        let unsupported = |field: &str, element: &str| Err(format!("{}: not supported yet: {element}", at(field)));
+        // Edits that need predictions the job has not made yet belong to a
+        // later stage, which reads an earlier stage's ensemble.
+        let moved = |field: &str, example: &str| {
+            Err(format!(
+                "{}: a stage setting now: add a `[[stages]]` table with `{example}`, which reads an earlier stage's ensemble (see docs/recipes.md)",
+                at(field)
+            ))
+        };
         if self.drop_noisy.is_some() {
-            return unsupported("drop_noisy", "dropping noisy training labels by OOF disagreement");
+            return moved("drop_noisy", "drop_noisy = { fraction = 0.05 }");
         }
         if let Some(f) = self.hard_negative_mining {
             if !(f > 0.0 && f <= 0.5) {
@@ -406,10 +410,10 @@ impl TrainSection {
             }
         }
         if self.pseudo_labels.is_some() {
-            return unsupported("pseudo_labels", "pseudo-labelling from test predictions");
+            return moved("pseudo_labels", "pseudo_labels = { fraction = 0.1 }");
         }
         if self.distill_from.is_some() {
-            return unsupported("distill_from", "knowledge distillation");
+            return moved("distill_from", "distill = { weight = 0.5 }");
         }
         Ok(())
     }

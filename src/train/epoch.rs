@@ -4,11 +4,11 @@
 //! Works on tensors and the loader; reads and writes no store keys.
 
 use super::amp::GradScaler;
-use super::loss::loss;
+use super::loss::{loss, per_image};
 use super::optim::{clip_grad_norm, Optimizer};
 use super::schedule::lr_factor;
 use crate::data::metric::LabelSets;
-use crate::ids::AttributeId;
+use crate::ids::{AttributeId, Group};
 use crate::error::{Error, Result};
 use super::config::{LossSpec, MixupSpec, PhaseSpec};
 use crate::fold_job::{predict_probs, DeviceSetup};
@@ -17,7 +17,7 @@ use crate::image::mix::{mixup, smooth_labels};
 use crate::model::Network;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tch::{Device, Kind, Reduction, Tensor};
+use tch::{Device, Tensor};
 
 /// What one phase trains with.
 pub struct PhaseSetup<'a> {
@@ -101,9 +101,8 @@ pub fn train_epoch(
         }
         let logits = dev.forward(net, &xs, true)?;
         if setup.track_items {
-            let per_image = tch::no_grad(|| {
-                logits.binary_cross_entropy_with_logits::<Tensor>(&ys, None, None, Reduction::None).mean_dim([1i64].as_slice(), false, Kind::Float)
-            });
+            // Hard examples are ranked by the loss being trained.
+            let per_image = tch::no_grad(|| per_image(&setup.loss, &logits, &ys, setup.mask.as_ref()));
             let per_image = Vec::<f32>::try_from(&per_image.to_device(Device::Cpu))?;
             item_losses.extend(batch.indices.iter().copied().zip(per_image));
         }
@@ -169,6 +168,10 @@ pub struct Validation {
     pub loss: f64,
     pub f2: f64,
     pub threshold: f64,
+    /// F2 at the best global threshold over the culture attributes alone,
+    /// and over the tags alone.
+    pub f2_culture: f64,
+    pub f2_tag: f64,
     /// Row-major `[images, classes]` probabilities, in loader order.
     pub probs: Vec<f32>,
 }
@@ -179,10 +182,30 @@ pub struct Validation {
 ///
 /// # Errors
 /// As [`predict_probs`].
-pub fn validate(net: &mut Network, dev: &DeviceSetup, batches: Epoch, labels: &[Vec<AttributeId>], classes: usize) -> Result<Validation> {
+pub fn validate(net: &mut Network, dev: &DeviceSetup, batches: Epoch, labels: &[Vec<AttributeId>], groups: &[Group]) -> Result<Validation> {
+    let classes = groups.len();
     let (probs, loss) = predict_probs(net, dev, batches)?;
     let (f2, threshold) = best_global_f2(&probs, classes, labels);
-    Ok(Validation { loss, f2, threshold, probs })
+    let f2_culture = group_f2(&probs, labels, groups, Group::Culture);
+    let f2_tag = group_f2(&probs, labels, groups, Group::Tag);
+    Ok(Validation { loss, f2, threshold, f2_culture, f2_tag, probs })
+}
+
+/// F2 at the best global threshold over the attributes of `group` alone.
+pub fn group_f2(probs: &[f32], labels: &[Vec<AttributeId>], groups: &[Group], group: Group) -> f64 {
+    let columns: Vec<usize> = (0..groups.len()).filter(|&c| groups[c] == group).collect();
+    if columns.is_empty() || labels.is_empty() {
+        return f64::NAN;
+    }
+    let mut position = vec![u16::MAX; groups.len()];
+    for (i, &c) in columns.iter().enumerate() {
+        position[c] = i as u16;
+    }
+    let classes = groups.len();
+    let sub: Vec<f32> = probs.chunks(classes).flat_map(|row| columns.iter().map(move |&c| row[c])).collect();
+    let sub_labels: Vec<Vec<AttributeId>> =
+        labels.iter().map(|r| r.iter().filter(|a| position[a.0 as usize] != u16::MAX).map(|a| AttributeId(position[a.0 as usize])).collect()).collect();
+    best_global_f2(&sub, columns.len(), &sub_labels).0
 }
 
 /// Candidate thresholds of validation: `j / 100`.

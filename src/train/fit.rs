@@ -45,8 +45,8 @@ impl Resume {
     /// checkpoint errors.
     pub async fn find(store: &Store, job: &TrainJob) -> Result<Option<Resume>> {
         let f = &job.fold;
-        let key_of = |e: u32| keys::checkpoint(&f.experiment, &f.model, f.fold, e);
-        let prefix = keys::checkpoints(&f.experiment, &f.model, f.fold);
+        let key_of = |e: u32| keys::checkpoint(f.scope(), &f.model, f.fold, e);
+        let prefix = keys::checkpoints(f.scope(), &f.model, f.fold);
         let Some((key, checkpoint)) = checkpoint::latest(store, &prefix, key_of, &f.spec_hash).await? else { return Ok(None) };
         let s = &checkpoint.state;
         let best = if s.best_epoch > 0 && s.best_epoch != s.epochs_done {
@@ -82,6 +82,8 @@ pub struct Fit {
     valid_items: Vec<Item>,
     /// Per phase, the `[classes]` 0/1 mask of the labels it learns.
     masks: Vec<Option<Vec<f32>>>,
+    /// Each class's group.
+    groups: Vec<Group>,
     handle: tokio::runtime::Handle,
 }
 
@@ -102,6 +104,7 @@ impl Fit {
         Ok(Fit {
             pipeline: job.pipeline()?,
             masks: job.train.phases.iter().map(|p| mask(p.labels)).collect(),
+            groups: groups.to_vec(),
             job: job.clone(),
             store: store.clone(),
             classes,
@@ -149,8 +152,8 @@ impl Fit {
             }
             let (_, opt) = optimizer.as_mut().expect("set above");
             let record = self.epoch(&mut net, &dev, &loaders, opt, &mut scaler, &mut state, (e, pi, epoch_in_phase), &label)?;
+            let improved = improves(&record, &state, phase.labels);
             state.history.push(record);
-            let improved = state.history.last().is_some_and(|r| r.valid_f2 > state.best_f2);
             if improved {
                 state.best_f2 = state.history.last().map_or(f64::NAN, |r| r.valid_f2);
                 state.best_epoch = e + 1;
@@ -307,7 +310,7 @@ impl Fit {
         if let Some(fraction) = train.hard_negative_mining {
             state.hard = sampling::hardest(&totals.item_losses, fraction, loaders.n_train);
         }
-        let v = epoch::validate(net, dev, loaders.valid.epoch(0), &loaders.valid_labels, self.classes)?;
+        let v = epoch::validate(net, dev, loaders.valid.epoch(0), &loaders.valid_labels, &self.groups)?;
         if !v.loss.is_finite() {
             warn!(
                 epoch = e + 1,
@@ -328,7 +331,7 @@ impl Fit {
             return Ok(bytes);
         }
         let (key, ck) = stored.ok_or_else(|| Error::Checkpoint {
-            key: keys::checkpoint(&self.job.fold.experiment, &self.job.fold.model, self.job.fold.fold, state.best_epoch),
+            key: keys::checkpoint(self.job.fold.scope(), &self.job.fold.model, self.job.fold.fold, state.best_epoch),
             message: "the best epoch's checkpoint was not read before resuming".into(),
         })?;
         match net {
@@ -358,6 +361,8 @@ fn record(e: u32, phase: String, totals: &TrainTotals, v: &Validation, started: 
         valid_loss: v.loss,
         valid_f2: v.f2,
         valid_threshold: v.threshold,
+        valid_f2_culture: v.f2_culture,
+        valid_f2_tag: v.f2_tag,
         lr: totals.lr,
         train_images_per_sec: totals.images as f64 / totals.seconds.max(1e-9),
         seconds: started.elapsed().as_secs_f64(),
@@ -374,6 +379,25 @@ fn record(e: u32, phase: String, totals: &TrainTotals, v: &Validation, started: 
         "epoch done"
     );
     record
+}
+
+/// Whether `record` beats the kept epoch on the labels its phase trains: a
+/// phase over every label compares F2 over every label; a tags-only (or
+/// cultures-only) phase compares F2 over that group, so it keeps its best
+/// epoch even where the other group got worse.
+fn improves(record: &EpochRecord, state: &LoopState, labels: LabelScope) -> bool {
+    let score = |r: &EpochRecord| match labels {
+        LabelScope::All => r.valid_f2,
+        LabelScope::Tags => r.valid_f2_tag,
+        LabelScope::Cultures => r.valid_f2_culture,
+    };
+    let kept = state.history.iter().find(|r| r.epoch == state.best_epoch);
+    match kept {
+        // An old record without group scores: the stored all-label best.
+        Some(k) if !score(k).is_nan() || labels == LabelScope::All => score(record) > score(k),
+        Some(_) => record.valid_f2 > state.best_f2,
+        None => score(record) > f64::NEG_INFINITY,
+    }
 }
 
 /// The TorchScript module a checkpoint holds.

@@ -56,13 +56,16 @@ pub struct TrainJob {
     pub predict_batch: usize,
     /// The job's seed ([`crate::seed::fold_job`]).
     pub seed: u64,
+    /// Start from this fold model of the job's store (an earlier stage's
+    /// `model.safetensors`) instead of `network.weights`.
+    pub init_from: Option<String>,
 }
 
 impl TrainJob {
     /// The job as the store sees it (`_TRAINED.json`).
     pub fn job_ref(&self) -> JobRef {
         let f = &self.fold;
-        JobRef { id: f.job_id("train"), manifest: keys::trained(&f.experiment, &f.model, f.fold), spec_hash: f.spec_hash.clone() }
+        JobRef { id: f.job_id("train"), manifest: keys::trained(f.scope(), &f.model, f.fold), spec_hash: f.spec_hash.clone(), inputs: f.inputs.clone() }
     }
 
     /// The training augmentations, or the evaluation resize when none are
@@ -135,7 +138,7 @@ async fn run_inner(store: &Store, job: &TrainJob) -> Result<TrainOutcome> {
     let ran = job.job_ref().run_once(store, || train(store, job)).await?;
     match ran {
         Ran::Skipped(done) => {
-            let history = read_history(store, &keys::history(&f.experiment, &f.model, f.fold)).await?;
+            let history = read_history(store, &keys::history(f.scope(), &f.model, f.fold)).await?;
             let best = history.iter().fold(None::<&EpochRecord>, |b, r| if b.is_none_or(|b| r.valid_f2 > b.valid_f2) { Some(r) } else { b });
             Ok(outcome(true, best, 0, None, done.outputs))
         }
@@ -166,10 +169,15 @@ async fn train(store: &Store, job: &TrainJob) -> Result<(fit::Trained, Vec<Outpu
         });
     }
     let resume = fit::Resume::find(store, job).await?;
-    let init_weights = match (&resume, &job.network.weights) {
-        (None, Some(url)) => Some((url.clone(), fetch_weights(url).await?)),
-        _ => None,
+    let init_weights = match (&resume, &job.init_from, &job.network.weights) {
+        (Some(_), _, _) => None,
+        (None, Some(key), _) => Some((format!("{}/{key}", store.url().trim_end_matches('/')), store.get(key).await?)),
+        (None, None, Some(url)) => Some((url.clone(), fetch_weights(url).await?)),
+        (None, None, None) => None,
     };
+    if data.dropped > 0 || data.pseudo > 0 {
+        info!(dropped = data.dropped, pseudo_labelled = data.pseudo, train = data.train.len(), "training data edited by the stage");
+    }
     let sink = sink::Sink::start(store.clone(), f.clone(), job.train.checkpoints);
     let ctx = fit::Fit::new(job, store, classes, data.train, data.valid, data.inputs.vocab.groups())?;
     let span = tracing::Span::current();
@@ -178,14 +186,14 @@ async fn train(store: &Store, job: &TrainJob) -> Result<(fit::Trained, Vec<Outpu
     // The writer's error comes first: a loop stopped by it only says so.
     let history_entry = sink.finish().await?;
     let trained = fitted?;
-    let weights_key = keys::weights(&f.experiment, &f.model, f.fold);
+    let weights_key = keys::weights(f.scope(), &f.model, f.fold);
     let mut outputs = vec![OutputEntry::of_bytes(&weights_key, &trained.weights)];
     store.put(&weights_key, trained.weights.clone()).await?;
     outputs.push(match history_entry {
         Some(entry) => entry,
         // Resumed after the last epoch: the history once more, for the manifest.
         None => {
-            let key = keys::history(&f.experiment, &f.model, f.fold);
+            let key = keys::history(f.scope(), &f.model, f.fold);
             crate::storage::parquet::write_history(store, &key, &trained.history, &f.experiment, &f.model, f.fold, &f.spec_hash).await?
         }
     });

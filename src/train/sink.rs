@@ -90,9 +90,9 @@ impl Sink {
 /// Checkpoint, history, then pruning: a checkpoint is complete before any
 /// older one is deleted.
 async fn write_epoch(store: &Store, job: &FoldJob, policy: CheckpointPolicy, done: EpochDone) -> Result<OutputEntry> {
-    let (exp, model, fold) = (&job.experiment, &job.model, job.fold);
-    store.put(&keys::checkpoint(exp, model, fold, done.epoch), done.checkpoint).await?;
-    let entry = write_history(store, &keys::history(exp, model, fold), &done.history, exp, model, fold, &job.spec_hash).await?;
+    let (scope, model, fold) = (job.scope(), &job.model, job.fold);
+    store.put(&keys::checkpoint(scope, model, fold, done.epoch), done.checkpoint).await?;
+    let entry = write_history(store, &keys::history(scope, model, fold), &done.history, &job.experiment, model, fold, &job.spec_hash).await?;
     if let Some(keep) = policy.while_training(done.epoch, done.best_epoch) {
         prune(store, job, &keep).await?;
     }
@@ -104,6 +104,6 @@ async fn write_epoch(store: &Store, job: &FoldJob, policy: CheckpointPolicy, don
 /// # Errors
 /// Storage errors.
 pub async fn prune(store: &Store, job: &FoldJob, keep: &[u32]) -> Result<()> {
-    let (exp, model, fold) = (&job.experiment, &job.model, job.fold);
-    checkpoint::prune(store, &keys::checkpoints(exp, model, fold), |e| keys::checkpoint(exp, model, fold, e), keep).await
+    let (scope, model, fold) = (job.scope(), &job.model, job.fold);
+    checkpoint::prune(store, &keys::checkpoints(scope, model, fold), |e| keys::checkpoint(scope, model, fold, e), keep).await
 }

@@ -126,7 +126,7 @@ async fn every_blend_runs_end_to_end_and_writes_every_output() {
     ] {
         let store = Store::memory();
         let fx = fixture(&store, spec(exp, extra)).await;
-        let summary = ensemble::run(&store, &imet::jobs::ensemble_job(&fx.spec).unwrap()).await.unwrap();
+        let summary = ensemble::run(&store, &imet::jobs::ensemble_job(&fx.spec, None).unwrap()).await.unwrap();
         assert!(!summary.skipped);
         assert!(summary.cv_f2 > 0.5, "{exp}: CV F2 {}", summary.cv_f2);
         for key in [
@@ -175,7 +175,7 @@ async fn every_blend_runs_end_to_end_and_writes_every_output() {
         assert!((0..sets.len()).all(|i| !sets.row(i).is_empty()), "at least one label per image");
 
         // A rerun with the same spec is skipped.
-        assert!(ensemble::run(&store, &imet::jobs::ensemble_job(&fx.spec).unwrap()).await.unwrap().skipped);
+        assert!(ensemble::run(&store, &imet::jobs::ensemble_job(&fx.spec, None).unwrap()).await.unwrap().skipped);
     }
 }
 
@@ -209,7 +209,7 @@ async fn bad_member_files_fail_before_any_output_naming_file_and_first_bad_id() 
         let fx = fixture(&store, spec(exp, "")).await;
         let before = pq::read_predictions(&store, &key).await.unwrap();
         edit(&store, &key, |p| change(p)).await;
-        let err = ensemble::run(&store, &imet::jobs::ensemble_job(&fx.spec).unwrap()).await.unwrap_err().to_string();
+        let err = ensemble::run(&store, &imet::jobs::ensemble_job(&fx.spec, None).unwrap()).await.unwrap_err().to_string();
         let bad_id = match name {
             "nan" => before.ids[3].to_string(),
             "above one" => before.ids[4].to_string(),
@@ -226,7 +226,7 @@ async fn bad_member_files_fail_before_any_output_naming_file_and_first_bad_id() 
     let store = Store::memory();
     let fx = fixture(&store, spec(exp, "")).await;
     store.delete(&keys::test_predictions(exp, "beta", Fold(4))).await.unwrap();
-    let err = ensemble::run(&store, &imet::jobs::ensemble_job(&fx.spec).unwrap()).await.unwrap_err().to_string();
+    let err = ensemble::run(&store, &imet::jobs::ensemble_job(&fx.spec, None).unwrap()).await.unwrap_err().to_string();
     assert!(err.contains("fold=4/test.parquet") && err.contains("imet predict"), "{err}");
 }
 
@@ -257,7 +257,7 @@ async fn thresholds_and_submission_follow_their_contracts_in_schemas() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&format!("file://{}", dir.path().display())).unwrap();
     let fx = fixture(&store, spec("contract", "")).await;
-    ensemble::run(&store, &imet::jobs::ensemble_job(&fx.spec).unwrap()).await.unwrap();
+    ensemble::run(&store, &imet::jobs::ensemble_job(&fx.spec, None).unwrap()).await.unwrap();
     common::assert_matches_json_schema("thresholds.schema.json", &dir.path().join(keys::thresholds("contract")));
     let schemas = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas");
     let sub = dir.path().join(keys::submission("contract"));

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 #[test]
 fn every_sample_png_decodes_to_rgb_with_its_header_size() {
-    let p = plan(&SampleSection { train: 120, test: 1, classes: 30, seed: 21 }).unwrap();
+    let p = plan(&SampleSection { train: 120, test: 1, classes: 30, seed: 21, noise: 0.0 }).unwrap();
     let mut colour_types = std::collections::HashSet::new();
     for r in &p.train {
         let png = p.render(r, Split::Train).unwrap();
@@ -30,7 +30,7 @@ fn every_sample_png_decodes_to_rgb_with_its_header_size() {
 async fn the_loader_reads_a_file_store_through_the_cache() {
     let dir = tempfile::tempdir().unwrap();
     let root = format!("file://{}", dir.path().join("root").display());
-    let section = SampleSection { train: 40, test: 2, classes: 10, seed: 4 };
+    let section = SampleSection { train: 40, test: 2, classes: 10, seed: 4, noise: 0.0 };
     imet::data::sample::generate(&Store::open(&root).unwrap(), &section).await.unwrap();
     // Corrupt one image to exercise skipping.
     let inputs = imet::data::load_inputs(&Store::open(&root).unwrap()).await.unwrap();
@@ -39,7 +39,7 @@ async fn the_loader_reads_a_file_store_through_the_cache() {
 
     let cache = CacheOptions { dir: dir.path().join("cache"), max_bytes: 1 << 30 };
     let store = Store::open_with(&root, StoreOptions { cache: Some(cache), ..Default::default() }).unwrap();
-    let items: Vec<Item> = inputs.train.ids.iter().zip(&inputs.train.labels).map(|(id, l)| Item { key: keys::image(Split::Train, id), id: id.clone(), labels: l.clone() }).collect();
+    let items: Vec<Item> = inputs.train.ids.iter().zip(&inputs.train.labels).map(|(id, l)| Item::new(keys::image(Split::Train, id), id.clone(), l.clone())).collect();
     let pipe = Pipeline(vec![
         Transform::RandomResizedCrop(RandomResizedCrop { size: 64, scale: (0.4, 1.0), ratio: (0.75, 4.0 / 3.0) }),
         Transform::Hflip(Prob { p: 0.5 }),

@@ -87,7 +87,7 @@ async fn history_writer_matches_its_contract() {
         train_loss: 0.1,
         valid_loss: 0.2,
         valid_f2: 0.3,
-        valid_threshold: 0.2,
+        valid_threshold: 0.2, valid_f2_culture: 0.25, valid_f2_tag: 0.5,
         lr: 0.01,
         train_images_per_sec: 5.0,
         seconds: 2.0,

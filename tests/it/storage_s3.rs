@@ -77,7 +77,7 @@ async fn round_trip_every_data_product(server: &S3Server) {
         train_loss: 0.7,
         valid_loss: 0.6,
         valid_f2: 0.2,
-        valid_threshold: 0.1,
+        valid_threshold: 0.1, valid_f2_culture: 0.25, valid_f2_tag: 0.5,
         lr: 0.005,
         train_images_per_sec: 100.0,
         seconds: 60.0,
