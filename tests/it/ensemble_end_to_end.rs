@@ -303,3 +303,83 @@ async fn eval_scores_a_predictions_file_against_train_csv() {
     assert!(v["culture"]["samples"]["f"].is_number() && v["best_global_f2"].as_f64().unwrap() >= want - 0.02);
     let _ = USED;
 }
+
+/// R1's "10 folds, averaged over 9": with `test_folds` leaving fold 4 out,
+/// the test blend is the mean over folds 0-3 alone; fold 4's test
+/// predictions (set to 1.0 everywhere here) leave no trace in it.
+#[tokio::test]
+async fn the_left_out_fold_is_absent_from_the_test_average() {
+    let store = Store::memory();
+    let fx = fixture(&store, spec("leftout", "blend = \"mean\"\ntest_folds = [0, 1, 2, 3]\n")).await;
+    let exp = &fx.spec.experiment;
+    let mut expected = vec![0f32; NT * 1103];
+    for model in ["alpha", "beta"] {
+        let key = keys::test_predictions(exp, model, Fold(4));
+        let mut p = pq::read_predictions(&store, &key).await.unwrap();
+        p.probs.iter_mut().for_each(|v| *v = 1.0);
+        pq::write_predictions(&store, &key, &p).await.unwrap();
+        for f in 0..4 {
+            let p = pq::read_predictions(&store, &keys::test_predictions(exp, model, Fold(f))).await.unwrap();
+            for (e, v) in expected.iter_mut().zip(&p.probs) {
+                *e += v / 8.0;
+            }
+        }
+    }
+    ensemble::run(&store, &imet::jobs::ensemble_job(&fx.spec, None).unwrap()).await.unwrap();
+    let blend = pq::read_predictions(&store, &keys::ensemble_test(exp)).await.unwrap();
+    let worst = blend.probs.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(worst < 1e-5, "the test blend differs from the mean over folds 0-3 by {worst}");
+    let report = json(&store, &keys::report(exp)).await;
+    assert_eq!(report["blend"]["test_folds"], serde_json::json!([0, 1, 2, 3]));
+}
+
+/// R4's members on disjoint fold subsets: each OOF row is blended over the
+/// members that cover it, thresholds are fitted on the covered rows only,
+/// and the report states the coverage.
+#[tokio::test]
+async fn members_on_fold_subsets_blend_each_row_over_the_members_that_cover_it() {
+    let text = format!(
+        "experiment = \"subsets\"\n[storage]\nroot = \"memory://\"\n[folds]\nk = {K}\n\
+         [[models]]\nname = \"alpha\"\nfolds = [0, 1]\narch = \"resnet18\"\nsize = 64\n\
+         train = {{ batch_size = 8, phases = [{{ epochs = 1, optimizer = {{ kind = \"sgd\", lr = 0.1 }} }}] }}\n\
+         [[models]]\nname = \"beta\"\nfolds = [\"1-2\"]\narch = \"resnet18\"\nsize = 64\n\
+         train = {{ batch_size = 8, phases = [{{ epochs = 1, optimizer = {{ kind = \"sgd\", lr = 0.1 }} }}] }}\n\
+         [ensemble]\nmembers = [\"alpha\", \"beta\"]\nblend = \"mean\"\n"
+    );
+    let spec = JobSpec::parse("subsets.toml", &text).unwrap();
+    let store = Store::memory();
+    let fx = fixture(&store, spec).await;
+    let exp = &fx.spec.experiment;
+    // Folds 3 and 4 are nobody's: their files must not be read.
+    for model in ["alpha", "beta"] {
+        for f in [3u8, 4] {
+            store.delete(&keys::oof(exp, model, Fold(f))).await.unwrap();
+            store.delete(&keys::test_predictions(exp, model, Fold(f))).await.unwrap();
+        }
+    }
+    store.delete(&keys::oof(exp, "alpha", Fold(2))).await.unwrap();
+    store.delete(&keys::oof(exp, "beta", Fold(0))).await.unwrap();
+    let job = imet::jobs::ensemble_job(&fx.spec, None).unwrap();
+    assert_eq!(job.folds_of("alpha"), [0, 1]);
+    ensemble::run(&store, &job).await.unwrap();
+    let blend = pq::read_predictions(&store, &keys::ensemble_oof(exp)).await.unwrap();
+    let covered: Vec<usize> = (0..N).filter(|i| i % K as usize <= 2).collect();
+    assert_eq!(blend.ids, covered.iter().map(|&i| fx.train.ids[i].clone()).collect::<Vec<_>>(), "only covered rows, in train.csv order");
+    // Fold 1 rows average both members; fold 0 rows are alpha's alone.
+    let member = |m: &'static str, f: u8| {
+        let store = store.clone();
+        async move { pq::read_predictions(&store, &keys::oof(exp, m, Fold(f))).await.unwrap() }
+    };
+    let (a0, a1, b1) = (member("alpha", 0).await, member("alpha", 1).await, member("beta", 1).await);
+    let row_of = |p: &Predictions, id: &ImageId| p.ids.iter().position(|x| x == id).unwrap();
+    let r0 = blend.ids.iter().position(|x| x == &a0.ids[0]).unwrap();
+    assert_eq!(blend.row(r0), a0.row(0));
+    let id1 = &a1.ids[0];
+    let r1 = blend.ids.iter().position(|x| x == id1).unwrap();
+    for c in 0..1103 {
+        let want = (a1.row(row_of(&a1, id1))[c] + b1.row(row_of(&b1, id1))[c]) / 2.0;
+        assert!((blend.row(r1)[c] - want).abs() < 1e-6);
+    }
+    let report = json(&store, &keys::report(exp)).await;
+    assert_eq!((report["train_images"].as_u64(), report["covered_images"].as_u64()), (Some(N as u64), Some(covered.len() as u64)));
+}

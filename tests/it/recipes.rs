@@ -13,19 +13,16 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-const NOISY: &str = "dropping noisy training labels by OOF disagreement";
-const PSEUDO: &str = "pseudo-labelling from test predictions";
 const LEVEL2: &str = "a second-level model over the members' predictions";
-const SUBSET: &str = "training a member on a subset of the folds";
 
 /// Each spec in jobs/ and the elements it names that are not built yet.
 fn expected() -> Vec<(&'static str, Vec<&'static str>)> {
     vec![
         ("sample.toml", vec![]),
         ("r1-pnasnet.toml", vec![]),
-        ("r2-first-place.toml", vec![NOISY, PSEUDO, LEVEL2]),
-        ("r3-second-place.toml", vec![NOISY, PSEUDO]),
-        ("r4-large-ensemble.toml", vec![SUBSET]),
+        ("r2-first-place.toml", vec![LEVEL2]),
+        ("r3-second-place.toml", vec![]),
+        ("r4-large-ensemble.toml", vec![]),
     ]
 }
 
@@ -34,8 +31,14 @@ fn jobs_dir() -> PathBuf {
 }
 
 /// Removes the field a validation message names (`models[m].train.x`,
-/// `ensemble.x`) from the spec's TOML.
+/// `ensemble.x`, `stages[s].ensemble.x`) from the spec's TOML.
 fn remove_field(doc: &mut toml::Table, path: &str) {
+    if let Some(r) = path.strip_prefix("stages[") {
+        let (name, rest) = r.split_once("].").expect("stages[name].field");
+        let stages = doc.get_mut("stages").and_then(|m| m.as_array_mut()).expect("[[stages]]");
+        let st = stages.iter_mut().find(|m| m.get("name").and_then(|n| n.as_str()) == Some(name)).expect("named stage");
+        return remove_field(st.as_table_mut().expect("stage table"), rest);
+    }
     let (table, rest): (&mut toml::Table, &str) = if let Some(r) = path.strip_prefix("models[") {
         let (name, rest) = r.split_once("].").expect("models[name].field");
         let models = doc.get_mut("models").and_then(|m| m.as_array_mut()).expect("[[models]]");
@@ -130,12 +133,25 @@ fn recipe_specs_state_their_key_elements() {
         assert!((20..=25).contains(&m.accumulation()), "{}: about 20 accumulation steps", m.name);
         assert!((1000..=1500).contains(&m.train.effective_batch.unwrap()), "{}: effective batch 1000-1500", m.name);
         assert_eq!(m.train.sampling, imet::train::config::Sampling::LogClassWeights);
-        assert!(m.train.phases.iter().any(|p| p.labels == imet::train::config::LabelScope::Tags));
+        assert_eq!(m.eval_resize, imet::image::EvalResize::CenterCrop, "{}: evaluation mirrors crop_if_needed", m.name);
     }
     assert_eq!(r2.models[1].size, 331);
+    let stages: Vec<&str> = r2.stages.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(stages, ["clean", "pseudo", "tags"]);
+    let (clean, pseudo, tags) = (&r2.stages[0], &r2.stages[1], &r2.stages[2]);
+    assert!(clean.drop_noisy.is_some() && clean.init == imet::spec::Init::Pretrained, "stage 2 drops noisy images and retrains from scratch");
+    assert!(clean.models.iter().all(|m| m.train.hard_negative_mining == Some(0.05)));
+    assert!(pseudo.pseudo_labels.as_ref().is_some_and(|p| p.confidence == imet::curate::Confidence::MeanMargin));
+    assert_eq!(tags.init, imet::spec::Init::Source, "stage 4 fine-tunes stage 3's models");
+    for m in &tags.models {
+        assert!(m.train.phases.iter().all(|p| p.labels == imet::train::config::LabelScope::Tags), "{}: tags only", m.name);
+    }
+    assert_eq!(tags.ensemble.groups.culture.as_deref(), Some("pseudo"));
 
     let r3 = load("r3-second-place.toml");
     assert_eq!(r3.folds.k, 6);
+    let clean = &r3.stages[0];
+    assert!(clean.drop_noisy.is_some() && clean.pseudo_labels.is_some(), "cleaning + pseudo-labelling");
     for m in &r3.models {
         assert!(m.partial_conv && m.train.mixup.is_some() && m.train.label_smoothing > 0.0);
         assert_eq!(m.accumulation() * m.train.batch_size, 512);
@@ -146,6 +162,9 @@ fn recipe_specs_state_their_key_elements() {
     assert_eq!(r4.folds.k, 40);
     let e = r4.ensemble.as_ref().unwrap();
     assert_eq!((e.ratio, e.ratio_max_labels, e.labels), (7.0, 10, [1, 10]));
+    let folds: Vec<Vec<u8>> = r4.models.iter().map(|m| m.fold_list(40)).collect();
+    assert_eq!(folds, [(0..10).collect::<Vec<u8>>(), (10..15).collect(), (15..20).collect()], "10, 5 and 5 fold-models");
+    assert!(r4.models.iter().all(|m| m.eval_resize == imet::image::EvalResize::PadCenterCrop));
 }
 
 fn imet() -> Command {
