@@ -76,6 +76,9 @@ pub enum Error {
     #[error("image `{key}` is {kind}: {reason}; replace the object, or set `image.on_bad_image = \"skip\"` in the spec to train without it")]
     BadImage { key: String, kind: crate::image::BadImageKind, reason: String },
 
+    #[error(transparent)]
+    Shard(#[from] crate::shards::ShardError),
+
     #[error("augmentation `{transform}`: {message}")]
     Augment { transform: &'static str, message: String },
 

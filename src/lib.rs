@@ -24,6 +24,7 @@ pub mod telemetry;
 pub mod storage;
 pub mod data;
 pub mod image;
+pub mod shards;
 pub mod model;
 pub mod train;
 pub mod predict;
