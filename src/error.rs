@@ -79,6 +79,9 @@ pub enum Error {
     #[error("image `{key}` is {kind}: {reason}; replace the object, or set `image.on_bad_image = \"skip\"` in the spec to train without it")]
     BadImage { key: String, kind: BadImageKind, reason: String },
 
+    #[error(transparent)]
+    Shard(#[from] ShardError),
+
     #[error("augmentation `{transform}`: {message}")]
     Augment { transform: &'static str, message: String },
 
@@ -193,3 +196,25 @@ pub fn is_transient(err: &object_store::Error) -> bool {
     }
 }
 
+/// Why a shard set cannot be used. Every variant names the object and the
+/// image at fault; none of them is ever skipped silently.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    #[error("shard `{shard}` is truncated: the index says {expected} bytes, the store has {found}; image `{id}` lies past the end; rebuild the shard set (the shard's images are still under data/) or restore the object")]
+    Truncated { shard: String, expected: u64, found: u64, id: String },
+
+    #[error("shard `{shard}`: the bytes of image `{id}` (offset {offset}, {length} bytes) have CRC32C {found:08x}, index `{index}` says {expected:08x}; the shard and its index disagree: rebuild the shard set")]
+    Checksum { index: String, shard: String, id: String, offset: u64, length: u64, expected: u32, found: u32 },
+
+    #[error("shard `{shard}` has sha256 {found}, index `{index}` says {expected}; the shard was changed after the set was built: rebuild the shard set")]
+    ShardHash { index: String, shard: String, expected: String, found: String },
+
+    #[error("image `{id}` is not in shard set `{index}` ({missing} of the requested ids are missing); build the shard set from the same data/train.csv and data/sample_submission.csv as the spec")]
+    MissingId { index: String, id: String, missing: usize },
+
+    #[error("shard set `{index}` was built from `{file}` with sha256 {built}, but the store's `{file}` has sha256 {found}; a shard set built from other data is never used: rebuild it for this data")]
+    OtherData { index: String, file: String, built: String, found: String },
+
+    #[error("`{key}` is not a valid shard index: {reason}; rebuild the shard set")]
+    BadIndex { key: String, reason: String },
+}

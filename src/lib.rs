@@ -26,7 +26,7 @@
 //! | 1 | `storage` | stores, keys, manifests, Parquet, cache |
 //! | 2 | `data` | vocabulary, annotations, folds, the synthetic sample, F2 |
 //! | 3 | `image` | decode, augment, load |
-//! | 4 | `model` | networks from bytes |
+//! | 4 | `model`, `shards` | networks from bytes; image shards for cloud reads |
 //! | 5 | `fold_job` | what train and predict share |
 //! | 6 | `train`, `predict` | the fold jobs |
 //! | 7 | `ensemble` | blends, thresholds, submission |
@@ -45,6 +45,7 @@ pub mod storage;
 pub mod data;
 pub mod image;
 pub mod model;
+pub mod shards;
 pub mod fold_job;
 pub mod train;
 pub mod predict;

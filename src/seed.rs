@@ -66,6 +66,12 @@ pub fn mixup(job: u64, epoch: u32) -> u64 {
     splitmix(job ^ 0x6d69_7875_70 ^ splitmix(epoch as u64))
 }
 
+/// The draws of a shard-set epoch: `stage` 0 orders the shards, 1 the
+/// shuffle buffer.
+pub fn shard_epoch(seed: u64, epoch: u64, stage: u64) -> u64 {
+    splitmix(seed ^ splitmix(epoch ^ splitmix(0x5ba2_d000 + stage)))
+}
+
 /// The draws of the `n`-th random test-time view (1-based).
 pub fn tta_view(seed: u64, n: u32) -> u64 {
     splitmix(seed ^ (n as u64 + 1).wrapping_mul(0x9E37))

@@ -1,9 +1,14 @@
 //! Smoke specs (orchestrate stage): derives from a recipe's spec a tiny
 //! experiment that exercises its whole DAG in CI on a CPU: the synthetic
 //! sample, at most 3 folds, every model at a tiny input size, one epoch per
-//! phase, small batches, few images, random weights. Every other element of
-//! the recipe (architectures, augmentations, losses, optimisers, schedules,
-//! TTA, the ensemble) is kept. Pure: reads and writes nothing.
+//! phase, small batches, few images, random weights, and the largest
+//! backbones (over 45M parameters: SENet-154, PNASNet-5-Large,
+//! SE-ResNeXt-101, ResNeXt-101, ResNet-101, Inception-ResNet-v2) replaced
+//! by ResNet-18, whose construction and checkpoints would otherwise take
+//! most of the time and disk (each architecture's logits are checked
+//! against timm's by the model tests instead). Every other element of the
+//! recipe (stages, augmentations, losses, optimisers, schedules, TTA, the
+//! ensembles) is kept. Pure: reads and writes nothing.
 
 use crate::image::augment::{Pipeline, Transform};
 use crate::data::sample::SampleSection;
@@ -54,7 +59,7 @@ pub fn derive(spec: &JobSpec) -> Result<JobSpec, String> {
         // The global pipeline feeds every model without its own list; the
         // smallest size any of them accepts keeps it valid for all.
         let all = s.models.iter().chain(s.stages.iter().flat_map(|st| st.models.iter()));
-        let size = all.map(|m| smoke_size(m.arch)).max().unwrap_or(SMOKE_SIZE);
+        let size = all.map(|m| smoke_size(smoke_arch(m.arch))).max().unwrap_or(SMOKE_SIZE);
         resize_pipeline(&mut s.image.augment, size);
     }
     let (k, k_full, augment) = (s.folds.k, spec.folds.k, s.image.augment.clone());
@@ -84,6 +89,7 @@ fn shrink_ensemble(e: &mut crate::ensemble::EnsembleSection, k: u8) {
 /// (fold `f` becomes `f * k / k_full`), so members keep their share.
 fn shrink_models(models: &mut [crate::spec::ModelSpec], k: u8, k_full: u8, global: Option<&Pipeline>) {
     for m in models {
+        m.arch = smoke_arch(m.arch);
         let size = smoke_size(m.arch);
         m.size = size;
         m.weights = None;
@@ -113,8 +119,20 @@ fn shrink_models(models: &mut [crate::spec::ModelSpec], k: u8, k_full: u8, globa
         }
         m.predict.batch_size = Some(m.predict.batch_size.unwrap_or(SMOKE_PREDICT_BATCH).min(SMOKE_PREDICT_BATCH));
         m.predict.limit_images = Some(m.predict.limit_images.map_or(SMOKE_TEST, |l| l.min(SMOKE_TEST)));
+        // Checkpoints only serve a resume; a committed smoke job needs none.
+        t.checkpoints.after_commit = crate::train::config::KeepAfterCommit::None;
         m.resources.time_limit = "30m".into();
         m.resources.predict_time_limit = "15m".into();
+    }
+}
+
+/// The backbone a smoke run trains in place of `arch`: ResNet-18 for the
+/// largest ones, the same otherwise.
+pub fn smoke_arch(arch: crate::model::Arch) -> crate::model::Arch {
+    use crate::model::Arch;
+    match arch {
+        Arch::Senet154 | Arch::Pnasnet5large | Arch::Seresnext101_32x4d | Arch::Resnext101_32x8d | Arch::Resnet101 | Arch::InceptionResnetV2 => Arch::Resnet18,
+        a => a,
     }
 }
 
@@ -195,10 +213,13 @@ test_folds = [0, 1, 2, 3, 4, 5, 6, 7, 8]
         assert_eq!(p.train.phases[0].epochs, 1);
         assert_eq!(p.train.phases[0].schedule, ScheduleSpec::Step { milestones: vec![], factor: 0.5 });
         assert_eq!((p.train.limit_images, p.predict.limit_images), (Some(24), Some(20)));
+        assert_eq!(p.arch, crate::model::Arch::Resnet18, "pnasnet5large is replaced by resnet18");
+        assert_eq!(p.train.checkpoints.after_commit, crate::train::config::KeepAfterCommit::None);
         let i = &s.models[1];
-        assert_eq!(i.size, 75, "inception_resnet_v2 needs 75 pixels");
+        assert_eq!((i.arch, i.size), (crate::model::Arch::Resnet18, 32), "inception_resnet_v2 is replaced by resnet18");
         let Transform::OneOf(o) = &i.augment.as_ref().unwrap().0[0] else { panic!("one_of kept") };
-        assert_eq!(o.of[0], Transform::CenterCropResize(crate::image::augment::CenterCropResize { crop: 150, size: 75 }));
+        assert_eq!(o.of[0], Transform::CenterCropResize(crate::image::augment::CenterCropResize { crop: 64, size: 32 }));
+        assert_eq!(smoke_arch(crate::model::Arch::Seresnext50_32x4d), crate::model::Arch::Seresnext50_32x4d, "mid-sized backbones stay");
         assert_eq!(i.train.phases[0].schedule, ScheduleSpec::Cosine { warmup_epochs: 0.5, min_factor: 0.0 });
         assert_eq!(i.train.effective_batch, None);
         assert_eq!(JobSpec::parse("again", &s.to_toml()).unwrap(), s);

@@ -61,6 +61,30 @@ pub fn truth(name: &str) -> String {
     format!("truth/{name}")
 }
 
+/// `train` or `test`.
+pub fn split_name(split: Split) -> &'static str {
+    match split {
+        Split::Train => "train",
+        Split::Test => "test",
+    }
+}
+
+/// Folder of one shard set: `shards/{split}/{set}`.
+pub fn shard_set(split: Split, set: &str) -> String {
+    format!("shards/{}/{set}", split_name(split))
+}
+
+/// `shards/{split}/{set}/shard-{n:05}.tar`.
+pub fn shard(split: Split, set: &str, n: usize) -> String {
+    format!("{}/shard-{n:05}.tar", shard_set(split, set))
+}
+
+/// `shards/{split}/{set}/index.json`, written last: its presence commits
+/// the set.
+pub fn shard_index(split: Split, set: &str) -> String {
+    format!("{}/index.json", shard_set(split, set))
+}
+
 pub fn run(experiment: &str) -> String {
     format!("runs/{experiment}")
 }
@@ -186,6 +210,8 @@ mod tests {
         let clean = Scope { experiment: "exp", stage: Some("clean") };
         assert_eq!(oof(clean, "m", f), "runs/exp/stages/clean/models/m/fold=3/oof.parquet");
         assert_eq!(stage_data(clean, "dropped.parquet"), "runs/exp/stages/clean/data/dropped.parquet");
+        assert_eq!(shard(Split::Train, "abcd", 7), "shards/train/abcd/shard-00007.tar");
+        assert_eq!(shard_index(Split::Test, "abcd"), "shards/test/abcd/index.json");
         let id = ImageId::new("1000483014d91860").unwrap();
         assert_eq!(image(Split::Test, &id), "data/test/1000483014d91860.png");
     }

@@ -20,6 +20,7 @@ mod run_local;
 mod sample_learnable;
 mod sample_run;
 mod schemas;
+mod shards;
 mod slurm;
 mod spec_hashes;
 mod storage_s3;
