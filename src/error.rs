@@ -99,6 +99,10 @@ pub enum Error {
     #[error("ensemble: {0}")]
     Ensemble(String),
 
+    // ---- report -------------------------------------------------------------
+    #[error("report: {0}")]
+    Report(String),
+
     // ---- train and predict (issue 5) -------------------------------------
     #[error("checkpoint `{key}`: {message}")]
     Checkpoint { key: String, message: String },

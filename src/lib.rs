@@ -12,6 +12,8 @@
 //!         [predict model=M fold=k] --> oof.parquet (fold k rows), test.parquet (TTA)
 //!                     |
 //!         [ensemble] --> thresholds.json, report.json, plots/*.png, submission.csv
+//!                     |
+//!         [report] --> report/curves-{model}.png, curves.json (from every history.parquet)
 //! ```
 //!
 //! Modules in data-flow order; a stage may call earlier stages, never later
@@ -28,6 +30,7 @@ pub mod model;
 pub mod train;
 pub mod predict;
 pub mod ensemble;
+pub mod report;
 pub mod orchestrate;
 
 pub use error::{Error, Result};
