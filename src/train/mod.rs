@@ -7,8 +7,9 @@
 //!
 //! Reads `data/`, `runs/{exp}/folds.parquet` and the model's initial
 //! weights; writes, under `runs/{exp}/models/{M}/fold={K}/`,
-//! `checkpoints/epoch={e}.safetensors`, `history.parquet`,
-//! `model.safetensors` and `_TRAINED.json` (last).
+//! `checkpoints/epoch={e}.safetensors`, `history.parquet` (and its
+//! TensorBoard events under `tensorboard/`), `model.safetensors` and
+//! `_TRAINED.json` (last).
 
 pub mod amp;
 pub mod checkpoint;
@@ -370,6 +371,7 @@ fn train_blocking(ctx: Ctx) -> Result<TrainOutcome> {
         let bytes = checkpoint::encode(&state, &model_tensors(&net, &vs)?, &opt.state_tensors())?;
         handle.block_on(store.put(&key_of(e + 1), bytes))?;
         history_entry = Some(handle.block_on(write_history(store, &history_key, &state.history, &exp, &m.name, ctx.fold, &ctx.hash))?);
+        handle.block_on(store.put(&keys::tensorboard_events(&exp, &m.name, ctx.fold), crate::storage::tensorboard::events_from_history(&state.history)))?;
         handle.block_on(checkpoint::prune(store, &ck_prefix, key_of, &[e + 1, state.best_epoch]))?;
         epochs_run += 1;
     }
