@@ -21,7 +21,7 @@ struct Cli {
 /// The environment variables the program reads (names, meaning), listed
 /// by `imet --help` and the man page.
 const ENVIRONMENT: [(&str, &str); 10] = [
-    ("IMET_ROOT", "Store root used instead of the spec's storage.root (file:///abs/path, s3://bucket/prefix, or a path)"),
+    ("IMET_ROOT", "Store root used instead of the spec storage.root (file:///abs/path, s3://bucket/prefix, or a path)"),
     ("IMET_DEVICE", "`cpu` runs jobs on the CPU; otherwise CUDA when available"),
     ("IMET_LOG_FORMAT", "Log lines on stderr: `text` (default) or `json` (as --log-format)"),
     ("RUST_LOG", "Log filter, e.g. `info` (default), `debug`, `imet=debug`"),
@@ -46,27 +46,26 @@ fn environment_help() -> String {
     s
 }
 
-/// The man page of `cmd` (imet or one subcommand), with an ENVIRONMENT section for imet itself.
+/// The man page of `cmd` (imet or one subcommand); imet's own has an
+/// ENVIRONMENT section (from [`ENVIRONMENT`]) instead of the help's text.
 fn man_page(cmd: clap::Command, out: &mut dyn std::io::Write) -> std::io::Result<()> {
     use clap_mangen::roff::{bold, roman, Roff};
     let top = cmd.get_name() == "imet";
-    let name = cmd.get_display_name().unwrap_or(cmd.get_name()).to_string();
-    let man = clap_mangen::Man::new(cmd).title(name.to_uppercase()).manual("imet manual");
-    man.render_title(out)?;
-    man.render_name_section(out)?;
-    man.render_synopsis_section(out)?;
-    man.render_description_section(out)?;
-    man.render_options_section(out)?;
-    man.render_subcommands_section(out)?;
+    let cmd = cmd.after_help(None::<&'static str>);
+    let name = cmd.get_display_name().unwrap_or(cmd.get_name()).to_uppercase();
+    let mut page = Vec::new();
+    clap_mangen::Man::new(cmd).title(name).manual("imet manual").render(&mut page)?;
+    let mut page = String::from_utf8(page).expect("clap_mangen writes UTF-8");
     if top {
-        let mut roff = Roff::default();
-        roff.control("SH", ["ENVIRONMENT"]);
+        let mut env = Roff::default();
+        env.control("SH", ["ENVIRONMENT"]);
         for (names, meaning) in ENVIRONMENT {
-            roff.control("TP", []).text([bold(names)]).text([roman(meaning)]);
+            env.control("TP", []).text([bold(names)]).text([roman(meaning)]);
         }
-        roff.to_writer(out)?;
+        let at = page.find(".SH VERSION").unwrap_or(page.len());
+        page.insert_str(at, &env.to_roff());
     }
-    man.render_version_section(out)
+    out.write_all(page.as_bytes())
 }
 
 /// Writes imet.1 and imet-{subcommand}.1 into `dir`.
@@ -249,9 +248,11 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Learning curves of every trained fold: a PNG per model (losses and
-    /// validation F2 by epoch) under runs/{experiment}/report/, a table of
-    /// best epochs and F2, the folds not trained yet, and the ensemble's plots.
+    /// Learning curves: a PNG per model, best epochs and F2, folds not trained yet.
+    ///
+    /// Reads every fold's history.parquet; writes runs/{experiment}/report/curves-{model}.png
+    /// (losses and validation F2 by epoch, a line per fold) and curves.json; lists the
+    /// ensemble's plots when it has run.
     Report {
         /// Experiment spec (TOML).
         #[arg(long)]
