@@ -530,7 +530,10 @@ mod tests {
             if arg.get_help().is_none() && arg.get_long_help().is_none() {
                 out.push(format!("{path} {}", arg.get_id()));
             }
-            for value in arg.get_possible_values() {
+            // Values of our own enums are documented; clap's (bool) and other crates' (shells, log formats) need not be.
+            let values = arg.get_possible_values();
+            let documented = values.iter().any(|v| v.get_help().is_some());
+            for value in values.iter().filter(|_| documented) {
                 if value.get_help().is_none() && !value.is_hide_set() {
                     out.push(format!("{path} {}={}", arg.get_id(), value.get_name()));
                 }
