@@ -105,6 +105,10 @@ pub enum Error {
     #[error("ensemble: {0}")]
     Ensemble(String),
 
+    // ---- report ------------------------------------------------------------
+    #[error("report: {0}")]
+    Report(String),
+
     // ---- train and predict -----------------------------------------------
     #[error("checkpoint `{key}`: {message}")]
     Checkpoint { key: String, message: String },

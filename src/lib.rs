@@ -12,6 +12,8 @@
 //!         [predict model=M fold=k] --> oof.parquet (fold k rows), test.parquet (TTA)
 //!                     |
 //!         [ensemble] --> thresholds.json, report.json, plots/*.png, submission.csv
+//!                     |
+//!         [report] --> report/curves-{model}.png, curves.json (from every history.parquet)
 //! ```
 //!
 //! Modules in layers, bottom to top. A module may use its own layer's
@@ -33,7 +35,7 @@
 //! | 8 | `curate` | a later stage's data edits from an earlier stage's ensemble |
 //! | 9 | `spec` | the experiment spec, composing every stage's configuration |
 //! | 10 | `jobs` | job kinds: spec in, one stage run |
-//! | 11 | `orchestrate` | the DAG and its executors |
+//! | 11 | `orchestrate`, `report` | the DAG and its executors; learning curves of an experiment |
 
 // Layer 0: the ground floor. Every stage may use these; they import no stage.
 pub mod error;
@@ -54,6 +56,7 @@ pub mod curate;
 pub mod spec;
 pub mod jobs;
 pub mod orchestrate;
+pub mod report;
 
 pub use error::{Error, Result};
 pub use spec::JobSpec;

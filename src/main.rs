@@ -2,20 +2,85 @@
 //! library function per subcommand.
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use imet::telemetry::{self, LogFormat};
 use imet::JobSpec;
 use std::path::PathBuf;
 use tracing::{info_span, Instrument};
 
 #[derive(Parser)]
-#[command(name = "imet", version, about = "Train, predict and ensemble iMet Collection 2019 classifiers as jobs over an object store")]
+#[command(name = "imet", version, about = "Train, predict and ensemble iMet Collection 2019 classifiers as jobs over an object store", after_help = environment_help())]
 struct Cli {
     /// Log line format (also IMET_LOG_FORMAT); filter with RUST_LOG.
     #[arg(long, global = true, env = "IMET_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The environment variables the program reads (names, meaning), listed
+/// by `imet --help` and the man page.
+const ENVIRONMENT: [(&str, &str); 10] = [
+    ("IMET_ROOT", "Store root used instead of the spec storage.root (file:///abs/path, s3://bucket/prefix, or a path)"),
+    ("IMET_DEVICE", "`cpu` runs jobs on the CPU; otherwise CUDA when available"),
+    ("IMET_LOG_FORMAT", "Log lines on stderr: `text` (default) or `json` (as --log-format)"),
+    ("RUST_LOG", "Log filter, e.g. `info` (default), `debug`, `imet=debug`"),
+    ("AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN", "Credentials for s3:// stores"),
+    ("AWS_REGION, AWS_DEFAULT_REGION", "Region of s3:// stores (us-east-1 when neither is set)"),
+    ("AWS_ENDPOINT_URL, AWS_ENDPOINT", "S3-compatible endpoint (MinIO, ...); http:// URLs are allowed"),
+    ("AWS_*", "Any other setting of the S3 client (AWS_ALLOW_HTTP, AWS_WEB_IDENTITY_TOKEN_FILE, ...)"),
+    ("SLURM_ARRAY_TASK_ID, JOB_COMPLETION_INDEX, AWS_BATCH_JOB_ARRAY_INDEX", "The fold of `--fold env` (a batch engine's array index)"),
+    ("OMP_NUM_THREADS, RAYON_NUM_THREADS", "Threads per job; `imet run` sets them to share the cores unless set"),
+];
+
+/// [`ENVIRONMENT`] as a help section.
+fn environment_help() -> String {
+    let mut s = String::from("Environment:");
+    for (names, meaning) in ENVIRONMENT {
+        if names.len() <= 16 {
+            s += &format!("\n  {names:<16}  {meaning}");
+        } else {
+            s += &format!("\n  {names}\n  {:<16}  {meaning}", "");
+        }
+    }
+    s
+}
+
+/// The man page of `cmd` (imet or one subcommand); imet's own has an
+/// ENVIRONMENT section (from [`ENVIRONMENT`]) instead of the help's text.
+fn man_page(cmd: clap::Command, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    use clap_mangen::roff::{bold, roman, Roff};
+    let top = cmd.get_name() == "imet";
+    let cmd = cmd.after_help(None::<&'static str>);
+    let name = cmd.get_display_name().unwrap_or(cmd.get_name()).to_uppercase();
+    let mut page = Vec::new();
+    clap_mangen::Man::new(cmd).title(name).manual("imet manual").render(&mut page)?;
+    let mut page = String::from_utf8(page).expect("clap_mangen writes UTF-8");
+    if top {
+        let mut env = Roff::default();
+        env.control("SH", ["ENVIRONMENT"]);
+        for (names, meaning) in ENVIRONMENT {
+            env.control("TP", []).text([bold(names)]).text([roman(meaning)]);
+        }
+        let at = page.find(".SH VERSION").unwrap_or(page.len());
+        page.insert_str(at, &env.to_roff());
+    }
+    out.write_all(page.as_bytes())
+}
+
+/// Writes imet.1 and imet-{subcommand}.1 into `dir`.
+fn write_man_pages(dir: &std::path::Path) -> std::io::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir)?;
+    let mut cmd = Cli::command().disable_help_subcommand(true);
+    cmd.build();
+    let mut written = Vec::new();
+    for c in std::iter::once(cmd.clone()).chain(cmd.get_subcommands().filter(|s| !s.is_hide_set()).cloned()) {
+        let path = dir.join(format!("{}.1", c.get_display_name().unwrap_or(c.get_name())));
+        let mut file = std::fs::File::create(&path)?;
+        man_page(c, &mut file)?;
+        written.push(path);
+    }
+    Ok(written)
 }
 
 #[derive(Subcommand)]
@@ -39,6 +104,7 @@ enum Command {
         /// Number of folds, 2 to 40.
         #[arg(long, default_value_t = 5)]
         k: u8,
+        /// Seed of the fold assignment.
         #[arg(long, default_value_t = 42)]
         seed: u64,
         /// Writes runs/{experiment}/folds.parquet.
@@ -50,10 +116,13 @@ enum Command {
         /// Store root to write data/ under (file:///abs, s3://bucket/prefix, or a path).
         #[arg(long)]
         out: String,
+        /// Training images to draw.
         #[arg(long, default_value_t = 600)]
         train: usize,
+        /// Test images to draw.
         #[arg(long, default_value_t = 200)]
         test: usize,
+        /// Seed of the drawing (same seed, same images).
         #[arg(long, default_value_t = 7)]
         seed: u64,
         /// Number of most frequent classes the labels are drawn from.
@@ -65,6 +134,7 @@ enum Command {
     },
     /// Blend every member's predictions, fit thresholds on OOF F2, write the submission.
     Ensemble {
+        /// Experiment spec (TOML).
         #[arg(long)]
         spec: PathBuf,
         /// A later stage (`[[stages]] name`); the first stage when unset.
@@ -101,6 +171,7 @@ enum Command {
     Predict(FoldJob),
     /// Run an experiment's whole job DAG on this machine as child processes, resuming where it stopped.
     Run {
+        /// Experiment spec (TOML).
         #[arg(long)]
         spec: PathBuf,
         /// Jobs at a time.
@@ -124,13 +195,16 @@ enum Command {
     },
     /// Where an experiment stands, from its store: jobs done and pending, train checkpoints, the OOF F2.
     Status {
+        /// Experiment spec (TOML).
         #[arg(long)]
         spec: PathBuf,
+        /// Print the status as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Estimate each ensemble member's test-time hours and which fit an inference budget.
     Budget {
+        /// Experiment spec (TOML).
         #[arg(long)]
         spec: PathBuf,
         /// The budget, e.g. `9h`, `90m`, `1h30m`.
@@ -145,11 +219,13 @@ enum Command {
         /// Forward batches timed per calibrated member.
         #[arg(long, default_value_t = 3)]
         calibration_batches: usize,
+        /// Print the estimate as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Show the experiment's job DAG: dependencies, command lines, resources.
     Plan {
+        /// Experiment spec (TOML).
         #[arg(long)]
         spec: PathBuf,
         /// Print the plan as JSON instead of a table.
@@ -164,8 +240,10 @@ enum Command {
     },
     /// Submit the experiment's jobs not yet committed to a batch engine.
     Submit {
+        /// Experiment spec (TOML).
         #[arg(long)]
         spec: PathBuf,
+        /// The batch engine to submit to.
         #[arg(long, value_enum)]
         engine: SubmitEngine,
         /// Folder for scripts and logs (default .imet/slurm/{experiment}).
@@ -177,29 +255,64 @@ enum Command {
     },
     /// Write the experiment's manifests for a batch engine (validated offline in CI).
     Render {
+        /// Experiment spec (TOML).
         #[arg(long)]
         spec: PathBuf,
+        /// The batch engine to write manifests for.
         #[arg(long, value_enum)]
         engine: RenderEngine,
+        /// Folder to write the manifests into.
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Learning curves: a PNG per model, best epochs and F2, folds not trained yet.
+    ///
+    /// Reads every fold's history.parquet; writes runs/{experiment}/report/curves-{model}.png
+    /// (losses and validation F2 by epoch, a line per fold) and curves.json; lists the
+    /// ensemble's plots when it has run.
+    Report {
+        /// Experiment spec (TOML).
+        #[arg(long)]
+        spec: PathBuf,
+        /// Print the report as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Also copy the PNGs and curves.json into this local folder.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Print a shell completion script, e.g. `imet completions bash > /etc/bash_completion.d/imet`.
+    Completions {
+        /// The shell to complete in.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page, or write one page per subcommand (imet.1, imet-train.1, ...) into --out.
+    Man {
+        /// Folder to write the pages into, instead of printing imet(1).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum SubmitEngine {
+    /// Slurm job arrays with dependencies (sbatch).
     Slurm,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum RenderEngine {
+    /// Kubernetes indexed Jobs.
     K8s,
+    /// AWS Batch array jobs.
     AwsBatch,
 }
 
 /// The fold job `train` and `predict` address.
 #[derive(clap::Args)]
 struct FoldJob {
+    /// Experiment spec (TOML).
     #[arg(long)]
     spec: PathBuf,
     /// A `name` of the spec's `[[models]]`.
@@ -370,6 +483,24 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             print!("{}", s.render());
             Ok(())
         }
+        Command::Report { spec, json, out } => {
+            let spec = JobSpec::load(&spec)?;
+            let r = imet::report::run(&spec, &imet::report::ReportOptions { out })
+                .await
+                .with_context(|| format!("reporting the learning curves of experiment `{}`", spec.experiment))?;
+            print_report(&r, json, |r| r.render())
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "imet", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man { out: None } => Ok(man_page(Cli::command(), &mut std::io::stdout())?),
+        Command::Man { out: Some(dir) } => {
+            for path in write_man_pages(&dir).with_context(|| format!("writing man pages into {}", dir.display()))? {
+                println!("{}", path.display());
+            }
+            Ok(())
+        }
         Command::Render { spec, engine, out } => {
             let files = match engine {
                 RenderEngine::K8s => imet::orchestrate::k8s::render(&spec, &out),
@@ -401,5 +532,42 @@ async fn plan(spec: &std::path::Path, json: bool, budget: Option<String>, test_i
     } else {
         print!("{plan}\n{}", r.render());
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every argument of `cmd` and its subcommands without help text, as `path --arg`.
+    fn undocumented(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {
+        for arg in cmd.get_arguments() {
+            if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                out.push(format!("{path} {}", arg.get_id()));
+            }
+            // Values of our own enums are documented; clap's (bool) and other crates' (shells, log formats) need not be.
+            let values = arg.get_possible_values();
+            let documented = values.iter().any(|v| v.get_help().is_some());
+            for value in values.iter().filter(|_| documented) {
+                if value.get_help().is_none() && !value.is_hide_set() {
+                    out.push(format!("{path} {}={}", arg.get_id(), value.get_name()));
+                }
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            if sub.get_about().is_none() {
+                out.push(format!("{path} {} (no about)", sub.get_name()));
+            }
+            undocumented(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn every_subcommand_option_and_value_has_help_text() {
+        let cmd = Cli::command();
+        cmd.clone().debug_assert();
+        let mut missing = Vec::new();
+        undocumented(&cmd, "imet", &mut missing);
+        assert!(missing.is_empty(), "add /// docs to: {missing:#?}");
     }
 }

@@ -8,8 +8,10 @@
 //! runs/{experiment}/models/{model}/fold={k}/checkpoints/epoch={e}.safetensors
 //! runs/{experiment}/models/{model}/fold={k}/{model.safetensors,history.parquet,oof.parquet,test.parquet}
 //! runs/{experiment}/models/{model}/fold={k}/_SUCCESS.json
+//! runs/{experiment}/models/{model}/fold={k}/tensorboard/events.out.tfevents.0000000000.{experiment}.{model}.fold{k}
 //! runs/{experiment}/ensemble/...
 //! runs/{experiment}/stages/{stage}/...   a later stage: models/, ensemble/, data/ as above
+//! runs/{experiment}/report/curves-{model}.png, curves.json
 //! ```
 //!
 //! Functions that name a stage's outputs take its *scope*: the experiment
@@ -150,6 +152,38 @@ pub fn skipped_images(scope: impl Display, model: &str, fold: Fold) -> String {
     format!("{}/skipped_images.json", fold_dir(scope, model, fold))
 }
 
+/// The folder TensorBoard reads a fold job's events from.
+pub fn tensorboard_dir(scope: impl Display, model: &str, fold: Fold) -> String {
+    format!("{}/tensorboard", fold_dir(scope, model, fold))
+}
+
+/// The fold job's TensorBoard events file (name: see `storage::tensorboard::file_name`).
+pub fn tensorboard_events(scope: impl Display, model: &str, fold: Fold) -> String {
+    let label = scope.to_string().replace("/stages/", ".");
+    let name = super::tensorboard::file_name(&format!("{label}.{model}.fold{}", fold.0));
+    format!("{}/{name}", tensorboard_dir(scope, model, fold))
+}
+
+/// Learning-curve report of an experiment (`imet report`).
+pub fn report_dir(experiment: &str) -> String {
+    format!("runs/{experiment}/report")
+}
+
+/// A model's learning curves, every fold: `runs/{exp}/report/curves-{model}.png`.
+pub fn curves_plot(experiment: &str, model: &str) -> String {
+    format!("{}/curves-{model}.png", report_dir(experiment))
+}
+
+/// The learning-curve report as JSON.
+pub fn curves_report(experiment: &str) -> String {
+    format!("{}/curves.json", report_dir(experiment))
+}
+
+/// Where an ensemble's plots are.
+pub fn plots_dir(scope: impl Display) -> String {
+    format!("runs/{scope}/ensemble/plots")
+}
+
 pub fn ensemble_dir(scope: impl Display) -> String {
     format!("runs/{scope}/ensemble")
 }
@@ -214,5 +248,10 @@ mod tests {
         assert_eq!(shard_index(Split::Test, "abcd"), "shards/test/abcd/index.json");
         let id = ImageId::new("1000483014d91860").unwrap();
         assert_eq!(image(Split::Test, &id), "data/test/1000483014d91860.png");
+        assert_eq!(
+            tensorboard_events("exp", "r18", Fold(0)),
+            "runs/exp/models/r18/fold=0/tensorboard/events.out.tfevents.0000000000.exp.r18.fold0"
+        );
+        assert_eq!(curves_plot("exp", "r18"), "runs/exp/report/curves-r18.png");
     }
 }

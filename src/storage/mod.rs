@@ -1,6 +1,7 @@
 //! Storage stage: object stores from URLs with retries, the key layout,
 //! atomic and conditional writes, job manifests, Parquet reading and writing
-//! of every data product, and a read-through local disk cache for inputs.
+//! of every data product, TensorBoard event files of training histories,
+//! and a read-through local disk cache for inputs.
 
 pub mod cache;
 pub mod config;
@@ -8,6 +9,7 @@ pub mod keys;
 pub mod manifest;
 pub mod parquet;
 pub mod store;
+pub mod tensorboard;
 
 pub use cache::{Cache, CacheOptions};
 pub use config::{open_file, read_file, root_to_url, StorageSection};

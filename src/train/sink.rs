@@ -5,8 +5,8 @@
 //! the next epoch. At most one record waits, so storage never falls more
 //! than an epoch behind and memory stays bounded.
 //!
-//! Writes `checkpoints/epoch={e}.safetensors` and `history.parquet` under
-//! the fold job's prefix.
+//! Writes `checkpoints/epoch={e}.safetensors`, `history.parquet` and
+//! `tensorboard/events.out.tfevents.*` under the fold job's prefix.
 
 use super::checkpoint;
 use super::config::CheckpointPolicy;
@@ -93,6 +93,8 @@ async fn write_epoch(store: &Store, job: &FoldJob, policy: CheckpointPolicy, don
     let (scope, model, fold) = (job.scope(), &job.model, job.fold);
     store.put(&keys::checkpoint(scope, model, fold, done.epoch), done.checkpoint).await?;
     let entry = write_history(store, &keys::history(scope, model, fold), &done.history, &job.experiment, model, fold, &job.spec_hash).await?;
+    // The same records for TensorBoard (a whole small file, rewritten).
+    store.put(&keys::tensorboard_events(scope, model, fold), crate::storage::tensorboard::events_from_history(&done.history)).await?;
     if let Some(keep) = policy.while_training(done.epoch, done.best_epoch) {
         prune(store, job, &keep).await?;
     }

@@ -9,14 +9,15 @@ use plotters::prelude::*;
 use plotters::style::FontStyle;
 
 const FONT: &[u8] = include_bytes!("DejaVuSans.ttf");
-const FAMILY: &str = "imet-sans";
+pub(crate) const FAMILY: &str = "imet-sans";
 const SIZE: (u32, u32) = (900, 560);
 
 fn err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Ensemble(format!("cannot draw plot `{what}`: {e}"))
 }
 
-fn register() -> Result<()> {
+/// Registers the embedded font under [`FAMILY`] (once per process).
+pub(crate) fn register() -> Result<()> {
     static ONCE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let ok = *ONCE.get_or_init(|| plotters::style::register_font(FAMILY, FontStyle::Normal, FONT).is_ok());
     if ok {
