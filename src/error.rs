@@ -99,6 +99,10 @@ pub enum Error {
     #[error("ensemble: {0}")]
     Ensemble(String),
 
+    // ---- level2 (stacking) ------------------------------------------------
+    #[error("level2: {0}")]
+    Level2(String),
+
     // ---- train and predict (issue 5) -------------------------------------
     #[error("checkpoint `{key}`: {message}")]
     Checkpoint { key: String, message: String },

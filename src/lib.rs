@@ -28,6 +28,7 @@ pub mod model;
 pub mod train;
 pub mod predict;
 pub mod ensemble;
+pub mod level2;
 pub mod orchestrate;
 
 pub use error::{Error, Result};
