@@ -72,10 +72,10 @@ impl Synth {
     fn row(&self, out: &mut [f32], latent: &[u16], member: usize, image_seed: u64, own_seed: u64) {
         let mut common = ChaCha8Rng::seed_from_u64(image_seed);
         let mut own = ChaCha8Rng::seed_from_u64(own_seed);
-        let skill = 0.9 + 0.3 * member as f32;
+        let skill = -0.9 + 0.3 * member as f32;
         let bias = &self.bias[member * self.classes..(member + 1) * self.classes];
         for (k, p) in out.iter_mut().enumerate() {
-            let z = self.prior[k] + bias[k] + 1.1 * normal(&mut common) + 0.7 * normal(&mut own);
+            let z = self.prior[k] + bias[k] + 1.3 * normal(&mut common) + 0.8 * normal(&mut own);
             *p = 1.0 / (1.0 + (-z).exp());
         }
         for &c in latent {
@@ -165,7 +165,7 @@ fn main() -> imet::Result<()> {
         Some(*s)
     }).collect();
     let total = *cum.last().unwrap_or(&1);
-    let mut latent_of = |l: &[u16], rng: &mut ChaCha8Rng| {
+    let latent_of = |l: &[u16], rng: &mut ChaCha8Rng| {
         let mut v = l.to_vec();
         if rng.random::<f32>() < 0.2 {
             let x = rng.random_range(0..total);

@@ -114,6 +114,10 @@ pub struct Level2Output {
     pub timings: Timings,
 }
 
+fn named<'a>(ms: &[Member<'a>]) -> Vec<(String, &'a [f32])> {
+    ms.iter().map(|m| (m.name.to_string(), m.probs)).collect()
+}
+
 fn bad(msg: String) -> Error {
     Error::Level2(msg)
 }
@@ -230,8 +234,7 @@ pub fn fit_predict(input: &Level2Input<'_>, cfg: &Level2Config) -> Result<Level2
     let t1 = Instant::now();
     let settings = FeatureSettings { count_cutoffs: cfg.count_cutoffs.clone(), cooc_top_m: cfg.cooc_top_m };
     let stats = FoldStats::new(input.labels, input.folds);
-    let owned = |ms: &[Member<'_>]| ms.iter().map(|m| (m.name.to_string(), m.probs)).collect::<Vec<_>>();
-    let (oof_members, test_members) = (owned(&input.members), owned(&input.test_members));
+    let (oof_members, test_members) = (named(&input.members), named(&input.test_members));
     let oof_split = Split { members: &oof_members, blend: input.blend, rows: n, classes: c };
     let test_split = Split { members: &test_members, blend: input.test_blend, rows: nt, classes: c };
     let table = features::build(oof_split, &cand, input.groups, |i| &stats.without[input.folds[i] as usize], &settings);
@@ -339,7 +342,7 @@ mod tests {
 
     fn toy(rows: usize, random_probs: bool) -> Toy {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
-        let mut lab = |rng: &mut rand_chacha::ChaCha8Rng| -> Vec<u16> {
+        let lab = |rng: &mut rand_chacha::ChaCha8Rng| -> Vec<u16> {
             let mut l: Vec<u16> = (0..C as u16).filter(|&c| rng.random::<f32>() < 0.4 / (1.0 + c as f32 * 0.2)).collect();
             if l.is_empty() {
                 l.push(rng.random_range(0..C as u16));
@@ -348,7 +351,7 @@ mod tests {
         };
         let train: Vec<Vec<u16>> = (0..rows).map(|_| lab(&mut rng)).collect();
         let test: Vec<Vec<u16>> = (0..30).map(|_| lab(&mut rng)).collect();
-        let mut probs = |ls: &[Vec<u16>], rng: &mut rand_chacha::ChaCha8Rng| -> Vec<f32> {
+        let probs = |ls: &[Vec<u16>], rng: &mut rand_chacha::ChaCha8Rng| -> Vec<f32> {
             let mut p = vec![0f32; ls.len() * C];
             for (i, l) in ls.iter().enumerate() {
                 for c in 0..C {
