@@ -382,9 +382,9 @@ mod tests {
         let (before, after) = (feats(&labels(false)), feats(&labels(true)));
         let block = cand.k * before.features();
         let mut other_fold_changed = false;
-        for i in 0..rows {
+        for (i, &fold) in folds.iter().enumerate() {
             let (x, y) = (&before.values[i * block..(i + 1) * block], &after.values[i * block..(i + 1) * block]);
-            if folds[i] == 2 {
+            if fold == 2 {
                 assert_eq!(x, y, "row {i} of fold 2 changed with fold 2's labels");
             } else {
                 other_fold_changed |= x != y;

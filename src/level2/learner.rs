@@ -97,7 +97,7 @@ impl Model {
         if x.is_empty() {
             return Ok(Vec::new());
         }
-        if x.len() % self.features != 0 {
+        if !x.len().is_multiple_of(self.features) {
             return Err(Error::Level2(format!("prediction matrix of {} values is not a whole number of {}-feature rows", x.len(), self.features)));
         }
         let p = self.booster.predict(x, self.features as i32, true).map_err(|e| lgbm("prediction", e))?;

@@ -114,6 +114,17 @@ pub struct Level2Output {
     pub timings: Timings,
 }
 
+/// What one fold model produced.
+struct FoldFit {
+    fold: u8,
+    /// Probabilities of the fold's own pairs, in its image order.
+    held: Vec<f32>,
+    /// Probabilities of every test pair.
+    test: Vec<f32>,
+    gain: Vec<f64>,
+    report: FoldReport,
+}
+
 fn named<'a>(ms: &[Member<'a>]) -> Vec<(String, &'a [f32])> {
     ms.iter().map(|m| (m.name.to_string(), m.probs)).collect()
 }
@@ -253,7 +264,7 @@ pub fn fit_predict(input: &Level2Input<'_>, cfg: &Level2Config) -> Result<Level2
         .map_err(|e| bad(format!("cannot start {threads} fold threads: {e}")))?;
     let nf = table.features();
     let kk = cfg.top_k;
-    let fits: Vec<(u8, Vec<f32>, Vec<f32>, Vec<f64>, FoldReport)> = pool.install(|| {
+    let fits: Vec<FoldFit> = pool.install(|| {
         (0..k)
             .into_par_iter()
             .filter(|&f| !fold_images[f].is_empty())
@@ -278,7 +289,7 @@ pub fn fit_predict(input: &Level2Input<'_>, cfg: &Level2Config) -> Result<Level2
                     seconds: tf.elapsed().as_secs_f64(),
                 };
                 tracing::info!(fold = f, auc = report.auc, logloss = report.logloss, seconds = report.seconds, "level2 fold model");
-                Ok((f as u8, p_held, test_p, model.gain()?, report))
+                Ok(FoldFit { fold: f as u8, held: p_held, test: test_p, gain: model.gain()?, report })
             })
             .collect::<Result<Vec<_>>>()
     })?;
@@ -288,13 +299,13 @@ pub fn fit_predict(input: &Level2Input<'_>, cfg: &Level2Config) -> Result<Level2
     let mut test_pairs = vec![0f64; nt * kk];
     let mut gain = vec![0f64; nf];
     let mut reports = Vec::new();
-    for (f, p_held, test_p, g, report) in fits {
-        for (j, &i) in fold_images[f as usize].iter().enumerate() {
-            oof_pairs[i as usize * kk..(i as usize + 1) * kk].copy_from_slice(&p_held[j * kk..(j + 1) * kk]);
+    for fit in fits {
+        for (j, &i) in fold_images[fit.fold as usize].iter().enumerate() {
+            oof_pairs[i as usize * kk..(i as usize + 1) * kk].copy_from_slice(&fit.held[j * kk..(j + 1) * kk]);
         }
-        test_pairs.iter_mut().zip(&test_p).for_each(|(a, &b)| *a += b as f64);
-        gain.iter_mut().zip(&g).for_each(|(a, b)| *a += b);
-        reports.push(report);
+        test_pairs.iter_mut().zip(&fit.test).for_each(|(a, &b)| *a += b as f64);
+        gain.iter_mut().zip(&fit.gain).for_each(|(a, b)| *a += b);
+        reports.push(fit.report);
     }
     let models = reports.len().max(1) as f64;
     let test_pairs: Vec<f32> = test_pairs.into_iter().map(|v| (v / models) as f32).collect();
