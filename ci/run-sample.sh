@@ -7,5 +7,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source ci/env.sh
 bash ci/setup-libtorch.sh
+bash ci/setup-lightgbm.sh
 cargo build --release --bin imet
 exec "${CARGO_TARGET_DIR:-target}/release/imet" run --spec jobs/sample.toml --parallel "${IMET_PARALLEL:-2}" "$@"

@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 source ci/env.sh
 start=$(date +%s)
 bash ci/setup-libtorch.sh
+bash ci/setup-lightgbm.sh
 bash ci/setup-python.sh
 bash ci/setup-s3.sh
 bash ci/setup-slurm.sh install || echo "Slurm could not be installed; tests/slurm.rs will fail and say why"

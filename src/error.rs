@@ -109,6 +109,10 @@ pub enum Error {
     #[error("report: {0}")]
     Report(String),
 
+    // ---- level2 (stacking) ------------------------------------------------
+    #[error("level2: {0}")]
+    Level2(String),
+
     // ---- train and predict -----------------------------------------------
     #[error("checkpoint `{key}`: {message}")]
     Checkpoint { key: String, message: String },

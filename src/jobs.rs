@@ -10,6 +10,7 @@ use crate::ensemble::{self, EnsembleJob, Summary};
 use crate::error::{Error, Result};
 use crate::fold_job::{DataEdits, FoldJob};
 use crate::ids::Fold;
+use crate::level2::{self, Level2Job, Level2Outcome};
 use crate::predict::{self, PredictJob, PredictOutcome};
 use crate::spec::{Init, JobSpec, Stage, MAIN};
 use crate::storage::keys::{self, Scope};
@@ -136,6 +137,40 @@ pub fn predict_job(spec: &JobSpec, stage: Option<&str>, model: &str, fold: Fold)
     })
 }
 
+/// The level-2 job of fold `fold` in stage `stage`.
+///
+/// # Errors
+/// [`Error::Usage`] for a stage whose ensemble has no `level2`.
+pub fn level2_job(spec: &JobSpec, stage: Option<&str>, fold: Fold) -> Result<Level2Job> {
+    let (st, key) = stage_of(spec, stage)?;
+    let e = st.ensemble.ok_or_else(|| Error::Usage(format!("stage `{}` has no [ensemble] section", st.name)))?;
+    let config = e.level2.clone().ok_or_else(|| Error::Usage(format!("the ensemble of stage `{}` has no `level2` table", st.name)))?;
+    if fold.0 >= spec.folds.k {
+        return Err(Error::Usage(format!("fold {} but the spec has folds.k = {}", fold.0, spec.folds.k)));
+    }
+    let scope = Scope { experiment: &spec.experiment, stage: key.as_deref() };
+    let mut inputs = Vec::new();
+    for name in &e.members {
+        for f in 0..spec.folds.k {
+            inputs.push(Upstream::required(
+                keys::success(scope, name, Fold(f)),
+                format!("imet predict --spec <spec> --model {name} --fold {f}{}", stage_arg(key.as_deref())),
+            ));
+        }
+    }
+    Ok(Level2Job {
+        experiment: spec.experiment.clone(),
+        stage: key,
+        fold,
+        k: spec.folds.k,
+        members: e.members.clone(),
+        test_folds: e.test_folds.clone(),
+        config,
+        spec_hash: spec.stage_hash(st.name),
+        inputs,
+    })
+}
+
 /// The ensemble job of stage `stage`.
 ///
 /// # Errors
@@ -148,6 +183,18 @@ pub fn ensemble_job(spec: &JobSpec, stage: Option<&str>) -> Result<EnsembleJob> 
     let scope = Scope { experiment: &spec.experiment, stage: key.as_deref() };
     let mut member_folds = std::collections::BTreeMap::new();
     let mut inputs = Vec::new();
+    let mut config = config;
+    if config.level2.is_some() {
+        // The level-2 model's predictions are what the ensemble thresholds.
+        config.members = vec![level2::MEMBER.to_string()];
+        config.blend = crate::ensemble::BlendKind::Mean;
+        for f in 0..spec.folds.k {
+            inputs.push(Upstream::required(
+                keys::success(scope, level2::MEMBER, Fold(f)),
+                format!("imet level2 --spec <spec> --fold {f}{}", stage_arg(key.as_deref())),
+            ));
+        }
+    }
     for name in &config.members {
         let Some(m) = st.model(name) else { continue };
         let folds = m.fold_list(spec.folds.k);
@@ -205,6 +252,15 @@ pub async fn train(spec: &JobSpec, stage: Option<&str>, model: &str, fold: Fold)
 pub async fn predict(spec: &JobSpec, stage: Option<&str>, model: &str, fold: Fold) -> Result<PredictOutcome> {
     let job = predict_job(spec, stage, model, fold)?;
     predict::run(&spec.open_store()?, &job).await
+}
+
+/// `imet level2`.
+///
+/// # Errors
+/// As [`level2::job::run`].
+pub async fn level2(spec: &JobSpec, stage: Option<&str>, fold: Fold) -> Result<Level2Outcome> {
+    let job = level2_job(spec, stage, fold)?;
+    level2::job::run(&spec.open_store()?, &job).await
 }
 
 /// `imet ensemble`.

@@ -30,7 +30,7 @@
 //! | 3 | `image` | decode, augment, load |
 //! | 4 | `model`, `shards` | networks from bytes; image shards for cloud reads |
 //! | 5 | `fold_job` | what train and predict share |
-//! | 6 | `train`, `predict` | the fold jobs |
+//! | 6 | `train`, `predict`, `level2` | the fold jobs; the second-level model over the members' predictions |
 //! | 7 | `ensemble` | blends, thresholds, submission |
 //! | 8 | `curate` | a later stage's data edits from an earlier stage's ensemble |
 //! | 9 | `spec` | the experiment spec, composing every stage's configuration |
@@ -52,6 +52,7 @@ pub mod fold_job;
 pub mod train;
 pub mod predict;
 pub mod ensemble;
+pub mod level2;
 pub mod curate;
 pub mod spec;
 pub mod jobs;

@@ -141,6 +141,17 @@ enum Command {
         #[arg(long)]
         stage: Option<String>,
     },
+    /// One fold of a stage's second-level model (`[ensemble] level2`): fitted on the other folds' members' predictions.
+    Level2 {
+        #[arg(long)]
+        spec: PathBuf,
+        /// Fold number, or `env` for the batch engine's array index.
+        #[arg(long)]
+        fold: String,
+        /// A later stage (`[[stages]] name`); the first stage when unset.
+        #[arg(long)]
+        stage: Option<String>,
+    },
     /// A later stage's data edits (dropped noisy images, pseudo-labels, distillation targets) from its source stage's ensemble.
     Curate {
         #[arg(long)]
@@ -425,6 +436,14 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Ensemble { spec, stage } => {
             let spec = JobSpec::load(&spec)?;
             let s = imet::jobs::ensemble(&spec, stage.as_deref()).await.with_context(|| format!("ensemble of experiment `{}`", spec.experiment))?;
+            print_json(&s)
+        }
+        Command::Level2 { spec, fold, stage } => {
+            let spec = JobSpec::load(&spec)?;
+            let fold = imet::fold_job::parse_fold(&fold, spec.folds.k)?;
+            let s = imet::jobs::level2(&spec, stage.as_deref(), fold)
+                .await
+                .with_context(|| format!("level-2 model of fold {} of experiment `{}`", fold.0, spec.experiment))?;
             print_json(&s)
         }
         Command::Curate { spec, stage } => {

@@ -457,7 +457,7 @@ mod tests {
     #[test]
     fn ensemble_elements_not_built_yet_are_refused_by_name() {
         for (line, element) in [
-            ("level2 = { kind = \"lightgbm\" }", "`ensemble.level2`: not supported yet: a second-level model"),
+            ("level2 = { top_k = 0 }", "`ensemble.level2.top_k` is 0"),
             ("knn_tag_relevance = { k = 10, weight = 0.5 }", "`ensemble.knn_tag_relevance`: not supported yet: k-NN tag relevance"),
             ("member_folds = { a = [0, 1] }", "`ensemble.member_folds`: set each member's folds in its own table"),
         ] {

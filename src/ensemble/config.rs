@@ -53,10 +53,12 @@ pub struct EnsembleSection {
     /// OOF rows used to fit blend weights (held quantised to bytes).
     #[serde(default = "defaults::weight_rows")]
     pub weight_rows: usize,
-    /// A second-level model over the members' predictions (R2 stage 5,
-    /// LightGBM stacking). Not built yet: refused by validation.
+    /// A second-level model over the members' out-of-fold predictions
+    /// (R2 stage 5): gradient-boosted trees on (image, class) pairs, one
+    /// model per fold, whose predictions the ensemble then thresholds in
+    /// place of the members' blend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub level2: Option<Level2Spec>,
+    pub level2: Option<crate::level2::Level2Config>,
     /// k-NN "tag relevance" over embeddings added to the blend (4th place).
     /// Not built yet: refused by validation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -103,27 +105,6 @@ impl GroupSources {
         }
         out
     }
-}
-
-/// A second-level (stacking) model fitted on OOF predictions.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Level2Spec {
-    /// `pair_classifier`: a binary classifier on (image, class) rows with
-    /// the members' probabilities as features (R2); `lightgbm`: gradient
-    /// boosted trees on the same rows.
-    pub kind: Level2Kind,
-    /// Extra per-row features, e.g. `"class_frequency"`, `"rank_in_image"`.
-    #[serde(default)]
-    pub features: Vec<String>,
-}
-
-/// The model family of a second-level model.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Level2Kind {
-    PairClassifier,
-    Lightgbm,
 }
 
 /// k-NN tag relevance: neighbours' labels, weighted by similarity, added
@@ -193,8 +174,8 @@ impl EnsembleSection {
         if self.member_folds.is_some() {
             return Err("`ensemble.member_folds`: set each member's folds in its own table instead (`[[models]] folds = [\"0-9\"]`)".into());
         }
-        if self.level2.is_some() {
-            return Err("`ensemble.level2`: not supported yet: a second-level model over the members' predictions".into());
+        if let Some(l2) = &self.level2 {
+            l2.validate(Some(1103)).map_err(|bad| bad.join("; ").replace("`level2.", "`ensemble.level2."))?;
         }
         if self.knn_tag_relevance.is_some() {
             return Err("`ensemble.knn_tag_relevance`: not supported yet: k-NN tag relevance over embeddings".into());

@@ -28,7 +28,7 @@ pub mod submission;
 pub mod threshold;
 
 pub use blend::BlendKind;
-pub use config::{EnsembleSection, KnnTagRelevance, Level2Kind, Level2Spec};
+pub use config::{EnsembleSection, GroupSources, KnnTagRelevance};
 pub use eval::eval;
 
 use crate::error::{Error, Result};

@@ -221,9 +221,9 @@ pub fn manifests(spec: &JobSpec) -> Result<Vec<(String, String, String)>> {
 
 /// The `app.kubernetes.io/component` label of a group's pods.
 fn component_of(g: &Group) -> String {
-    match g.folds {
-        Some(_) => "train-predict".into(),
-        None => g.kind.as_str().into(),
+    match g.kind {
+        super::plan::JobKind::Train => "train-predict".into(),
+        k => k.as_str().into(),
     }
 }
 

@@ -226,6 +226,7 @@ pub fn main_output(experiment: &str, job: &Job) -> String {
         JobKind::Curate => keys::stage_data_success(scope),
         JobKind::Train => keys::weights(scope, model, fold),
         JobKind::Predict => keys::test_predictions(scope, model, fold),
+        JobKind::Level2 => keys::test_predictions(scope, crate::level2::MEMBER, fold),
         JobKind::Ensemble => keys::submission(scope),
     }
 }

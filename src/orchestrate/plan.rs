@@ -26,6 +26,7 @@ pub enum JobKind {
     Curate,
     Train,
     Predict,
+    Level2,
     Ensemble,
 }
 
@@ -36,6 +37,7 @@ impl JobKind {
             JobKind::Curate => "curate",
             JobKind::Train => "train",
             JobKind::Predict => "predict",
+            JobKind::Level2 => "level2",
             JobKind::Ensemble => "ensemble",
         }
     }
@@ -313,6 +315,33 @@ impl Builder<'_> {
         id
     }
 
+    /// A fold job that belongs to no model (level 2): `{stage/}level2/{k}`.
+    #[allow(clippy::too_many_arguments)]
+    fn push_fold(&mut self, kind: JobKind, stage: Option<&str>, fold: u8, deps: Vec<String>, verb: Vec<String>, resources: JobResources, group: String, job_ref: JobRef) -> String {
+        let prefix = stage.map(|s| format!("{s}/")).unwrap_or_default();
+        let id = format!("{prefix}{}/{fold}", kind.as_str());
+        let mut args = verb;
+        args.extend(["--spec".into(), self.spec_arg.clone(), "--fold".into(), fold.to_string()]);
+        if let Some(s) = stage {
+            args.extend(["--stage".into(), s.to_string()]);
+        }
+        self.jobs.push(Job {
+            id: id.clone(),
+            kind,
+            stage: stage.map(String::from),
+            model: None,
+            fold: Some(fold),
+            deps,
+            args,
+            resources,
+            group,
+            manifest: job_ref.manifest.clone(),
+            spec_hash: job_ref.spec_hash.clone(),
+            job_ref,
+        });
+        id
+    }
+
     /// The jobs of one stage.
     fn stage(&mut self, stage: &Stage<'_>) -> Result<()> {
         let spec = self.spec;
@@ -352,6 +381,17 @@ impl Builder<'_> {
         if let Some(e) = stage.ensemble {
             // Only the members' predictions, and the stages groups come from.
             let mut deps: Vec<String> = predicts.into_iter().filter(|(m, _)| e.members.contains(m)).map(|(_, id)| id).collect();
+            if e.level2.is_some() {
+                // One level-2 model per fold, each on every member's
+                // predictions; the ensemble thresholds theirs.
+                let mut level2 = Vec::new();
+                for k in 0..spec.folds.k {
+                    let job = jobs::level2_job(spec, key, Fold(k))?;
+                    let verb = vec!["level2".into()];
+                    level2.push(self.push_fold(JobKind::Level2, key, k, deps.clone(), verb, LIGHT, format!("{prefix}level2"), job.job_ref()));
+                }
+                deps = level2;
+            }
             for (_, other) in e.groups.sources() {
                 deps.push(if other == MAIN { "ensemble".to_string() } else { format!("{other}/ensemble") });
             }

@@ -13,14 +13,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-const LEVEL2: &str = "a second-level model over the members' predictions";
 
 /// Each spec in jobs/ and the elements it names that are not built yet.
 fn expected() -> Vec<(&'static str, Vec<&'static str>)> {
     vec![
         ("sample.toml", vec![]),
         ("r1-pnasnet.toml", vec![]),
-        ("r2-first-place.toml", vec![LEVEL2]),
+        ("r2-first-place.toml", vec![]),
         ("r3-second-place.toml", vec![]),
         ("r4-large-ensemble.toml", vec![]),
     ]
@@ -147,6 +146,7 @@ fn recipe_specs_state_their_key_elements() {
         assert!(m.train.phases.iter().all(|p| p.labels == imet::train::config::LabelScope::Tags), "{}: tags only", m.name);
     }
     assert_eq!(tags.ensemble.groups.culture.as_deref(), Some("pseudo"));
+    assert_eq!(tags.ensemble.level2.as_ref().map(|l| l.top_k), Some(30), "stage 5: the level-2 model over stage 4's members");
 
     let r3 = load("r3-second-place.toml");
     assert_eq!(r3.folds.k, 6);
