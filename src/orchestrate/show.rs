@@ -76,7 +76,16 @@ pub fn table(plan: &Plan, program: &str) -> String {
         );
     };
     line(&mut out, header);
-    for r in &rows {
+    let stages = plan.stages();
+    let several = stages.len() > 1;
+    let mut current: Option<&str> = None;
+    for (j, r) in plan.jobs.iter().zip(&rows) {
+        let stage = j.stage.as_deref().unwrap_or(crate::ids::MAIN_STAGE);
+        if several && j.kind != super::plan::JobKind::Folds && current != Some(stage) {
+            let n = stages.iter().find(|(s, _)| s == stage).map_or(0, |(_, ids)| ids.len());
+            let _ = writeln!(out, "-- stage {stage} ({n} jobs)");
+            current = Some(stage);
+        }
         line(&mut out, [&r[0], &r[1], &r[2], &r[3], &r[4], &r[5], &r[6]]);
     }
     let gpu_hours: f64 = plan.jobs.iter().map(|j: &Job| j.resources.gpus as f64 * j.resources.time_limit_s as f64 / 3600.0).sum();

@@ -25,6 +25,7 @@ mod schemas;
 mod shards;
 mod slurm;
 mod spec_hashes;
+mod stages;
 mod storage_s3;
 mod tensorboard;
 mod train_jobs;

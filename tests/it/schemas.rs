@@ -98,6 +98,20 @@ async fn history_writer_matches_its_contract() {
     assert_eq!(written_contract(&store, "h.parquet").await, want);
 }
 
+#[tokio::test]
+async fn scored_ids_writer_matches_its_contract() {
+    let store = Store::memory();
+    let mut meta = std::collections::BTreeMap::new();
+    meta.insert("what".to_string(), "dropped".to_string());
+    meta.insert("score".to_string(), "bce".to_string());
+    let s = pq::ScoredIds { ids: ids(3), scores: vec![0.9, 0.5, 0.1], meta };
+    pq::write_scored_ids(&store, "d.parquet", &s).await.unwrap();
+    let want = contract_part(&contract_file("scored_ids.parquet.json"));
+    assert_eq!(pq::contract(&pq::scored_ids_schema(), &pq::SCORED_IDS_META_KEYS), want);
+    assert_eq!(written_contract(&store, "d.parquet").await, want);
+    assert_eq!(pq::read_scored_ids(&store, "d.parquet").await.unwrap(), s);
+}
+
 const PYARROW_CHECK: &str = r#"
 import sys, json
 import numpy as np
