@@ -40,7 +40,7 @@ pub enum Error {
     #[error("`{key}` was made from outputs of `{upstream}` that have been committed again since; rerun what is stale with `imet run --rerun-stale` (or delete `{key}`)")]
     Stale { key: String, upstream: String },
 
-    #[error("manifest `{key}` was committed by a different spec (hash {found}, this spec {expected}); use a new experiment name or delete the run's outputs")]
+    #[error("`{key}` was written by a different spec (hash {found}, this spec {expected}); rerun what changed with `imet run --rerun-stale` (the old manifest and checkpoints are kept aside), use a new experiment name, or delete the run's outputs")]
     SpecChanged { key: String, expected: String, found: String },
 
     // ---- inputs ----------------------------------------------------------

@@ -143,6 +143,7 @@ enum Command {
     },
     /// One fold of a stage's second-level model (`[ensemble] level2`): fitted on the other folds' members' predictions.
     Level2 {
+        /// Experiment spec (TOML).
         #[arg(long)]
         spec: PathBuf,
         /// Fold number, or `env` for the batch engine's array index.
@@ -154,6 +155,7 @@ enum Command {
     },
     /// A later stage's data edits (dropped noisy images, pseudo-labels, distillation targets) from its source stage's ensemble.
     Curate {
+        /// Experiment spec (TOML).
         #[arg(long)]
         spec: PathBuf,
         /// The stage (`[[stages]] name`).

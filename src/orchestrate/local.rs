@@ -546,10 +546,17 @@ impl<'a> Executor<'a> {
 /// # Errors
 /// Storage errors.
 async fn set_aside(store: &Store, key: &str) -> Result<String> {
-    let bytes = store.get(key).await?;
-    let kept = format!("{key}.stale-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ"));
-    store.put(&kept, bytes).await?;
-    store.delete(key).await?;
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
+    // A train job's epoch checkpoints beside its manifest belong to the old
+    // spec: moved aside too, or the rerun would refuse to resume from them.
+    let dir = key.rsplit_once('/').map_or("", |(d, _)| d);
+    let checkpoints = format!("{dir}/checkpoints/");
+    for object in store.list(&checkpoints).await? {
+        let rest = object.key.strip_prefix(&checkpoints).unwrap_or(&object.key);
+        store.rename(&object.key, &format!("{dir}/checkpoints.stale-{stamp}/{rest}")).await?;
+    }
+    let kept = format!("{key}.stale-{stamp}");
+    store.rename(key, &kept).await?;
     Ok(kept)
 }
 

@@ -330,6 +330,13 @@ impl Store {
         }
     }
 
+    /// Moves `from` to `to` inside the store (a server-side copy then a
+    /// delete on S3, a file rename on a local folder), overwriting `to`.
+    pub async fn rename(&self, from: &str, to: &str) -> Result<()> {
+        let (a, b) = (self.path(from), self.path(to));
+        self.with_retry("rename", from, || self.inner.rename(&a, &b)).await
+    }
+
     /// Every object under `prefix` (recursive), sorted by key.
     pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
         let path = self.path(prefix);

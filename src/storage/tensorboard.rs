@@ -32,7 +32,7 @@
 //! with `prost`, field numbers from TensorBoard's `event.proto` and
 //! `summary.proto`) and the record framing above (`crc32c` crate for the
 //! checksum): about a hundred lines, tested against TensorBoard's own
-//! reader and writer in `tests/tensorboard.rs`.
+//! reader and writer in `tests/it/tensorboard.rs`.
 //!
 //! # Deterministic bytes
 //! Nothing in the file comes from the clock or the host: the wall time of
@@ -269,7 +269,7 @@ mod tests {
         assert_eq!(tags, TAGS.iter().map(|t| t.0).collect::<Vec<_>>());
         assert_eq!(events[1].values[0].1, 0.25f32);
         // A zero threshold is present, not dropped as a proto3 default.
-        assert_eq!(events[1].values[3], ("threshold/valid".to_string(), 0.0));
+        assert_eq!(events[1].values[5], ("threshold/valid".to_string(), 0.0));
     }
 
     #[test]

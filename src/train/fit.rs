@@ -58,6 +58,18 @@ impl Resume {
         };
         Ok(Some(Resume { key, checkpoint, best }))
     }
+
+    /// The stored checkpoint of the best epoch so far: read separately when
+    /// it is older than the resume point, else the resume point itself (a
+    /// resumed run whose later epochs never improve keeps it).
+    fn best(self) -> Option<(String, Checkpoint)> {
+        let s = &self.checkpoint.state;
+        match self.best {
+            Some(best) => Some(best),
+            None if s.best_epoch > 0 && s.best_epoch == s.epochs_done => Some((self.key, self.checkpoint)),
+            None => None,
+        }
+    }
 }
 
 /// What the loop trained.
@@ -172,7 +184,7 @@ impl Fit {
         if let Some(skipped) = Some(loaders.train.skipped()).filter(|s| !s.is_empty()) {
             warn!(images = skipped.len(), "training skipped bad images");
         }
-        let weights = self.kept_weights(&mut net, &vs, &state, best_weights, resume.and_then(|r| r.best))?;
+        let weights = self.kept_weights(&mut net, &vs, &state, best_weights, resume.and_then(Resume::best))?;
         Ok(Trained {
             weights,
             best_epoch: state.best_epoch,

@@ -181,7 +181,9 @@ fn aws_batch_requests_validate_against_botocores_service_model_and_submit_resolv
 
     let def: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("job-definitions/imet-render_test-r34-gpu.json")).unwrap()).unwrap();
     let env: Vec<&str> = def["containerProperties"]["environment"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
-    assert_eq!(env, ["IMET_ROOT", "IMET_LOG_FORMAT", "IMET_SPEC_TOML"], "secrets stay out of the environment");
+    assert_eq!(env, ["IMET_ROOT", "IMET_LOG_FORMAT", "IMET_SPEC_TOML", "IMET_FOLDS"], "secrets stay out of the environment");
+    let folds = def["containerProperties"]["environment"][3]["value"].as_str().unwrap();
+    assert_eq!(folds, "0,1,2", "an array child maps its index to the fold it trains");
     assert!(def["containerProperties"]["secrets"][0]["valueFrom"].as_str().unwrap().starts_with("arn:aws:secretsmanager"));
 }
 

@@ -61,7 +61,7 @@ groups = { culture = "main" }
 
 fn imet(dir: &Path, args: &[&str]) -> Output {
     let mut c = Command::new(common::imet_bin());
-    c.current_dir(dir).args(args).env("RUST_LOG", "warn").env("IMET_DEVICE", "cpu").env_remove("IMET_ROOT");
+    c.current_dir(dir).args(args).env("RUST_LOG", "info").env("IMET_DEVICE", "cpu").env_remove("IMET_ROOT");
     c.output().expect("imet starts")
 }
 

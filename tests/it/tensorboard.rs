@@ -40,7 +40,7 @@ w.write(event_pb2.Event(wall_time=0.0, step=0, file_version="brain.Event:2").Ser
 wall = 0.0
 for r in history:
     wall += r["seconds"]
-    values = [r["train_loss"], r["valid_loss"], r["valid_f2"], r["valid_threshold"], r["lr"], r["train_images_per_sec"], r["seconds"]]
+    values = [r["train_loss"], r["valid_loss"], r["valid_f2"], r["valid_f2_culture"], r["valid_f2_tag"], r["valid_threshold"], r["lr"], r["train_images_per_sec"], r["seconds"]]
     summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=t, simple_value=v) for t, v in zip(tags, values)])
     w.write(event_pb2.Event(wall_time=wall, step=r["epoch"], summary=summary).SerializeToString())
 open(sys.argv[3], "wb").write(buf.getvalue())

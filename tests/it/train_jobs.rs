@@ -233,7 +233,7 @@ fn bad_inputs_fail_before_any_work_and_say_what_to_do() {
         (spec.replace("batch_size = 8", "batch_size = 8\nbatchsize = 4"), "batchsize"),
         (spec.replace("lr = 0.05", "lr = 50.0"), "models[r18].train.phases[0].optimizer.lr"),
         (spec.replace("size = 32\n", "size = 16\n"), "models[r18].size"),
-        (spec.replace("clip_grad_norm = 5.0", "clip_grad_norm = 5.0\npseudo_labels = 0.1"), "not supported yet: pseudo-labelling"),
+        (spec.replace("clip_grad_norm = 5.0", "clip_grad_norm = 5.0\npseudo_labels = 0.1"), "add a `[[stages]]` table with `pseudo_labels"),
     ] {
         std::fs::write(dir.path().join("bad.toml"), bad).unwrap();
         let err = fail(&["train", "--spec", "bad.toml", "--model", "r18", "--fold", "0"]);
