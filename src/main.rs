@@ -20,11 +20,12 @@ struct Cli {
 
 /// The environment variables the program reads (names, meaning), listed
 /// by `imet --help` and the man page.
-const ENVIRONMENT: [(&str, &str); 10] = [
+const ENVIRONMENT: [(&str, &str); 11] = [
     ("IMET_ROOT", "Store root used instead of the spec storage.root (file:///abs/path, s3://bucket/prefix, or a path)"),
     ("IMET_DEVICE", "`cpu` runs jobs on the CPU; otherwise CUDA when available"),
     ("IMET_LOG_FORMAT", "Log lines on stderr: `text` (default) or `json` (as --log-format)"),
     ("RUST_LOG", "Log filter, e.g. `info` (default), `debug`, `imet=debug`"),
+    ("IMET_PROGRESS_SECS", "Seconds between progress log lines when stderr is not a terminal (default 10; 0: every update)"),
     ("AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN", "Credentials for s3:// stores"),
     ("AWS_REGION, AWS_DEFAULT_REGION", "Region of s3:// stores (us-east-1 when neither is set)"),
     ("AWS_ENDPOINT_URL, AWS_ENDPOINT", "S3-compatible endpoint (MinIO, ...); http:// URLs are allowed"),
@@ -98,6 +99,9 @@ enum Command {
         /// Experiment spec (its storage root, data and [folds] section).
         #[arg(long, conflicts_with_all = ["data", "k", "seed", "experiment"], required_unless_present = "data")]
         spec: Option<PathBuf>,
+        /// Override a value of the spec, `KEY.PATH=VALUE` (repeatable), e.g. `folds.k=10`.
+        #[arg(long = "set", value_name = "KEY=VALUE", requires = "spec")]
+        set: Vec<imet::spec::Override>,
         /// Store root holding data/ (file:///abs, s3://bucket/prefix, or a path).
         #[arg(long)]
         data: Option<String>,
@@ -134,18 +138,22 @@ enum Command {
     },
     /// Blend every member's predictions, fit thresholds on OOF F2, write the submission.
     Ensemble {
-        /// Experiment spec (TOML).
-        #[arg(long)]
-        spec: PathBuf,
+        #[command(flatten)]
+        spec: SpecArg,
         /// A later stage (`[[stages]] name`); the first stage when unset.
         #[arg(long)]
         stage: Option<String>,
     },
     /// One fold of a stage's second-level model (`[ensemble] level2`): fitted on the other folds' members' predictions.
     Level2 {
+<<<<<<< HEAD
         /// Experiment spec (TOML).
         #[arg(long)]
         spec: PathBuf,
+=======
+        #[command(flatten)]
+        spec: SpecArg,
+>>>>>>> h/visible2
         /// Fold number, or `env` for the batch engine's array index.
         #[arg(long)]
         fold: String,
@@ -155,9 +163,14 @@ enum Command {
     },
     /// A later stage's data edits (dropped noisy images, pseudo-labels, distillation targets) from its source stage's ensemble.
     Curate {
+<<<<<<< HEAD
         /// Experiment spec (TOML).
         #[arg(long)]
         spec: PathBuf,
+=======
+        #[command(flatten)]
+        spec: SpecArg,
+>>>>>>> h/visible2
         /// The stage (`[[stages]] name`).
         #[arg(long)]
         stage: String,
@@ -184,9 +197,8 @@ enum Command {
     Predict(FoldJob),
     /// Run an experiment's whole job DAG on this machine as child processes, resuming where it stopped.
     Run {
-        /// Experiment spec (TOML).
-        #[arg(long)]
-        spec: PathBuf,
+        #[command(flatten)]
+        spec: SpecArg,
         /// Jobs at a time.
         #[arg(long, default_value_t = 1)]
         parallel: usize,
@@ -208,18 +220,16 @@ enum Command {
     },
     /// Where an experiment stands, from its store: jobs done and pending, train checkpoints, the OOF F2.
     Status {
-        /// Experiment spec (TOML).
-        #[arg(long)]
-        spec: PathBuf,
+        #[command(flatten)]
+        spec: SpecArg,
         /// Print the status as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Estimate each ensemble member's test-time hours and which fit an inference budget.
     Budget {
-        /// Experiment spec (TOML).
-        #[arg(long)]
-        spec: PathBuf,
+        #[command(flatten)]
+        spec: SpecArg,
         /// The budget, e.g. `9h`, `90m`, `1h30m`.
         #[arg(long, default_value = "9h")]
         budget: String,
@@ -238,9 +248,8 @@ enum Command {
     },
     /// Show the experiment's job DAG: dependencies, command lines, resources.
     Plan {
-        /// Experiment spec (TOML).
-        #[arg(long)]
-        spec: PathBuf,
+        #[command(flatten)]
+        spec: SpecArg,
         /// Print the plan as JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -253,9 +262,8 @@ enum Command {
     },
     /// Submit the experiment's jobs not yet committed to a batch engine.
     Submit {
-        /// Experiment spec (TOML).
-        #[arg(long)]
-        spec: PathBuf,
+        #[command(flatten)]
+        spec: SpecArg,
         /// The batch engine to submit to.
         #[arg(long, value_enum)]
         engine: SubmitEngine,
@@ -268,9 +276,8 @@ enum Command {
     },
     /// Write the experiment's manifests for a batch engine (validated offline in CI).
     Render {
-        /// Experiment spec (TOML).
-        #[arg(long)]
-        spec: PathBuf,
+        #[command(flatten)]
+        spec: SpecArg,
         /// The batch engine to write manifests for.
         #[arg(long, value_enum)]
         engine: RenderEngine,
@@ -284,9 +291,8 @@ enum Command {
     /// (losses and validation F2 by epoch, a line per fold) and curves.json; lists the
     /// ensemble's plots when it has run.
     Report {
-        /// Experiment spec (TOML).
-        #[arg(long)]
-        spec: PathBuf,
+        #[command(flatten)]
+        spec: SpecArg,
         /// Print the report as JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -294,6 +300,13 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Print the resolved spec (file and `--set` overrides, validated) as TOML.
+    Spec {
+        #[command(flatten)]
+        spec: SpecArg,
+    },
+    /// Print the JSON Schema of experiment specs (schemas/spec.schema.json).
+    Schema,
     /// Print a shell completion script, e.g. `imet completions bash > /etc/bash_completion.d/imet`.
     Completions {
         /// The shell to complete in.
@@ -322,12 +335,37 @@ enum RenderEngine {
     AwsBatch,
 }
 
-/// The fold job `train` and `predict` address.
-#[derive(clap::Args)]
-struct FoldJob {
+/// The experiment spec a command reads, with `--set` overrides.
+#[derive(clap::Args, Clone)]
+struct SpecArg {
     /// Experiment spec (TOML).
     #[arg(long)]
     spec: PathBuf,
+    /// Override a value of the spec, `KEY.PATH=VALUE` (repeatable), e.g.
+    /// `models[r18].train.batch_size=16`, `stages[clean].drop_noisy.fraction=0.1`:
+    /// array elements by position (`[0]`) or by `name`; the value is TOML
+    /// (`16`, `true`, `"s"`, `[1, 2]`), else a string.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<imet::spec::Override>,
+}
+
+impl SpecArg {
+    /// The spec file with its overrides.
+    fn source(&self) -> imet::spec::SpecSource {
+        imet::spec::SpecSource::new(&self.spec, self.set.clone())
+    }
+
+    /// The spec, overrides applied, validated.
+    fn load(&self) -> anyhow::Result<JobSpec> {
+        Ok(self.source().load()?)
+    }
+}
+
+/// The fold job `train` and `predict` address.
+#[derive(clap::Args)]
+struct FoldJob {
+    #[command(flatten)]
+    spec: SpecArg,
     /// A `name` of the spec's `[[models]]`.
     #[arg(long)]
     model: String,
@@ -344,7 +382,7 @@ struct FoldJob {
 impl FoldJob {
     /// The loaded spec and the fold.
     fn resolve(&self) -> anyhow::Result<(JobSpec, imet::ids::Fold)> {
-        let spec = JobSpec::load(&self.spec)?;
+        let spec = self.spec.load()?;
         let fold = imet::fold_job::parse_fold(&self.fold, spec.folds.k)?;
         Ok((spec, fold))
     }
@@ -415,9 +453,9 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             println!("ok: {} classes, {} training images, {} test images", inputs.vocab.len(), inputs.train.len(), inputs.test.ids.len());
             Ok(())
         }
-        Command::Folds { spec, data, k, seed, experiment } => {
+        Command::Folds { spec, set, data, k, seed, experiment } => {
             let spec = match (spec, data) {
-                (Some(path), _) => JobSpec::load(&path)?,
+                (Some(path), _) => imet::spec::SpecSource::new(path, set).load()?,
                 (None, Some(root)) => JobSpec::adhoc_folds(&root, &experiment, k, seed)?,
                 (None, None) => anyhow::bail!("pass --spec FILE or --data ROOT"),
             };
@@ -436,12 +474,12 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             print_json(&summary)
         }
         Command::Ensemble { spec, stage } => {
-            let spec = JobSpec::load(&spec)?;
+            let spec = spec.load()?;
             let s = imet::jobs::ensemble(&spec, stage.as_deref()).await.with_context(|| format!("ensemble of experiment `{}`", spec.experiment))?;
             print_json(&s)
         }
         Command::Level2 { spec, fold, stage } => {
-            let spec = JobSpec::load(&spec)?;
+            let spec = spec.load()?;
             let fold = imet::fold_job::parse_fold(&fold, spec.folds.k)?;
             let s = imet::jobs::level2(&spec, stage.as_deref(), fold)
                 .await
@@ -449,7 +487,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             print_json(&s)
         }
         Command::Curate { spec, stage } => {
-            let spec = JobSpec::load(&spec)?;
+            let spec = spec.load()?;
             let s = imet::jobs::curate(&spec, &stage)
                 .await
                 .with_context(|| format!("data edits of stage `{stage}` of experiment `{}`", spec.experiment))?;
@@ -481,17 +519,17 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             if let Some(p) = program {
                 options.program = p;
             }
-            let summary = imet::orchestrate::local::run_path(&spec, smoke, &options).await?;
+            let summary = imet::orchestrate::local::run_path(&spec.source(), smoke, &options).await?;
             print_report(&summary, json, |s| s.render())?;
             Ok(summary.outcome()?)
         }
         Command::Status { spec, json } => {
-            let spec = JobSpec::load(&spec)?;
+            let spec = spec.load()?;
             let s = imet::orchestrate::status::status(&spec).await.with_context(|| format!("reading the status of experiment `{}`", spec.experiment))?;
             print_report(&s, json, |s| s.render())
         }
         Command::Budget { spec, budget, test_images, calibrate, calibration_batches, json } => {
-            let spec = JobSpec::load(&spec)?;
+            let spec = spec.load()?;
             let r = imet::orchestrate::budget::estimate_spec(&spec, &budget, test_images, calibrate, calibration_batches)
                 .await
                 .with_context(|| format!("estimating the inference budget of experiment `{}`", spec.experiment))?;
@@ -500,16 +538,24 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Plan { spec, json, budget, test_images } => plan(&spec, json, budget, test_images).await,
         Command::Submit { spec, engine: SubmitEngine::Slurm, out, dry_run } => {
             let options = imet::orchestrate::slurm::SubmitOptions { out, dry_run };
-            let s = imet::orchestrate::slurm::submit(&spec, &options).await.with_context(|| format!("submitting {} to Slurm", spec.display()))?;
+            let s = imet::orchestrate::slurm::submit(&spec.source(), &options).await.with_context(|| format!("submitting {} to Slurm", spec.spec.display()))?;
             print!("{}", s.render());
             Ok(())
         }
         Command::Report { spec, json, out } => {
-            let spec = JobSpec::load(&spec)?;
+            let spec = spec.load()?;
             let r = imet::report::run(&spec, &imet::report::ReportOptions { out })
                 .await
                 .with_context(|| format!("reporting the learning curves of experiment `{}`", spec.experiment))?;
             print_report(&r, json, |r| r.render())
+        }
+        Command::Spec { spec } => {
+            print!("{}", spec.load()?.to_toml());
+            Ok(())
+        }
+        Command::Schema => {
+            print!("{}", imet::spec::json_schema_text());
+            Ok(())
         }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "imet", &mut std::io::stdout());
@@ -524,10 +570,10 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         }
         Command::Render { spec, engine, out } => {
             let files = match engine {
-                RenderEngine::K8s => imet::orchestrate::k8s::render(&spec, &out),
-                RenderEngine::AwsBatch => imet::orchestrate::batch::render(&spec, &out),
+                RenderEngine::K8s => imet::orchestrate::k8s::render(&spec.source(), &out),
+                RenderEngine::AwsBatch => imet::orchestrate::batch::render(&spec.source(), &out),
             }
-            .with_context(|| format!("rendering {} into {}", spec.display(), out.display()))?;
+            .with_context(|| format!("rendering {} into {}", spec.spec.display(), out.display()))?;
             for f in &files {
                 println!("{}  {}", f.path.display(), f.what);
             }
@@ -537,13 +583,13 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
 }
 
 /// `imet plan`: the DAG, and with `--budget` the inference budget table.
-async fn plan(spec: &std::path::Path, json: bool, budget: Option<String>, test_images: Option<usize>) -> anyhow::Result<()> {
-    let plan = imet::orchestrate::show::plan_text(spec, json)?;
+async fn plan(spec: &SpecArg, json: bool, budget: Option<String>, test_images: Option<usize>) -> anyhow::Result<()> {
+    let plan = imet::orchestrate::show::plan_text(&spec.source(), json)?;
     let Some(budget) = budget else {
         print!("{plan}");
         return Ok(());
     };
-    let loaded = JobSpec::load(spec)?;
+    let loaded = spec.load()?;
     let r = imet::orchestrate::budget::estimate_spec(&loaded, &budget, test_images, false, 3)
         .await
         .with_context(|| format!("estimating the inference budget of experiment `{}`", loaded.experiment))?;

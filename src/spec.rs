@@ -24,13 +24,17 @@ use std::path::Path;
 
 mod cluster;
 mod models;
+mod overrides;
+mod schema;
 mod stages;
 pub use cluster::{is_dns_label, is_dns_subdomain, AwsBatchSettings, AwsSecret, ClusterSection, KubernetesSettings, SlurmSettings};
 pub use models::{parse_duration, FoldItem, ModelSpec, Resources};
+pub use overrides::{parse_with, Override, SpecSource};
+pub use schema::{json_schema, json_schema_text};
 pub use stages::{Init, Stage, StageSpec, MAIN};
 
 /// A whole experiment.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
     /// Name of the experiment: the `runs/{experiment}/` prefix.

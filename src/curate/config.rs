@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 /// drop_noisy = { fraction = 0.05 }                      # the worst 5%
 /// drop_noisy = { min_error = 0.2, criterion = "f2" }    # every image at or above an error
 /// ```
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DropNoisy {
     /// How an image's disagreement is measured.
@@ -26,7 +26,7 @@ pub struct DropNoisy {
 }
 
 /// The error of an image's OOF prediction against its labels.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NoiseCriterion {
     /// Mean over the image's true labels of `-ln p` plus the mean over its
@@ -45,7 +45,7 @@ pub enum NoiseCriterion {
 /// pseudo_labels = { fraction = 0.1 }                  # hard labels from the source's thresholds
 /// pseudo_labels = { count = 500, targets = "soft" }   # the blended probabilities as targets
 /// ```
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PseudoLabels {
     /// This fraction of the test images, most confident first.
@@ -63,7 +63,7 @@ pub struct PseudoLabels {
 }
 
 /// The confidence of a test image's prediction.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Confidence {
     /// Mean over classes of `|p - 0.5|` (R2: "largest mean |p - 0.5|").
@@ -72,7 +72,7 @@ pub enum Confidence {
 }
 
 /// Targets of pseudo-labelled images.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Targets {
     /// 0/1 labels from the source stage's chosen threshold strategy.
@@ -88,7 +88,7 @@ pub enum Targets {
 /// ```toml
 /// distill = { weight = 0.5 }   # targets = 0.5 labels + 0.5 the source stage's blend
 /// ```
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Distill {
     /// Targets are `(1 - weight) * labels + weight * teacher`.

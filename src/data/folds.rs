@@ -25,7 +25,7 @@ use rand_chacha::ChaCha8Rng;
 use tracing::info;
 
 /// Cross-validation folds.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FoldsSection {
     /// Number of folds, 2 to 40.

@@ -27,7 +27,7 @@ use std::collections::HashSet;
 use tracing::info;
 
 /// Input data, and the synthetic sample to generate when it is missing.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DataSection {
     /// Generate the synthetic sample under `data/` when `data/train.csv`
@@ -37,7 +37,7 @@ pub struct DataSection {
 }
 
 /// Synthetic sample size and content.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SampleSection {
     pub train: usize,
@@ -258,7 +258,7 @@ pub async fn generate(store: &Store, section: &SampleSection) -> Result<SampleSu
         move || plan(&section)
     })
     .await??);
-    let progress = crate::telemetry::Progress::new("sample images", (plan.train.len() + plan.test.len()) as u64);
+    let progress = crate::telemetry::Progress::with_unit("sample images", (plan.train.len() + plan.test.len()) as u64, "images");
     let mut bytes = 0u64;
     for split in [Split::Test, Split::Train] {
         let n = match split {

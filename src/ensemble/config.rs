@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 /// The ensemble: which models to blend, how, and how to threshold.
 /// Every member's folds come from `[folds] k`.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnsembleSection {
     /// Model names (`runs/{experiment}/models/{model}/`) to blend.
@@ -80,7 +80,7 @@ pub struct EnsembleSection {
 /// ```toml
 /// groups = { culture = "main" }   # cultures from the first stage, tags from this one
 /// ```
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GroupSources {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -109,7 +109,7 @@ impl GroupSources {
 
 /// k-NN tag relevance: neighbours' labels, weighted by similarity, added
 /// to the blended tag probabilities.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KnnTagRelevance {
     pub k: usize,

@@ -76,7 +76,7 @@ pub async fn blend(store: &Store, job: &EnsembleJob, inputs: &Inputs, seconds: &
         test_index: IdIndex::new(&inputs.test.ids, None),
         classes: c,
         vocabulary_hash: inputs.vocab.hash(),
-        progress: Progress::new("member files", if weighted { 2 * files } else { files }),
+        progress: Progress::with_unit("member files", if weighted { 2 * files } else { files }, "files"),
     };
     // Rows each member covers weigh in the blend; with full coverage every
     // row has every member's weight and the scalar total is used.

@@ -7,6 +7,7 @@ use crate::error::Result;
 use crate::image::augment::Normalize;
 use crate::image::loader::{normalize_on_device, Epoch, Output};
 use crate::model::Network;
+use crate::telemetry::Progress;
 use tch::{Device, Kind, Reduction, Tensor};
 
 /// The variable that forces the CPU (`IMET_DEVICE=cpu`).
@@ -21,7 +22,7 @@ pub fn device() -> Device {
 }
 
 /// Numeric precision of a job's forward (and backward) passes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     #[default]
@@ -109,11 +110,11 @@ pub fn to_channels_last(xs: &Tensor) -> Tensor {
 }
 
 /// Probabilities of every image of `batches` (sequential), with the mean
-/// BCE when targets are known.
+/// BCE when targets are known; each batch advances `progress` (images).
 ///
 /// # Errors
 /// Loader and forward errors.
-pub fn predict_probs(net: &mut Network, dev: &DeviceSetup, batches: Epoch) -> Result<(Vec<f32>, f64)> {
+pub fn predict_probs(net: &mut Network, dev: &DeviceSetup, batches: Epoch, progress: &Progress) -> Result<(Vec<f32>, f64)> {
     let _guard = tch::no_grad_guard();
     let mut probs = Vec::new();
     let (mut bce, mut count) = (0.0f64, 0usize);
@@ -126,6 +127,7 @@ pub fn predict_probs(net: &mut Network, dev: &DeviceSetup, batches: Epoch) -> Re
         count += ys.numel();
         let p = logits.sigmoid().to_device(Device::Cpu).contiguous().view([-1]);
         probs.extend(Vec::<f32>::try_from(&p)?);
+        progress.inc(batch.ids.len() as u64);
     }
     Ok((probs, bce / count.max(1) as f64))
 }

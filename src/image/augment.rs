@@ -46,7 +46,7 @@ fn noise_var() -> (f32, f32) {
 
 /// One transform. Every field with a probability `p` applies the transform
 /// with that probability (default 1 unless noted).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Transform {
     /// torchvision `RandomResizedCrop(size, scale, ratio)`: a random crop of
@@ -85,7 +85,7 @@ pub enum Transform {
     RandomErasing(RandomErasing),
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RandomResizedCrop {
     pub size: u32,
@@ -95,13 +95,13 @@ pub struct RandomResizedCrop {
     pub ratio: (f32, f32),
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Side {
     pub size: u32,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RandomCrop {
     pub size: u32,
@@ -109,21 +109,21 @@ pub struct RandomCrop {
     pub fill: [u8; 3],
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CenterCropResize {
     pub crop: u32,
     pub size: u32,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Prob {
     #[serde(default = "half")]
     pub p: f32,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Limit {
     pub limit: f32,
@@ -131,7 +131,7 @@ pub struct Limit {
     pub p: f32,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Gamma {
     #[serde(default = "gamma_range")]
@@ -140,7 +140,7 @@ pub struct Gamma {
     pub p: f32,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OneOf {
     pub of: Vec<Transform>,
@@ -148,7 +148,7 @@ pub struct OneOf {
     pub p: f32,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ShiftScaleRotate {
     #[serde(default = "shift_limit")]
@@ -170,7 +170,7 @@ fn rotate_limit() -> f32 {
     45.0
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GaussianNoise {
     #[serde(default = "noise_var")]
@@ -179,7 +179,7 @@ pub struct GaussianNoise {
     pub p: f32,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RandomErasing {
     #[serde(default = "erase_scale")]
@@ -438,7 +438,7 @@ impl Transform {
 }
 
 /// A list of transforms applied in order.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(transparent)]
 pub struct Pipeline(pub Vec<Transform>);
 

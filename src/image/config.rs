@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 /// The spec's `[image]` section: decoding, augmentation and loading.
 /// Models may override `augment` and `tta` with their own.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImageSection {
     /// `"fail"` stops the job at the first bad image; `"skip"` counts, logs
@@ -73,7 +73,7 @@ impl ImageSection {
 }
 
 /// The deterministic resize of validation and test images.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EvalResize {
     /// Whole image resized to `size` x `size`.

@@ -14,7 +14,7 @@ pub use crate::error::BadImageKind;
 
 /// The spec's `image.on_bad_image`: stop the job, or skip (count, log and
 /// list) the image.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OnBadImage {
     #[default]

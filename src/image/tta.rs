@@ -19,7 +19,7 @@ pub enum View {
 
 /// TTA settings: `hflip` adds the mirror, `crops` random resized crops of
 /// area fraction in `scale`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TtaSettings {
     #[serde(default = "yes")]

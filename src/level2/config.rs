@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 /// num_leaves = 63
 /// seed = 2019
 /// ```
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Level2Config {
     /// Candidate classes kept per image: its `top_k` highest by the blend.

@@ -199,6 +199,8 @@ async fn align(store: &Store, job: &Level2Job, inputs: &Inputs, fold_of: &[u8]) 
     };
     let mut oof = Vec::new();
     let mut test = Vec::new();
+    let test_files = (0..job.k).filter(|f| job.test_folds.as_ref().is_none_or(|t| t.contains(f))).count();
+    let progress = crate::telemetry::Progress::with_unit("member files", (job.members.len() * (job.k as usize + test_files)) as u64, "files");
     for m in &job.members {
         let mut matrix = vec![0f32; n * c];
         let mut seen = vec![false; n];
@@ -206,6 +208,7 @@ async fn align(store: &Store, job: &Level2Job, inputs: &Inputs, fold_of: &[u8]) 
             let key = keys::oof(job.scope(), m, Fold(f));
             let p = read_predictions(store, &key).await?;
             check(&key, &p)?;
+            progress.inc(1);
             for (r, id) in p.ids.iter().enumerate() {
                 let &i = train_row.get(id).ok_or_else(|| Error::Member { key: key.clone(), message: format!("id `{id}` is not in data/train.csv") })?;
                 if fold_of[i] != f || std::mem::replace(&mut seen[i], true) {
@@ -227,6 +230,7 @@ async fn align(store: &Store, job: &Level2Job, inputs: &Inputs, fold_of: &[u8]) 
             let key = keys::test_predictions(job.scope(), m, Fold(f));
             let p = read_predictions(store, &key).await?;
             check(&key, &p)?;
+            progress.inc(1);
             let mut covered = 0;
             for (r, id) in p.ids.iter().enumerate() {
                 let &i = test_row.get(id).ok_or_else(|| Error::Member { key: key.clone(), message: format!("id `{id}` is not in data/sample_submission.csv") })?;

@@ -12,7 +12,7 @@ use tch::{Kind, Tensor};
 pub const DEFAULT_CLASSES: i64 = 1103;
 
 /// Global pooling of the backbone's feature map.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 #[value(rename_all = "lower")]
 pub enum Pool {
@@ -36,7 +36,7 @@ impl Pool {
 }
 
 /// What the head looks like.
-#[derive(Clone, Copy, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeadConfig {
     /// Output logits per image.

@@ -16,7 +16,7 @@ use tch::nn;
 
 /// Every architecture a spec can name. Native ones keep timm's variable
 /// names ([`Arch::timm_name`] gives the timm model to export weights from).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize, clap::ValueEnum, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 #[value(rename_all = "lower")]
 pub enum Arch {

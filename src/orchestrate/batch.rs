@@ -14,7 +14,7 @@ use super::k8s::{container_image, container_root, write_files, Rendered};
 use super::plan::{shell_quote, JobResources, Plan};
 use crate::fold_job::FOLDS_ENV;
 use crate::error::{Error, Result};
-use crate::spec::JobSpec;
+use crate::spec::{JobSpec, SpecSource};
 use serde_json::{json, Value};
 use std::fmt::Write as _;
 use std::path::Path;
@@ -25,14 +25,15 @@ pub const SPEC_ENV: &str = "IMET_SPEC_TOML";
 /// AWS Batch refuses more dependencies per job.
 const MAX_DEPENDS_ON: usize = 20;
 
-/// Writes the requests and `submit.sh` for `spec_path` under `out`.
+/// Writes the requests and `submit.sh` for the spec `source` names under
+/// `out`; its `--set` overrides are applied in the spec jobs receive.
 ///
 /// # Errors
 /// Spec errors; [`Error::Engine`] for a spec AWS Batch cannot run (no
 /// image or job queue, a store root containers cannot reach);
 /// [`Error::Io`] writing files.
-pub fn render(spec_path: &Path, out: &Path) -> Result<Vec<Rendered>> {
-    let spec = JobSpec::load(spec_path)?;
+pub fn render(source: &SpecSource, out: &Path) -> Result<Vec<Rendered>> {
+    let spec = source.load()?;
     write_files(out, &requests(&spec)?)
 }
 

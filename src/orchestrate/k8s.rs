@@ -11,7 +11,7 @@ use super::plan::{short_name, Group, JobResources, Plan};
 use crate::fold_job::FOLDS_ENV;
 use std::collections::HashMap;
 use crate::error::{Error, Result};
-use crate::spec::JobSpec;
+use crate::spec::{JobSpec, SpecSource};
 use serde_json::{json, Value};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -24,14 +24,15 @@ pub struct Rendered {
     pub what: String,
 }
 
-/// Writes the manifests and `submit.sh` for `spec_path` under `out`.
+/// Writes the manifests and `submit.sh` for the spec `source` names under
+/// `out`; its `--set` overrides are applied in the spec the ConfigMap holds.
 ///
 /// # Errors
 /// Spec errors; [`Error::Engine`] for a spec the cluster cannot run (no
 /// `[cluster] image`, a store root pods cannot reach, names Kubernetes
 /// refuses); [`Error::Io`] writing files.
-pub fn render(spec_path: &Path, out: &Path) -> Result<Vec<Rendered>> {
-    let spec = JobSpec::load(spec_path)?;
+pub fn render(source: &SpecSource, out: &Path) -> Result<Vec<Rendered>> {
+    let spec = source.load()?;
     let files = manifests(&spec)?;
     write_files(out, &files)
 }

@@ -10,8 +10,9 @@ use super::plan::{Job, JobKind, Plan};
 use crate::data;
 use crate::ids::Fold;
 use crate::error::{Error, Result};
-use crate::spec::JobSpec;
+use crate::spec::{JobSpec, SpecSource};
 use crate::storage::{keys, Store};
+use crate::telemetry::{print_line, Progress};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -231,20 +232,22 @@ pub fn main_output(experiment: &str, job: &Job) -> String {
     }
 }
 
-/// `imet run`: loads the spec at `spec_path` and runs it, or with `smoke`
-/// its smoke version ([`super::smoke::derive`]), whose resolved spec is
-/// written to `{smoke root}/spec.toml` for the jobs to read.
+/// `imet run`: loads the spec `source` names (its file and `--set`
+/// overrides, which every job is given too) and runs it, or with `smoke`
+/// its smoke version ([`super::smoke::derive`]), whose resolved spec
+/// (overrides applied) is written to `{smoke root}/spec.toml` for the jobs
+/// to read.
 ///
 /// # Errors
 /// [`Error::Spec`] for a spec that does not load (a recipe element not
 /// built yet included), [`Error::Io`] when the smoke spec cannot be
 /// written, and the errors of [`run`].
-pub async fn run_path(spec_path: &Path, smoke: bool, options: &RunOptions) -> Result<RunSummary> {
-    let spec = JobSpec::load(spec_path)?;
+pub async fn run_path(source: &SpecSource, smoke: bool, options: &RunOptions) -> Result<RunSummary> {
+    let spec = source.load()?;
     if !smoke {
-        return run(&spec, spec_path, options).await;
+        return run_source(&spec, source, options).await;
     }
-    let origin = spec_path.display().to_string();
+    let origin = source.path.display().to_string();
     let derived = super::smoke::derive(&spec).map_err(|message| Error::Spec { path: format!("{origin} (smoke)"), message })?;
     let dir = PathBuf::from(&derived.storage.root);
     std::fs::create_dir_all(&dir).map_err(|source| Error::Io { path: dir.clone(), source })?;
@@ -269,6 +272,15 @@ pub async fn run_path(spec_path: &Path, smoke: bool, options: &RunOptions) -> Re
 /// Store errors before the jobs start, the sample generator's errors, and
 /// [`Error::Io`] when the log folder cannot be created.
 pub async fn run(spec: &JobSpec, spec_path: &Path, options: &RunOptions) -> Result<RunSummary> {
+    run_source(spec, &SpecSource::file(spec_path), options).await
+}
+
+/// [`run`] of `spec` read from `source`: every job reads the same file
+/// with the same `--set` overrides.
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_source(spec: &JobSpec, source: &SpecSource, options: &RunOptions) -> Result<RunSummary> {
     let store = spec.open_store()?;
     let span = info_span!("job", kind = "run", experiment = %spec.experiment);
     async move {
@@ -292,7 +304,7 @@ pub async fn run(spec: &JobSpec, spec_path: &Path, options: &RunOptions) -> Resu
             },
         });
 
-        let plan = Plan::new(spec, spec_path)?;
+        let plan = Plan::from_source(spec, source)?;
         let (outcomes, interrupted) = execute(&store, &plan, options, &log_dir).await?;
         summary.jobs.extend(outcomes);
         summary.interrupted = interrupted;
@@ -376,6 +388,8 @@ struct Executor<'a> {
     running: HashMap<u32, Running>,
     set: JoinSet<(u32, std::io::Result<std::process::ExitStatus>)>,
     interrupted: bool,
+    /// Jobs settled (skipped, done, failed, blocked): a bar, or log lines.
+    progress: Progress,
 }
 
 impl<'a> Executor<'a> {
@@ -392,12 +406,16 @@ impl<'a> Executor<'a> {
             running: HashMap::new(),
             set: JoinSet::new(),
             interrupted: false,
+            progress: Progress::with_unit(format!("run {}", plan.experiment), plan.jobs.len() as u64, "jobs"),
         }
     }
 
     /// Prints a progress line: `{what} {job} {detail}`.
     fn say(&self, what: &str, i: usize, detail: &str) {
-        eprintln!("{what:<12} {:<width$}  {detail}", self.plan.jobs[i].id, width = self.width);
+        print_line(&format!("{what:<12} {:<width$}  {detail}", self.plan.jobs[i].id, width = self.width));
+        if matches!(what, "skipped" | "done" | "failed" | "blocked" | "interrupted") {
+            self.progress.inc(1);
+        }
     }
 
     /// Marks committed jobs skipped first, so the table shows them even when
@@ -507,7 +525,7 @@ impl<'a> Executor<'a> {
                     self.say("interrupted", i, &how);
                 } else {
                     self.say("failed", i, &format!("{how} after {seconds:.1} s; last lines of {}:", log.display()));
-                    eprintln!("{}", indent(&log_tail(&log, LOG_TAIL_LINES)));
+                    print_line(&indent(&log_tail(&log, LOG_TAIL_LINES)));
                 }
             }
             Err(e) => {
@@ -522,10 +540,10 @@ impl<'a> Executor<'a> {
         let signal = if self.interrupted { libc::SIGKILL } else { libc::SIGINT };
         self.interrupted = true;
         warn!(running = self.running.len(), signal, "interrupted: signalling the running jobs and waiting for them");
-        eprintln!(
+        print_line(&format!(
             "interrupted: stopping {} running job(s) (Ctrl-C again kills them); run the same command again to finish the rest",
             self.running.len()
-        );
+        ));
         for pid in self.running.keys() {
             forward_signal(*pid, signal);
         }

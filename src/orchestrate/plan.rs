@@ -12,7 +12,7 @@
 use crate::error::Result;
 use crate::ids::Fold;
 use crate::jobs;
-use crate::spec::{parse_duration, JobSpec, Stage, MAIN};
+use crate::spec::{parse_duration, JobSpec, SpecSource, Stage, MAIN};
 use crate::storage::{JobRef, Store};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashSet};
@@ -180,8 +180,17 @@ impl Plan {
     /// [`crate::Error::Spec`] for a time limit that does not parse (already
     /// checked by validation).
     pub fn new(spec: &JobSpec, spec_path: &Path) -> Result<Plan> {
-        let spec_arg = spec_path.display().to_string();
-        let mut b = Builder { spec, spec_arg, jobs: Vec::new() };
+        Plan::from_source(spec, &SpecSource::file(spec_path))
+    }
+
+    /// Builds the DAG of `spec`, read from `source`: every command line
+    /// reads the same file with the same `--set` overrides.
+    ///
+    /// # Errors
+    /// As [`Plan::new`].
+    pub fn from_source(spec: &JobSpec, source: &SpecSource) -> Result<Plan> {
+        let spec_arg = source.path.display().to_string();
+        let mut b = Builder { spec, spec_arg, spec_args: source.args(), jobs: Vec::new() };
         let folds = jobs::folds_job(spec);
         b.push(JobKind::Folds, None, None, None, vec![], vec!["folds".into()], LIGHT, "folds".into(), folds.job_ref());
         for stage in spec.stages() {
@@ -264,7 +273,10 @@ impl Plan {
 /// Builds the jobs of a plan.
 struct Builder<'a> {
     spec: &'a JobSpec,
+    /// Where jobs find the spec: its path (in errors).
     spec_arg: String,
+    /// `--spec P` and the overrides, in every command line.
+    spec_args: Vec<String>,
     jobs: Vec<Job>,
 }
 
@@ -288,7 +300,7 @@ impl Builder<'_> {
             _ => format!("{prefix}{}", kind.as_str()),
         };
         let mut args = verb;
-        args.extend(["--spec".into(), self.spec_arg.clone()]);
+        args.extend(self.spec_args.iter().cloned());
         if let Some(m) = model {
             args.extend(["--model".into(), m.to_string()]);
         }
@@ -321,7 +333,8 @@ impl Builder<'_> {
         let prefix = stage.map(|s| format!("{s}/")).unwrap_or_default();
         let id = format!("{prefix}{}/{fold}", kind.as_str());
         let mut args = verb;
-        args.extend(["--spec".into(), self.spec_arg.clone(), "--fold".into(), fold.to_string()]);
+        args.extend(self.spec_args.iter().cloned());
+        args.extend(["--fold".into(), fold.to_string()]);
         if let Some(s) = stage {
             args.extend(["--stage".into(), s.to_string()]);
         }

@@ -4,19 +4,19 @@
 
 use super::plan::{Job, Plan};
 use crate::error::Result;
-use crate::spec::JobSpec;
+use crate::spec::SpecSource;
 use std::fmt::Write as _;
-use std::path::Path;
 
-/// The plan of the spec at `spec_path`, rendered as a table, or as JSON
+/// The plan of the spec `source` names (its file and `--set` overrides,
+/// which every command line passes on), rendered as a table, or as JSON
 /// when `json` is set (the [`Plan`] serialised, plus the `imet` binary the
 /// commands call).
 ///
 /// # Errors
 /// The spec's load and validation errors.
-pub fn plan_text(spec_path: &Path, json: bool) -> Result<String> {
-    let spec = JobSpec::load(spec_path)?;
-    let plan = Plan::new(&spec, spec_path)?;
+pub fn plan_text(source: &SpecSource, json: bool) -> Result<String> {
+    let spec = source.load()?;
+    let plan = Plan::from_source(&spec, source)?;
     let program = spec.cluster.imet();
     if json {
         let mut v = serde_json::to_value(&plan)?;
@@ -179,17 +179,22 @@ mod tests {
         let path = dir.path().join("s.toml");
         let text = "experiment = \"e\"\n[storage]\nroot = \"memory://\"\n[folds]\nk = 2\n[cluster]\nimet = \"/opt/imet\"\n";
         std::fs::write(&path, text).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&plan_text(&path, true).unwrap()).unwrap();
+        let source = SpecSource::file(&path);
+        let v: serde_json::Value = serde_json::from_str(&plan_text(&source, true).unwrap()).unwrap();
         assert_eq!(v["experiment"], "e");
         assert_eq!(v["jobs"][0]["id"], "folds");
         assert_eq!(v["jobs"][0]["command"], format!("/opt/imet folds --spec {}", path.display()));
         assert_eq!(v["jobs"][0]["resources"]["cpus"], 4);
-        assert!(plan_text(&path, false).unwrap().contains("/opt/imet folds"));
+        assert!(plan_text(&source, false).unwrap().contains("/opt/imet folds"));
+        // Overrides reach every command line, and the plan reads the spec with them.
+        let source = SpecSource::new(&path, vec!["folds.k=3".parse().unwrap()]);
+        let v: serde_json::Value = serde_json::from_str(&plan_text(&source, true).unwrap()).unwrap();
+        assert_eq!(v["jobs"][0]["command"], format!("/opt/imet folds --spec {} --set folds.k=3", path.display()));
     }
 
     #[test]
     fn the_table_has_a_row_per_job_with_its_resources_and_command() {
-        let spec = JobSpec::parse(
+        let spec = crate::spec::JobSpec::parse(
             "s.toml",
             r#"
 experiment = "e"
@@ -208,7 +213,7 @@ members = ["a"]
 "#,
         )
         .unwrap();
-        let plan = Plan::new(&spec, Path::new("jobs/s.toml")).unwrap();
+        let plan = Plan::new(&spec, std::path::Path::new("jobs/s.toml")).unwrap();
         let t = table(&plan, "imet");
         assert_eq!(t.lines().count(), 2 + plan.jobs.len() + 1, "{t}");
         let row = t.lines().find(|l| l.starts_with("train/a/1")).unwrap();

@@ -9,7 +9,7 @@
 use super::plan::{shell_quote, JobResources, Plan};
 use super::show::ranges;
 use crate::error::{Error, Result};
-use crate::spec::{ClusterSection, JobSpec};
+use crate::spec::{ClusterSection, SpecSource};
 use serde::Serialize;
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -91,22 +91,24 @@ pub struct Context {
     pub root: String,
 }
 
-/// Writes the scripts of every job of `spec_path` not yet committed and,
-/// unless `dry_run`, submits them in dependency order.
+/// Writes the scripts of every job of the spec `source` names (its file
+/// and `--set` overrides, which every script passes on) not yet committed
+/// and, unless `dry_run`, submits them in dependency order.
 ///
 /// # Errors
 /// Spec and store errors; [`Error::Io`] writing scripts;
 /// [`Error::Engine`] when `sbatch` is missing or refuses a script (its
 /// stderr is quoted).
-pub async fn submit(spec_path: &Path, options: &SubmitOptions) -> Result<Submission> {
-    let spec = JobSpec::load(spec_path)?;
+pub async fn submit(source: &SpecSource, options: &SubmitOptions) -> Result<Submission> {
+    let spec = source.load()?;
+    let spec_path = source.path.as_path();
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| Error::Io { path, source }
     };
     let abs_spec = std::fs::canonicalize(spec_path).map_err(io(spec_path))?;
     let workdir = std::env::current_dir().map_err(io(Path::new(".")))?;
-    let plan = Plan::new(&spec, &abs_spec)?;
+    let plan = Plan::from_source(&spec, &source.at(&abs_spec))?;
     let store = spec.open_store()?;
     let mut done = HashSet::new();
     for job in &plan.jobs {

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Prediction settings.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PredictSection {
     /// Images per forward pass; twice the training batch when unset.

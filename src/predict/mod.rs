@@ -193,16 +193,18 @@ fn predict_blocking(ctx: Ctx, weights_file: &str, weights: &[u8]) -> Result<(Pro
     let views = tta::views(&job.eval, job.size, &job.tta);
     let output = dev.loader_output();
     let started = std::time::Instant::now();
-    let mut run_set = |items: &[Item]| -> Result<Probs> {
+    let _job = crate::telemetry::JobProgress::start(format!("predict {}", job.fold.label()), ((ctx.oof.len() + ctx.test.len()) * views.len()) as u64);
+    let mut run_set = |items: &[Item], set: &str| -> Result<Probs> {
         let ids: Vec<ImageId> = items.iter().map(|i| i.id.clone()).collect();
         let mut sum = vec![0f32; items.len() * ctx.classes];
-        for view in &views {
+        for (v, view) in views.iter().enumerate() {
             let opts = LoaderOptions::from_section(&job.image, job.batch_size, ctx.classes, view.seed, output.clone());
             let loader = {
                 let _rt = ctx.handle.enter();
                 Loader::new(ctx.store.clone(), items.to_vec(), view.pipeline.clone(), opts, Arc::new(Sequential))?
             };
-            let (probs, _) = predict_probs(&mut net, &dev, loader.epoch(view.epoch))?;
+            let progress = crate::telemetry::Progress::with_unit(format!("predict {set} view {}/{}", v + 1, views.len()), items.len() as u64, "images");
+            let (probs, _) = predict_probs(&mut net, &dev, loader.epoch(view.epoch), &progress)?;
             for (s, p) in sum.iter_mut().zip(&probs) {
                 *s += p;
             }
@@ -211,8 +213,8 @@ fn predict_blocking(ctx: Ctx, weights_file: &str, weights: &[u8]) -> Result<(Pro
         sum.iter_mut().for_each(|s| *s /= n);
         Ok((ids, sum))
     };
-    let oof = run_set(&ctx.oof)?;
-    let test = run_set(&ctx.test)?;
+    let oof = run_set(&ctx.oof, "oof")?;
+    let test = run_set(&ctx.test, "test")?;
     let seconds = started.elapsed().as_secs_f64();
     let images = ctx.oof.len() + ctx.test.len();
     let stats = PredictStats {

@@ -146,6 +146,7 @@ pub async fn build(store: &Store, split: Split, ids: &[ImageId], opts: &BuildOpt
     let started = std::time::Instant::now();
     let mut shards: Vec<ShardEntry> = Vec::new();
     let mut next = 0usize;
+    let progress = crate::telemetry::Progress::with_unit(format!("{} shards", crate::storage::keys::split_name(split)), ids.len() as u64, "images");
     while next < ids.len() {
         let key = crate::storage::keys::shard(split, &set, shards.len());
         let rest = &ids[next..];
@@ -153,6 +154,7 @@ pub async fn build(store: &Store, split: Split, ids: &[ImageId], opts: &BuildOpt
             .put_streamed(&key, |w| write_shard(store, split, rest, opts, &key, w))
             .await?;
         next += written.entry.len();
+        progress.inc(written.entry.len() as u64);
         info!(shard = %key, images = written.entry.len(), bytes = written.entry.size, done = next, total = ids.len(), "shard written");
         shards.push(written.entry);
     }

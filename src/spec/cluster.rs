@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 /// How jobs reach the cluster. Every field has a default, so a spec without
 /// `[cluster]` plans and submits to a local Slurm unchanged.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterSection {
     /// The `imet` binary as jobs call it (a name on `PATH` or an absolute
@@ -45,7 +45,7 @@ pub struct ClusterSection {
 }
 
 /// `[cluster.slurm]`.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SlurmSettings {
     /// `--partition` of every job; the cluster's default when unset.
@@ -60,7 +60,7 @@ pub struct SlurmSettings {
 }
 
 /// `[cluster.kubernetes]`.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KubernetesSettings {
     #[serde(default = "default_namespace")]
@@ -83,7 +83,7 @@ pub struct KubernetesSettings {
 }
 
 /// `[cluster.aws_batch]`.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AwsBatchSettings {
     /// Job queue every job is submitted to.
@@ -101,7 +101,7 @@ pub struct AwsBatchSettings {
 }
 
 /// One variable of `[cluster.aws_batch] secrets`.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AwsSecret {
     /// Environment variable name in the container.

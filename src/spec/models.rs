@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 /// batch_size = 32
 /// phases = [{ epochs = 3, optimizer = { kind = "adamw", lr = 1e-3, weight_decay = 0.01 } }]
 /// ```
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
     /// `runs/{experiment}/models/{name}/`; what `--model` and the ensemble's
@@ -66,7 +66,7 @@ pub struct ModelSpec {
 }
 
 /// A fold or an inclusive range of folds (`3` or `"10-14"`).
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum FoldItem {
     One(u8),
@@ -95,7 +95,7 @@ impl FoldItem {
 }
 
 /// What a batch engine should give one train or predict job of this model.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Resources {
     #[serde(default = "one_u32")]

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 pub const MAIN: &str = crate::ids::MAIN_STAGE;
 
 /// One later stage (`[[stages]]`).
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StageSpec {
     /// `runs/{experiment}/stages/{name}/`; what `--stage` names.
@@ -51,7 +51,7 @@ pub struct StageSpec {
 }
 
 /// Where a later stage's models start.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Init {
     #[default]

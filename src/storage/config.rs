@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 pub const ROOT_ENV: &str = "IMET_ROOT";
 
 /// Where the experiment's data and outputs live.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StorageSection {
     /// `file:///abs/path`, `s3://bucket/prefix`, `memory://`, or a plain

@@ -32,7 +32,7 @@ use std::time::Duration;
 use tracing::warn;
 
 /// How often and how patiently a failed storage call is retried.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryPolicy {
     /// Attempts after the first one.

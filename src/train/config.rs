@@ -7,7 +7,7 @@ pub use crate::fold_job::Precision;
 use serde::{Deserialize, Serialize};
 
 /// How a model is trained on the other folds.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TrainSection {
     /// Images per forward pass.
@@ -69,7 +69,7 @@ pub struct TrainSection {
 /// ```toml
 /// checkpoints = { keep = "last_and_best", after_commit = "none" }
 /// ```
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckpointPolicy {
     /// While training: `last_and_best` (the newest, to resume from, and the
@@ -83,7 +83,7 @@ pub struct CheckpointPolicy {
 }
 
 /// Checkpoints kept while a job trains.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum KeepWhileTraining {
     #[default]
@@ -92,7 +92,7 @@ pub enum KeepWhileTraining {
 }
 
 /// Checkpoints kept after the job is committed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum KeepAfterCommit {
     #[default]
@@ -131,7 +131,7 @@ fn yes() -> bool {
 }
 
 /// The order of training images.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Sampling {
     /// A seeded permutation per epoch.
@@ -143,7 +143,7 @@ pub enum Sampling {
 }
 
 /// What the training loss is.
-#[derive(Clone, Copy, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum LossSpec {
     /// Binary cross-entropy on logits, mean over images and classes.
@@ -180,7 +180,7 @@ impl Default for LossSpec {
 
 /// MixUp (R3, R4): images and targets mixed with a `Beta(alpha, alpha)`
 /// weight, on a fraction `p` of batches.
-#[derive(Clone, Copy, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MixupSpec {
     pub alpha: f64,
@@ -189,7 +189,7 @@ pub struct MixupSpec {
 }
 
 /// Which parameters a phase trains.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Trainable {
     #[default]
@@ -199,7 +199,7 @@ pub enum Trainable {
 }
 
 /// Which labels a phase's loss covers.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LabelScope {
     #[default]
@@ -211,7 +211,7 @@ pub enum LabelScope {
 }
 
 /// One phase of training.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PhaseSpec {
     /// Shown in logs and `history.parquet`; `phase{i}` when unset.
@@ -234,7 +234,7 @@ pub struct PhaseSpec {
 }
 
 /// An optimiser and its hyper-parameters.
-#[derive(Clone, Copy, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum OptimizerSpec {
     Sgd {
@@ -299,7 +299,7 @@ impl OptimizerSpec {
 
 /// The learning-rate schedule of a phase (epochs count from the phase's
 /// start, from 0).
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ScheduleSpec {
     Constant,

@@ -15,6 +15,7 @@ use crate::fold_job::{predict_probs, DeviceSetup};
 use crate::image::loader::Epoch;
 use crate::image::mix::{mixup, smooth_labels};
 use crate::model::Network;
+use crate::telemetry::Progress;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tch::{Device, Tensor};
@@ -54,13 +55,17 @@ pub struct Position<'a> {
     pub job: &'a str,
     /// 0-based epoch over all phases, and within the phase.
     pub epoch: u32,
+    /// Epochs of the job, over all phases.
+    pub epochs: u32,
     pub epoch_in_phase: u32,
     /// Epochs of the last checkpoint kept.
     pub last_checkpoint: Option<u32>,
     pub seed: u64,
 }
 
-/// Trains one epoch over `batches` (of which there are `batch_count`).
+/// Trains one epoch over `batches` (of which there are `batch_count`,
+/// holding `images` images), showing its progress (images/s, running
+/// loss, ETAs).
 ///
 /// # Errors
 /// Loader errors; [`Error::Train`] when the loss is NaN or infinite (the
@@ -73,9 +78,11 @@ pub fn train_epoch(
     scaler: &mut GradScaler,
     batches: Epoch,
     batch_count: usize,
+    images_total: usize,
     pos: &Position<'_>,
 ) -> Result<TrainTotals> {
     let start = std::time::Instant::now();
+    let progress = Progress::with_unit(format!("train {} epoch {}/{}", pos.job, pos.epoch + 1, pos.epochs), images_total as u64, "images");
     let steps_per_epoch = batch_count.div_ceil(setup.accumulation).max(1);
     let base_lr = setup.phase.optimizer.lr();
     let mut rng = ChaCha8Rng::seed_from_u64(crate::seed::mixup(pos.seed, pos.epoch));
@@ -112,6 +119,7 @@ pub fn train_epoch(
         scaler.scale(&(l / setup.accumulation as f64)).backward();
         loss_sum += value * n as f64;
         images += n;
+        progress.inc_loss(n as u64, value);
         micro += 1;
         if micro == setup.accumulation || b + 1 == batch_count {
             lr = base_lr * lr_factor(&setup.phase.schedule, setup.phase.epochs, pos.epoch_in_phase, step, steps_per_epoch);
@@ -178,13 +186,15 @@ pub struct Validation {
 
 
 /// Validation: probabilities, loss, F2 at the best global threshold (the
-/// ensemble's definition: [`crate::data::metric::best_global_f2`]).
+/// ensemble's definition: [`crate::data::metric::best_global_f2`]); its
+/// progress shows as `what`.
 ///
 /// # Errors
 /// As [`predict_probs`].
-pub fn validate(net: &mut Network, dev: &DeviceSetup, batches: Epoch, labels: &[Vec<AttributeId>], groups: &[Group]) -> Result<Validation> {
+pub fn validate(net: &mut Network, dev: &DeviceSetup, batches: Epoch, labels: &[Vec<AttributeId>], groups: &[Group], what: &str) -> Result<Validation> {
     let classes = groups.len();
-    let (probs, loss) = predict_probs(net, dev, batches)?;
+    let progress = Progress::with_unit(what, labels.len() as u64, "images");
+    let (probs, loss) = predict_probs(net, dev, batches, &progress)?;
     let (f2, threshold) = best_global_f2(&probs, classes, labels);
     let f2_culture = group_f2(&probs, labels, groups, Group::Culture);
     let f2_tag = group_f2(&probs, labels, groups, Group::Tag);
@@ -267,7 +277,7 @@ mod tests {
 
     #[test]
     fn a_nan_loss_names_the_epoch_and_the_checkpoint_kept() {
-        let pos = Position { job: "m fold 0", epoch: 3, epoch_in_phase: 1, last_checkpoint: Some(3), seed: 0 };
+        let pos = Position { job: "m fold 0", epoch: 3, epochs: 5, epoch_in_phase: 1, last_checkpoint: Some(3), seed: 0 };
         assert!(ensure_finite(0.5, &pos, 0).is_ok());
         let err = ensure_finite(f64::NAN, &pos, 7).unwrap_err().to_string();
         assert!(err.contains("NaN at epoch 3 (batch 7)") && err.contains("checkpoint of epoch 3 is kept"), "{err}");

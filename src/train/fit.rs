@@ -22,6 +22,7 @@ use crate::model::{Arch, Network, ScriptModel, WeightBytes};
 use crate::storage::keys;
 use crate::storage::parquet::EpochRecord;
 use crate::storage::Store;
+use crate::telemetry::JobProgress;
 use std::sync::Arc;
 use tch::{nn, Tensor};
 use tracing::{info, warn};
@@ -153,6 +154,11 @@ impl Fit {
             scaler.restore(state.scaler_scale, state.scaler_tracker);
         }
         let loaders = self.loaders(&dev)?;
+        // Every remaining epoch's training (hard examples included) and
+        // validation images: the job's ETA.
+        let per_epoch = loaders.n_train as f64 * (1.0 + train.hard_negative_mining.unwrap_or(0.0)) + loaders.valid_labels.len() as f64;
+        let remaining = train.epochs().saturating_sub(state.epochs_done) as f64;
+        let _job = JobProgress::start(format!("train {label}"), (per_epoch * remaining).round() as u64);
         let mut optimizer: Option<(usize, Optimizer)> = None;
         let mut best_weights: Option<Vec<u8>> = None;
         let mut epochs_run = 0;
@@ -309,7 +315,7 @@ impl Fit {
             accumulation: train.accumulation(),
             track_items: train.hard_negative_mining.is_some(),
         };
-        let pos = Position { job: label, epoch: e, epoch_in_phase, last_checkpoint: (state.epochs_done > 0).then_some(state.epochs_done), seed: self.job.seed };
+        let pos = Position { job: label, epoch: e, epochs: train.epochs(), epoch_in_phase, last_checkpoint: (state.epochs_done > 0).then_some(state.epochs_done), seed: self.job.seed };
         let started = std::time::Instant::now();
         // Dropout and other torch randomness restart from a per-epoch seed,
         // so a resumed epoch draws what the uninterrupted one drew.
@@ -317,12 +323,14 @@ impl Fit {
         if let Some(h) = &loaders.mining {
             h.set_hard(state.hard.clone());
         }
-        let batch_count = (loaders.n_train + state.hard.len()).div_ceil(train.batch_size);
-        let totals = epoch::train_epoch(net, dev, &setup, opt, scaler, loaders.train.epoch(e as u64), batch_count, &pos)?;
+        let images = loaders.n_train + state.hard.len();
+        let batch_count = images.div_ceil(train.batch_size);
+        let totals = epoch::train_epoch(net, dev, &setup, opt, scaler, loaders.train.epoch(e as u64), batch_count, images, &pos)?;
         if let Some(fraction) = train.hard_negative_mining {
             state.hard = sampling::hardest(&totals.item_losses, fraction, loaders.n_train);
         }
-        let v = epoch::validate(net, dev, loaders.valid.epoch(0), &loaders.valid_labels, &self.groups)?;
+        let what = format!("validate {label} epoch {}/{}", e + 1, train.epochs());
+        let v = epoch::validate(net, dev, loaders.valid.epoch(0), &loaders.valid_labels, &self.groups, &what)?;
         if !v.loss.is_finite() {
             warn!(
                 epoch = e + 1,

@@ -87,7 +87,7 @@ pub struct Strategy {
 }
 
 /// The strategies `ensemble` can fit (spec `[ensemble] strategies`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StrategyKind {
     Global,
