@@ -146,14 +146,8 @@ enum Command {
     },
     /// One fold of a stage's second-level model (`[ensemble] level2`): fitted on the other folds' members' predictions.
     Level2 {
-<<<<<<< HEAD
-        /// Experiment spec (TOML).
-        #[arg(long)]
-        spec: PathBuf,
-=======
         #[command(flatten)]
         spec: SpecArg,
->>>>>>> h/visible2
         /// Fold number, or `env` for the batch engine's array index.
         #[arg(long)]
         fold: String,
@@ -163,14 +157,8 @@ enum Command {
     },
     /// A later stage's data edits (dropped noisy images, pseudo-labels, distillation targets) from its source stage's ensemble.
     Curate {
-<<<<<<< HEAD
-        /// Experiment spec (TOML).
-        #[arg(long)]
-        spec: PathBuf,
-=======
         #[command(flatten)]
         spec: SpecArg,
->>>>>>> h/visible2
         /// The stage (`[[stages]] name`).
         #[arg(long)]
         stage: String,

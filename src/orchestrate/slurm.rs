@@ -297,6 +297,7 @@ async fn sbatch(script: &Path, after: &[String]) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::JobSpec;
 
     const SPEC: &str = r#"
 experiment = "e"

@@ -67,7 +67,8 @@ fn problems(file: &Path, line: &str) -> Vec<String> {
             }
         }
         // Rust reads files relative to the source file, or to the root
-        // through CARGO_MANIFEST_DIR; other `../` strings in code are data.
+        // through the manifest folder's variable; other parent-folder
+        // strings in code are data.
         "rs" => {
             for marker in ["include_str!(\"", "include_bytes!(\"", "#[path = \""] {
                 for part in line.split(marker).skip(1) {

@@ -88,7 +88,7 @@ fn imet_spec_prints_the_resolved_spec_and_mistakes_name_the_override() {
     );
     let spec = imet::JobSpec::parse("printed", &text).unwrap();
     let clean = spec.stages.iter().find(|s| s.name == "clean").unwrap();
-    assert_eq!(clean.drop_noisy.as_ref().unwrap().fraction, 0.1);
+    assert_eq!(clean.drop_noisy.as_ref().unwrap().fraction, Some(0.1));
 }
 
 #[test]
