@@ -248,6 +248,14 @@ pub async fn run_path(source: &SpecSource, smoke: bool, options: &RunOptions) ->
         return run_source(&spec, source, options).await;
     }
     let origin = source.path.display().to_string();
+    // IMET_ROOT overrides every spec's root, the smoke spec's too: a smoke
+    // run would read that store's data and write its runs there.
+    if let Ok(root) = std::env::var(crate::storage::config::ROOT_ENV) {
+        return Err(Error::Spec {
+            path: format!("{origin} (smoke)"),
+            message: format!("a smoke run writes its own sample under out/smoke/, but {} = `{root}` would send every job to that store instead: unset it for smoke runs", crate::storage::config::ROOT_ENV),
+        });
+    }
     let derived = super::smoke::derive(&spec).map_err(|message| Error::Spec { path: format!("{origin} (smoke)"), message })?;
     let dir = PathBuf::from(&derived.storage.root);
     std::fs::create_dir_all(&dir).map_err(|source| Error::Io { path: dir.clone(), source })?;

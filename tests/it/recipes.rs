@@ -268,3 +268,14 @@ fn plan_with_a_budget_estimates_each_member_and_says_which_fit() {
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("fit in 0.00 h: none") && text.contains("left out: r18, r34"), "{text}");
 }
+
+#[test]
+fn a_smoke_run_refuses_to_follow_imet_root_into_a_real_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("real-store");
+    let out = imet().current_dir(dir.path()).env("IMET_ROOT", &real).args(["run", "--smoke", "--spec"]).arg(jobs_dir().join("r1-pnasnet.toml")).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("IMET_ROOT") && err.contains("unset it"), "{err}");
+    assert!(!real.exists() && !dir.path().join("out").exists(), "nothing was written");
+}
