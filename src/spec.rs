@@ -412,9 +412,13 @@ impl JobSpec {
         if self.image.max_pixels < 90_000 {
             return Err(format!("`image.max_pixels` = {}: too small for the 300-pixel shortest side", self.image.max_pixels));
         }
-        if self.image.prefetch == 0 || self.image.fetch_concurrency == 0 {
-            return Err("`image.prefetch` and `image.fetch_concurrency` must be at least 1".into());
+        if !(1..=64).contains(&self.image.prefetch) || !(1..=1024).contains(&self.image.fetch_concurrency) || self.image.workers > 1024 {
+            return Err(format!(
+                "`image.prefetch` = {}, `image.fetch_concurrency` = {}, `image.workers` = {}: need 1-64, 1-1024 and 0-1024 (0: all cores)",
+                self.image.prefetch, self.image.fetch_concurrency, self.image.workers
+            ));
         }
+        self.image.tta.validate().map_err(|e| format!("`image.tta`: {e}"))?;
         self.image.augment.validate().map_err(|e| format!("`image.augment`: {e}"))?;
         self.cluster.validate()?;
         Ok(())

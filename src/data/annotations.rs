@@ -2,7 +2,7 @@
 //! `sample_submission.csv` (the test ids, in submission order). Reads CSV
 //! bytes, writes nothing.
 
-use super::labels::{check_header, csv_reader, AttributeId, Vocabulary};
+use super::labels::{check_header, csv_reader, excerpt, AttributeId, Vocabulary};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -23,10 +23,10 @@ impl ImageId {
             return Err("image id is empty".into());
         }
         if !ok_chars {
-            return Err(format!("image id `{}` must be lowercase hex (0-9, a-f)", raw.escape_default()));
+            return Err(format!("image id `{}` must be lowercase hex (0-9, a-f)", excerpt(&raw.escape_default().to_string())));
         }
         if !ok_len {
-            return Err(format!("image id `{raw}` has {} characters; ids have 12 to 16", raw.len()));
+            return Err(format!("image id `{}` has {} characters; ids have 12 to 16", excerpt(raw), raw.len()));
         }
         Ok(ImageId(raw.to_string()))
     }

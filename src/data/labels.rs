@@ -44,7 +44,8 @@ pub struct Vocabulary {
 
 impl Vocabulary {
     /// Parses `labels.csv` (`attribute_id,attribute_name`). Ids must run
-    /// 0..n in order; names must start with `culture::` or `tag::`.
+    /// 0..n in order; names must start with `culture::` or `tag::` and hold
+    /// no comma, quote or control character.
     ///
     /// # Errors
     /// [`Error::Input`] naming `file`, the line and the bad value.
@@ -60,7 +61,7 @@ impl Vocabulary {
                 return Err(Error::input(file, line, format!("expected 2 fields, found {}", rec.len())));
             }
             let id: u32 = rec[0].trim().parse().map_err(|_| {
-                Error::input(file, line, format!("attribute_id `{}` is not a non-negative integer", &rec[0]))
+                Error::input(file, line, format!("attribute_id `{}` is not a non-negative integer", excerpt(&rec[0])))
             })?;
             if id as usize != names.len() {
                 return Err(Error::input(
@@ -73,6 +74,14 @@ impl Vocabulary {
                 return Err(Error::input(file, line, format!("attribute_id {id} exceeds {}", u16::MAX)));
             }
             let name = rec[1].trim();
+            if name.chars().any(|c| c == ',' || c == '"' || c.is_control()) {
+                // `to_csv` (and so the vocabulary hash) writes names unquoted.
+                return Err(Error::input(
+                    file,
+                    line,
+                    format!("attribute_name {:?} holds a comma, quote or control character; names are plain text", excerpt(name)),
+                ));
+            }
             let group = if name.starts_with("culture::") {
                 Group::Culture
             } else if name.starts_with("tag::") {
@@ -81,7 +90,7 @@ impl Vocabulary {
                 return Err(Error::input(
                     file,
                     line,
-                    format!("attribute_name `{name}` must start with `culture::` or `tag::`"),
+                    format!("attribute_name `{}` must start with `culture::` or `tag::`", excerpt(name)),
                 ));
             };
             names.push(name.to_string());
@@ -143,7 +152,7 @@ impl Vocabulary {
     /// Checks that `raw` (a field of `file` at `line`) is an id of this vocabulary.
     pub fn check_id(&self, file: &str, line: usize, raw: &str) -> Result<AttributeId> {
         let id: u32 = raw.parse().map_err(|_| {
-            Error::input(file, line, format!("attribute id `{raw}` is not a non-negative integer"))
+            Error::input(file, line, format!("attribute id `{}` is not a non-negative integer", excerpt(raw)))
         })?;
         if (id as usize) >= self.len() {
             return Err(Error::input(
@@ -159,6 +168,15 @@ impl Vocabulary {
     /// files from different vocabularies are never blended.
     pub fn hash(&self) -> String {
         hex::encode(Sha256::digest(self.to_csv().as_bytes()))
+    }
+}
+
+/// `raw` for an error message: at most 64 characters, then how long it
+/// was, so a huge field does not become a huge message.
+pub(crate) fn excerpt(raw: &str) -> String {
+    match raw.char_indices().nth(64) {
+        None => raw.to_string(),
+        Some((cut, _)) => format!("{}... ({} bytes)", &raw[..cut], raw.len()),
     }
 }
 
@@ -179,7 +197,7 @@ pub(crate) fn check_header(file: &str, rdr: &mut csv::Reader<&[u8]>, expected: &
         return Err(Error::input(
             file,
             1,
-            format!("header is `{}`, expected `{}`", fields.join(","), expected.join(",")),
+            format!("header is `{}`, expected `{}`", excerpt(&fields.join(",")), expected.join(",")),
         ));
     }
     Ok(())
@@ -208,6 +226,24 @@ mod tests {
     fn rejects_names_outside_both_groups() {
         let err = Vocabulary::parse("labels.csv", b"attribute_id,attribute_name\n0,medium::oil\n").unwrap_err();
         assert!(err.to_string().contains("medium::oil"), "{err}");
+    }
+
+    #[test]
+    fn names_that_would_not_survive_to_csv_are_refused() {
+        // Quoted, these parse; written back unquoted, `tag::x\n1,tag::y` would
+        // read (and hash) as two names.
+        for name in ["\"tag::a,b\"", "\"tag::x\n1,tag::y\"", "\"tag::q\"\"uote\"", "tag::tab\there"] {
+            let text = format!("attribute_id,attribute_name\n0,{name}\n");
+            let err = Vocabulary::parse("labels.csv", text.as_bytes()).unwrap_err();
+            assert!(err.to_string().contains("plain text"), "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_huge_field_is_quoted_only_in_part() {
+        let text = format!("attribute_id,attribute_name\n0,{}\n", "x".repeat(1 << 20));
+        let err = Vocabulary::parse("labels.csv", text.as_bytes()).unwrap_err().to_string();
+        assert!(err.len() < 300 && err.contains("(1048576 bytes)"), "{}", &err[..err.len().min(300)]);
     }
 
     #[test]

@@ -464,6 +464,9 @@ impl ModelSpec {
         if let Some(p) = &self.augment {
             p.validate().map_err(|e| format!("{}: {e}", at("augment")))?;
         }
+        if let Some(t) = &self.tta {
+            t.validate().map_err(|e| format!("{}: {e}", at("tta")))?;
+        }
         let t = &self.train;
         if t.batch_size == 0 || t.batch_size > 4096 {
             return Err(format!("{} = {}: must be 1 to 4096", at("train.batch_size"), t.batch_size));
@@ -511,7 +514,7 @@ impl ModelSpec {
             }
             match p.optimizer {
                 OptimizerSpec::Sgd { momentum, nesterov, weight_decay, .. } => {
-                    if !(0.0..1.0).contains(&momentum) || weight_decay < 0.0 {
+                    if !(0.0..1.0).contains(&momentum) || !(weight_decay >= 0.0 && weight_decay.is_finite()) {
                         return Err(format!("{}: momentum must be in [0, 1) and weight_decay >= 0", at_p("optimizer")));
                     }
                     if nesterov && momentum == 0.0 {
@@ -519,7 +522,7 @@ impl ModelSpec {
                     }
                 }
                 OptimizerSpec::Adam { betas, eps, weight_decay, .. } | OptimizerSpec::Adamw { betas, eps, weight_decay, .. } => {
-                    if !(0.0..1.0).contains(&betas.0) || !(0.0..1.0).contains(&betas.1) || !(eps > 0.0) || weight_decay < 0.0 {
+                    if !(0.0..1.0).contains(&betas.0) || !(0.0..1.0).contains(&betas.1) || !(eps > 0.0) || !(weight_decay >= 0.0 && weight_decay.is_finite()) {
                         return Err(format!("{}: betas must be in [0, 1), eps > 0, weight_decay >= 0", at_p("optimizer")));
                     }
                 }
