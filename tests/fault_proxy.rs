@@ -322,3 +322,84 @@ async fn the_same_seed_and_requests_give_the_same_faults() {
     assert_eq!(a, run("11").await);
     assert_ne!(a, run("12").await, "another seed gave the same faults");
 }
+
+/// Known gap, kept as a failing test for whoever adds end-to-end checks: a
+/// byte flipped in transit (plain-HTTP endpoint, no TLS) reaches the caller,
+/// because neither object_store nor `Store::get` checks the body against
+/// the object's ETag or a checksum, and nothing verifies the sha256 that
+/// manifests record. Run with `--ignored` to see it fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known gap: get does not verify what it reads"]
+async fn a_byte_flipped_in_transit_is_detected() {
+    let server = S3Server::start("imet");
+    let rules = json!([{ "fault": "corrupt", "method": "GET", "limit": 1 }]).to_string();
+    let proxy = Proxy::start(server.port, &["--rules", &rules]);
+    let store = server.store_via(&proxy.endpoint(), "imet", "", quick_retry());
+    store.put("c/obj", content(1, 100_000)).await.unwrap();
+    let got = store.get("c/obj").await;
+    assert_eq!(count(&proxy.stats(), &["faults", "corrupt"]), 1);
+    match got {
+        Ok(b) => assert!(b == content(1, 100_000), "get returned {} bytes with a flipped byte and no error", b.len()),
+        Err(e) => assert!(format!("{e:#}").contains("c/obj"), "{e:#}"),
+    }
+}
+
+/// Writes 20 MiB (two multipart parts) through `put_streamed`.
+async fn streamed_upload(store: &imet::storage::Store, key: &str) -> imet::Result<u64> {
+    use tokio::io::AsyncWriteExt;
+    store
+        .put_streamed(key, |mut w| async move {
+            for i in 0..20 {
+                w.write_all(&content(i, 1 << 20)).await.map_err(|e| imet::Error::Store {
+                    op: "put_streamed",
+                    key: "upload".into(),
+                    attempts: 1,
+                    source: object_store::Error::Generic { store: "S3", source: Box::new(e) },
+                })?;
+            }
+            Ok((w, 20u64 << 20))
+        })
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multipart_uploads_survive_faults_on_their_parts() {
+    let server = S3Server::start("imet");
+    // Part uploads (PUT ?partNumber=..&uploadId=..) are reset or refused.
+    let rules = json!([
+        { "fault": "reset_request", "method": "PUT", "query": "partNumber", "limit": 1 },
+        { "fault": "slow_down", "method": "PUT", "query": "partNumber", "limit": 2 },
+        { "fault": "internal_error", "method": "POST", "query": "uploads", "limit": 1 },
+    ])
+    .to_string();
+    let proxy = Proxy::start(server.port, &["--rules", &rules, "--seed", "9"]);
+    let store = server.store_via(&proxy.endpoint(), "imet", "", quick_retry());
+    assert_eq!(streamed_upload(&store, "m/big.bin").await.unwrap(), 20 << 20);
+    let back = store.get("m/big.bin").await.unwrap();
+    assert!(back.len() == 20 << 20 && back.chunks(1 << 20).enumerate().all(|(i, c)| c == content(i, 1 << 20)));
+    let s = proxy.stats();
+    eprintln!("fault_proxy: multipart: {s}");
+    for kind in ["reset_request", "slow_down", "internal_error"] {
+        assert!(count(&s, &["faults", kind]) >= 1, "no {kind}: {s}");
+    }
+}
+
+/// Known gap, kept as a failing test: when the answer to the request that
+/// completes a multipart upload is lost, the object is written but the
+/// retry finds the upload gone (`NoSuchUpload`, a 404), which the store
+/// takes for a permanent failure, so `put_streamed` reports an error for
+/// an upload that succeeded. Run with `--ignored` to see it fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known gap: a lost CompleteMultipartUpload answer fails an upload that landed"]
+async fn a_multipart_upload_whose_completion_answer_is_lost_still_succeeds() {
+    let server = S3Server::start("imet");
+    let rules = json!([{ "fault": "reset_response", "method": "POST", "query": "uploadId", "limit": 1 }]).to_string();
+    let proxy = Proxy::start(server.port, &["--rules", &rules]);
+    let store = server.store_via(&proxy.endpoint(), "imet", "", quick_retry());
+    let result = streamed_upload(&store, "m/big.bin").await;
+    let s = proxy.stats();
+    eprintln!("fault_proxy: lost completion: {s}");
+    assert_eq!(count(&s, &["faults", "reset_response"]), 1, "{s}");
+    let landed = store.size("m/big.bin").await.unwrap();
+    assert!(result.is_ok(), "put_streamed failed ({:#}) though the object is there: {landed:?} bytes", result.unwrap_err());
+}
