@@ -315,7 +315,7 @@ fn body_framing(headers: &[(String, Vec<u8>)], otherwise: Framing) -> io::Result
             .flat_map(|(_, v)| v.split(|&b| b == b','))
             .map(|t| String::from_utf8_lossy(t).trim().to_ascii_lowercase())
             .filter(|t| !t.is_empty())
-            .last();
+            .next_back();
         return match last.as_deref() {
             Some("chunked") => Ok(Framing::Chunked),
             _ => Ok(Framing::UntilClose),

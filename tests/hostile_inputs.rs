@@ -490,7 +490,9 @@ fn spec_edit() -> impl Strategy<Value = SpecEdit> {
 }
 
 /// Byte ranges of TOML number literals (after `=`, `[`, `,` or `{`) and of string literal contents.
-fn literals(text: &str) -> (Vec<(usize, usize)>, Vec<(usize, usize)>) {
+type Spans = Vec<(usize, usize)>;
+
+fn literals(text: &str) -> (Spans, Spans) {
     let b = text.as_bytes();
     let (mut numbers, mut strings) = (Vec::new(), Vec::new());
     let mut i = 0;

@@ -514,7 +514,7 @@ impl ModelSpec {
             }
             match p.optimizer {
                 OptimizerSpec::Sgd { momentum, nesterov, weight_decay, .. } => {
-                    if !(0.0..1.0).contains(&momentum) || !(weight_decay >= 0.0 && weight_decay.is_finite()) {
+                    if !((0.0..1.0).contains(&momentum) && weight_decay.is_finite() && weight_decay >= 0.0) {
                         return Err(format!("{}: momentum must be in [0, 1) and weight_decay >= 0", at_p("optimizer")));
                     }
                     if nesterov && momentum == 0.0 {
@@ -522,7 +522,8 @@ impl ModelSpec {
                     }
                 }
                 OptimizerSpec::Adam { betas, eps, weight_decay, .. } | OptimizerSpec::Adamw { betas, eps, weight_decay, .. } => {
-                    if !(0.0..1.0).contains(&betas.0) || !(0.0..1.0).contains(&betas.1) || !(eps > 0.0) || !(weight_decay >= 0.0 && weight_decay.is_finite()) {
+                    let betas_ok = (0.0..1.0).contains(&betas.0) && (0.0..1.0).contains(&betas.1);
+                    if !(betas_ok && eps > 0.0 && weight_decay.is_finite() && weight_decay >= 0.0) {
                         return Err(format!("{}: betas must be in [0, 1), eps > 0, weight_decay >= 0", at_p("optimizer")));
                     }
                 }
