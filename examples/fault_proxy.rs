@@ -314,8 +314,7 @@ fn body_framing(headers: &[(String, Vec<u8>)], otherwise: Framing) -> io::Result
             .filter(|(n, _)| n.eq_ignore_ascii_case("transfer-encoding"))
             .flat_map(|(_, v)| v.split(|&b| b == b','))
             .map(|t| String::from_utf8_lossy(t).trim().to_ascii_lowercase())
-            .filter(|t| !t.is_empty())
-            .next_back();
+            .rfind(|t| !t.is_empty());
         return match last.as_deref() {
             Some("chunked") => Ok(Framing::Chunked),
             _ => Ok(Framing::UntilClose),
