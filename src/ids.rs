@@ -19,10 +19,10 @@ impl ImageId {
             return Err("image id is empty".into());
         }
         if !ok_chars {
-            return Err(format!("image id `{}` must be lowercase hex (0-9, a-f)", raw.escape_default()));
+            return Err(format!("image id `{}` must be lowercase hex (0-9, a-f)", excerpt(&raw.escape_default().to_string())));
         }
         if !ok_len {
-            return Err(format!("image id `{raw}` has {} characters; ids have 12 to 16", raw.len()));
+            return Err(format!("image id `{}` has {} characters; ids have 12 to 16", excerpt(raw), raw.len()));
         }
         Ok(ImageId(raw.to_string()))
     }
@@ -48,6 +48,15 @@ impl From<ImageId> for String {
 impl std::fmt::Display for ImageId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// `raw` (an untrusted id or field) for an error message: at most 64 characters, then how long it
+/// was, so a huge field does not become a huge message.
+pub fn excerpt(raw: &str) -> String {
+    match raw.char_indices().nth(64) {
+        None => raw.to_string(),
+        Some((cut, _)) => format!("{}... ({} bytes)", &raw[..cut], raw.len()),
     }
 }
 

@@ -3,6 +3,7 @@
 //! writes nothing.
 
 use crate::error::{Error, Result};
+use crate::ids::excerpt;
 use sha2::{Digest, Sha256};
 
 pub use crate::ids::{AttributeId, Group};
@@ -16,7 +17,8 @@ pub struct Vocabulary {
 
 impl Vocabulary {
     /// Parses `labels.csv` (`attribute_id,attribute_name`). Ids must run
-    /// 0..n in order; names must start with `culture::` or `tag::`.
+    /// 0..n in order; names must start with `culture::` or `tag::` and hold
+    /// no comma, quote or control character.
     ///
     /// # Errors
     /// [`Error::Input`] naming `file`, the line and the bad value.
@@ -32,7 +34,7 @@ impl Vocabulary {
                 return Err(Error::input(file, line, format!("expected 2 fields, found {}", rec.len())));
             }
             let id: u32 = rec[0].trim().parse().map_err(|_| {
-                Error::input(file, line, format!("attribute_id `{}` is not a non-negative integer", &rec[0]))
+                Error::input(file, line, format!("attribute_id `{}` is not a non-negative integer", excerpt(&rec[0])))
             })?;
             if id as usize != names.len() {
                 return Err(Error::input(
@@ -45,6 +47,14 @@ impl Vocabulary {
                 return Err(Error::input(file, line, format!("attribute_id {id} exceeds {}", u16::MAX)));
             }
             let name = rec[1].trim();
+            if name.chars().any(|c| c == ',' || c == '"' || c.is_control()) {
+                // `to_csv` (and so the vocabulary hash) writes names unquoted.
+                return Err(Error::input(
+                    file,
+                    line,
+                    format!("attribute_name {:?} holds a comma, quote or control character; names are plain text", excerpt(name)),
+                ));
+            }
             let group = if name.starts_with("culture::") {
                 Group::Culture
             } else if name.starts_with("tag::") {
@@ -53,7 +63,7 @@ impl Vocabulary {
                 return Err(Error::input(
                     file,
                     line,
-                    format!("attribute_name `{name}` must start with `culture::` or `tag::`"),
+                    format!("attribute_name `{}` must start with `culture::` or `tag::`", excerpt(name)),
                 ));
             };
             names.push(name.to_string());
@@ -115,7 +125,7 @@ impl Vocabulary {
     /// Checks that `raw` (a field of `file` at `line`) is an id of this vocabulary.
     pub fn check_id(&self, file: &str, line: usize, raw: &str) -> Result<AttributeId> {
         let id: u32 = raw.parse().map_err(|_| {
-            Error::input(file, line, format!("attribute id `{raw}` is not a non-negative integer"))
+            Error::input(file, line, format!("attribute id `{}` is not a non-negative integer", excerpt(raw)))
         })?;
         if (id as usize) >= self.len() {
             return Err(Error::input(
@@ -151,7 +161,7 @@ pub(crate) fn check_header(file: &str, rdr: &mut csv::Reader<&[u8]>, expected: &
         return Err(Error::input(
             file,
             1,
-            format!("header is `{}`, expected `{}`", fields.join(","), expected.join(",")),
+            format!("header is `{}`, expected `{}`", excerpt(&fields.join(",")), expected.join(",")),
         ));
     }
     Ok(())
@@ -180,6 +190,24 @@ mod tests {
     fn rejects_names_outside_both_groups() {
         let err = Vocabulary::parse("labels.csv", b"attribute_id,attribute_name\n0,medium::oil\n").unwrap_err();
         assert!(err.to_string().contains("medium::oil"), "{err}");
+    }
+
+    #[test]
+    fn names_that_would_not_survive_to_csv_are_refused() {
+        // Quoted, these parse; written back unquoted, `tag::x\n1,tag::y` would
+        // read (and hash) as two names.
+        for name in ["\"tag::a,b\"", "\"tag::x\n1,tag::y\"", "\"tag::q\"\"uote\"", "tag::tab\there"] {
+            let text = format!("attribute_id,attribute_name\n0,{name}\n");
+            let err = Vocabulary::parse("labels.csv", text.as_bytes()).unwrap_err();
+            assert!(err.to_string().contains("plain text"), "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_huge_field_is_quoted_only_in_part() {
+        let text = format!("attribute_id,attribute_name\n0,{}\n", "x".repeat(1 << 20));
+        let err = Vocabulary::parse("labels.csv", text.as_bytes()).unwrap_err().to_string();
+        assert!(err.len() < 300 && err.contains("(1048576 bytes)"), "{}", &err[..err.len().min(300)]);
     }
 
     #[test]

@@ -91,8 +91,10 @@ fn decode_group(key: &str, bytes: &Bytes, (rg, first_row, group_rows): (usize, u
         .build()
         .map_err(|e| fmt(e.to_string()))?;
     let c = exp.classes;
-    // Exact capacity: no doubling copies of a row group's probabilities.
-    let (mut rows, mut probs) = (Vec::with_capacity(group_rows), Vec::with_capacity(group_rows * c));
+    // Exact capacity: no doubling copies of a row group's probabilities
+    // (within reason: the row count is the file's claim).
+    let reserve = group_rows.min(1 << 16);
+    let (mut rows, mut probs) = (Vec::with_capacity(reserve), Vec::with_capacity(reserve.saturating_mul(c)));
     let mut file_row = first_row;
     for batch in reader {
         let batch = batch.map_err(|e| fmt(e.to_string()))?;
@@ -148,7 +150,14 @@ fn decode_group(key: &str, bytes: &Bytes, (rg, first_row, group_rows): (usize, u
 /// # Errors
 /// [`Error::Member`] naming `key` and the first bad id: metadata mismatch,
 /// unknown id, id in the wrong fold, duplicate id, value outside [0, 1].
-pub fn stream(
+pub fn stream(key: &str, bytes: Bytes, exp: &Expected<'_>, index: &IdIndex<'_>, seen: &mut [bool], sink: impl FnMut(usize, &[f32])) -> Result<u32> {
+    // The Parquet decoder panics on some damaged files: report a damaged file.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stream_checked(key, bytes, exp, index, seen, sink))).unwrap_or_else(|panic| {
+        Err(bad(key, format!("unreadable Parquet: the decoder failed: {}", crate::storage::parquet::panic_message(panic.as_ref()))))
+    })
+}
+
+fn stream_checked(
     key: &str,
     bytes: Bytes,
     exp: &Expected<'_>,

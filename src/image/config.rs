@@ -65,9 +65,13 @@ impl ImageSection {
         if self.max_pixels < 90_000 {
             return Err(format!("`image.max_pixels` = {}: too small for the 300-pixel shortest side", self.max_pixels));
         }
-        if self.prefetch == 0 || self.fetch_concurrency == 0 {
-            return Err("`image.prefetch` and `image.fetch_concurrency` must be at least 1".into());
+        if !(1..=64).contains(&self.prefetch) || !(1..=1024).contains(&self.fetch_concurrency) || self.workers > 1024 {
+            return Err(format!(
+                "`image.prefetch` = {}, `image.fetch_concurrency` = {}, `image.workers` = {}: need 1-64, 1-1024 and 0-1024 (0: all cores)",
+                self.prefetch, self.fetch_concurrency, self.workers
+            ));
         }
+        self.tta.validate().map_err(|e| format!("`image.tta`: {e}"))?;
         self.augment.validate().map_err(|e| format!("`image.augment`: {e}"))
     }
 }

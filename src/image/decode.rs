@@ -26,6 +26,8 @@ pub enum OnBadImage {
 /// (300 x ~9,000), far below a decompression bomb.
 pub const DEFAULT_MAX_PIXELS: u64 = 64_000_000;
 
+const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+
 fn bad(key: &str, kind: BadImageKind, reason: impl Into<String>) -> Error {
     Error::BadImage { key: key.to_string(), kind, reason: reason.into() }
 }
@@ -53,11 +55,15 @@ fn classify(key: &str, e: ImageError) -> Error {
 /// [`Error::BadImage`] naming `key`.
 pub fn dimensions(key: &str, bytes: &[u8]) -> Result<(u32, u32)> {
     // PNG: read IHDR directly, so a bomb's size is known without its data.
-    if bytes.len() >= 24 && bytes.starts_with(b"\x89PNG\r\n\x1a\n") && &bytes[12..16] == b"IHDR" {
+    if bytes.len() >= 24 && bytes.starts_with(PNG_SIGNATURE) && &bytes[12..16] == b"IHDR" {
         let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
         return Ok((be(&bytes[16..20]), be(&bytes[20..24])));
     }
-    reader(key, bytes)?.into_dimensions().map_err(|e| classify(key, e))
+    reader(key, bytes)?.into_dimensions().map_err(|e| match jpeg_scan_bytes(bytes) {
+        // A JPEG cut inside its headers is truncated, whatever the decoder says.
+        Err((BadImageKind::Truncated, reason)) if bytes.starts_with(&[0xff, 0xd8]) => bad(key, BadImageKind::Truncated, reason),
+        _ => classify(key, e),
+    })
 }
 
 fn reader<'a>(key: &str, bytes: &'a [u8]) -> Result<ImageReader<Cursor<&'a [u8]>>> {
@@ -92,6 +98,7 @@ pub fn decode(key: &str, bytes: &[u8], max_pixels: u64) -> Result<RgbImage> {
     if pixels == 0 {
         return Err(bad(key, BadImageKind::Corrupt, format!("{w} x {h} has no pixels")));
     }
+    check_complete(key, bytes, w, h)?;
     let mut r = reader(key, bytes)?;
     let mut limits = Limits::default();
     limits.max_image_width = Some(w);
@@ -106,6 +113,87 @@ pub fn decode(key: &str, bytes: &[u8], max_pixels: u64) -> Result<RgbImage> {
     }
     let img = ::image::DynamicImage::from_decoder(decoder).map_err(|e| classify(key, e))?;
     Ok(img.into_rgb8())
+}
+
+/// Refuses, before anything is allocated for its pixels, an image whose
+/// bytes cannot hold the `w` x `h` pixels its header claims, or (JPEG)
+/// that ends before its end-of-image marker. The decoders would otherwise
+/// size the whole image from the header, and the JPEG decoder fills what
+/// a truncated file lacks with grey instead of failing.
+fn check_complete(key: &str, bytes: &[u8], w: u32, h: u32) -> Result<()> {
+    if bytes.starts_with(PNG_SIGNATURE) && bytes.len() >= 26 {
+        // Deflate shrinks data at most 1032:1, so the scanlines (one filter
+        // byte plus the packed samples per row) need this many bytes at least.
+        let channels: u64 = match bytes[25] {
+            0 | 3 => 1,
+            4 => 2,
+            2 => 3,
+            6 => 4,
+            _ => return Ok(()),
+        };
+        let raw = (w as u64 * channels * bytes[24] as u64).div_ceil(8).saturating_add(1).saturating_mul(h as u64);
+        if (bytes.len() as u64).saturating_mul(1032) < raw {
+            return Err(bad(key, BadImageKind::Truncated, format!("{} bytes cannot hold the {w} x {h} pixels of the header", bytes.len())));
+        }
+    } else if bytes.starts_with(&[0xff, 0xd8]) {
+        let scan_bytes = jpeg_scan_bytes(bytes).map_err(|(kind, reason)| bad(key, kind, reason))?;
+        // Every 8 x 8 block of the full-resolution component costs at
+        // least one bit of entropy-coded data (its DC code).
+        let blocks = (w as u64).div_ceil(8) * (h as u64).div_ceil(8);
+        if scan_bytes.saturating_mul(8) < blocks {
+            return Err(bad(key, BadImageKind::Truncated, format!("{scan_bytes} bytes of image data cannot hold the {w} x {h} pixels of the header")));
+        }
+    }
+    Ok(())
+}
+
+/// Walks a JPEG's segments from SOI to EOI and returns the number of
+/// entropy-coded bytes; errors when the file ends before EOI.
+fn jpeg_scan_bytes(b: &[u8]) -> std::result::Result<u64, (BadImageKind, String)> {
+    let truncated = |at: usize| (BadImageKind::Truncated, format!("the JPEG data ends at byte {at} before its end-of-image marker"));
+    let mut i = 2;
+    let mut scan = 0u64;
+    loop {
+        if i >= b.len() {
+            return Err(truncated(b.len()));
+        }
+        if b[i] != 0xff {
+            return Err((BadImageKind::Corrupt, format!("no JPEG marker at byte {i}")));
+        }
+        while i < b.len() && b[i] == 0xff {
+            i += 1; // fill bytes
+        }
+        let Some(&marker) = b.get(i) else { return Err(truncated(b.len())) };
+        i += 1;
+        match marker {
+            0xd9 => return Ok(scan),
+            0x01 | 0xd0..=0xd8 => continue, // markers without a length
+            _ => {}
+        }
+        let Some(len) = b.get(i..i + 2).map(|l| u16::from_be_bytes([l[0], l[1]]) as usize) else { return Err(truncated(b.len())) };
+        if len < 2 {
+            return Err((BadImageKind::Corrupt, format!("JPEG segment at byte {} has length {len}", i - 2)));
+        }
+        if i + len > b.len() {
+            return Err(truncated(b.len()));
+        }
+        i += len;
+        if marker == 0xda {
+            // Entropy-coded data runs to the next marker other than a
+            // stuffed 0xff00 or a restart marker.
+            let start = i;
+            loop {
+                let Some(off) = b[i..].iter().position(|&x| x == 0xff) else { return Err(truncated(b.len())) };
+                i += off;
+                match b.get(i + 1) {
+                    None => return Err(truncated(b.len())),
+                    Some(0x00 | 0xd0..=0xd7) => i += 2,
+                    Some(_) => break,
+                }
+            }
+            scan += (i - start) as u64;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -186,6 +274,35 @@ mod tests {
         let e = decode("big.png", &good, 64 * 64 - 1).unwrap_err();
         assert!(e.to_string().contains("4096 pixels"), "{e}");
         assert_eq!(kind(e), BadImageKind::TooLarge);
+    }
+
+    #[test]
+    fn a_jpeg_cut_anywhere_before_its_end_marker_is_truncated_not_grey() {
+        let img = DynamicImage::ImageRgb8(ImageBuffer::from_fn(40, 24, |x, y| Rgb([(x * 6) as u8, (y * 9) as u8, 70u8])));
+        let mut out = Vec::new();
+        img.write_to(&mut Cursor::new(&mut out), ImageFormat::Jpeg).unwrap();
+        assert!(decode("a.jpg", &out, 10_000).is_ok());
+        for cut in [out.len() - 1, out.len() - 2, out.len() - 40, out.len() / 2] {
+            let e = decode("a.jpg", &out[..cut], 10_000).unwrap_err();
+            assert_eq!(kind(e), BadImageKind::Truncated, "cut at {cut} of {}", out.len());
+        }
+        // Bytes after the end marker are ignored, as other readers do.
+        let mut trailing = out.clone();
+        trailing.extend_from_slice(b"trailing bytes");
+        assert!(decode("a.jpg", &trailing, 10_000).is_ok());
+    }
+
+    #[test]
+    fn a_small_file_claiming_a_large_image_is_truncated() {
+        let mut out = Vec::new();
+        {
+            let mut enc = png::Encoder::new(&mut out, 8000, 8000);
+            enc.set_color(png::ColorType::Rgba);
+            let _ = enc.write_header().unwrap();
+        }
+        let e = decode("big.png", &out, DEFAULT_MAX_PIXELS).unwrap_err();
+        assert!(e.to_string().contains("cannot hold"), "{e}");
+        assert_eq!(kind(e), BadImageKind::Truncated);
     }
 
     #[test]

@@ -43,7 +43,22 @@ impl Default for TtaSettings {
     }
 }
 
+/// Most random crops per image: each is a forward pass.
+pub const MAX_CROPS: u32 = 64;
+
 impl TtaSettings {
+    /// Range checks; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.crops > MAX_CROPS {
+            return Err(format!("crops = {}: at most {MAX_CROPS}", self.crops));
+        }
+        let (lo, hi) = self.scale;
+        if !(lo.is_finite() && hi.is_finite() && 1e-4 <= lo && lo <= hi && hi <= 1.0) {
+            return Err(format!("scale = [{lo}, {hi}]: need 0.0001 <= low <= high <= 1"));
+        }
+        Ok(())
+    }
+
     /// The views in a fixed order: original, mirror, crops.
     pub fn views(&self) -> Vec<View> {
         let mut v = vec![View::Original];
@@ -77,6 +92,18 @@ pub fn render(img: &RgbImage, view: View, base: &Pipeline, size: u32, settings: 
 mod tests {
     use super::*;
     use crate::image::augment::Side;
+
+    #[test]
+    fn settings_refuse_nan_scales_and_endless_crops() {
+        assert!(TtaSettings::default().validate().is_ok());
+        for bad in [
+            TtaSettings { scale: (f32::NAN, 1.0), ..Default::default() },
+            TtaSettings { scale: (0.5, 0.4), ..Default::default() },
+            TtaSettings { crops: u32::MAX, ..Default::default() },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn views_are_original_mirror_then_crops_all_at_the_input_size() {

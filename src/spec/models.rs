@@ -238,6 +238,9 @@ impl ModelSpec {
         if let Some(p) = &self.augment {
             p.validate().map_err(|e| format!("{}: {e}", at("augment")))?;
         }
+        if let Some(t) = &self.tta {
+            t.validate().map_err(|e| format!("{}: {e}", at("tta")))?;
+        }
         self.train.validate(&|f: &str| at(&format!("train.{f}")), self.arch == Arch::Torchscript)?;
         self.predict.validate(&|f: &str| at(&format!("predict.{f}")))?;
         self.resources.validate(&at)

@@ -200,41 +200,62 @@ fn kv(meta: &BTreeMap<String, String>) -> Option<Vec<KeyValue>> {
 
 /// Reads a whole Parquet object: its record batches (row groups decoded in
 /// parallel, kept in order) and key-value metadata.
-async fn read_all(store: &Store, key: &str, what: &'static str) -> Result<(SchemaRef, Vec<RecordBatch>, BTreeMap<String, String>)> {
-    use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
-    use rayon::prelude::*;
+async fn read_all(store: &Store, key: &str, what: &'static str) -> Result<Decoded> {
     let bytes = store.get(key).await?;
     let key = key.to_string();
     tokio::task::spawn_blocking(move || {
         let fmt = |reason: String| Error::Format { key: key.clone(), what, reason };
-        let meta = ArrowReaderMetadata::load(&bytes, ArrowReaderOptions::new()).map_err(|e| fmt(e.to_string()))?;
-        let kv: BTreeMap<String, String> = meta
-            .metadata()
-            .file_metadata()
-            .key_value_metadata()
-            .map(|kvs| {
-                kvs.iter()
-                    .filter(|kv| kv.key != "ARROW:schema")
-                    .map(|kv| (kv.key.clone(), kv.value.clone().unwrap_or_default()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let schema = meta.schema().clone();
-        let groups = meta.metadata().num_row_groups();
-        let parts: Vec<Vec<RecordBatch>> = (0..groups)
-            .into_par_iter()
-            .map(|g| {
-                let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(bytes.clone(), meta.clone())
-                    .with_row_groups(vec![g])
-                    .with_batch_size(PRED_ROWS_PER_GROUP)
-                    .build()
-                    .map_err(|e| fmt(e.to_string()))?;
-                reader.collect::<std::result::Result<Vec<_>, _>>().map_err(|e| fmt(e.to_string()))
-            })
-            .collect::<Result<_>>()?;
-        Ok((schema, parts.into_iter().flatten().collect(), kv))
+        // The Parquet decoder panics on some damaged files (a negative column
+        // offset, a dictionary-encoded page without its dictionary): that is
+        // a damaged file, so it is reported as one, naming the key.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode_all(&bytes, &fmt)))
+            .unwrap_or_else(|panic| Err(fmt(format!("the Parquet decoder failed: {}", panic_message(panic.as_ref())))))
     })
     .await?
+}
+
+type Decoded = (SchemaRef, Vec<RecordBatch>, BTreeMap<String, String>);
+
+/// The text of a caught panic.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown reason".into())
+}
+
+/// Decodes every row group of `bytes` (in parallel, kept in order) and the
+/// key-value metadata.
+fn decode_all(bytes: &Bytes, fmt: &(dyn Fn(String) -> Error + Sync)) -> Result<Decoded> {
+    use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
+    use rayon::prelude::*;
+    let meta = ArrowReaderMetadata::load(bytes, ArrowReaderOptions::new()).map_err(|e| fmt(e.to_string()))?;
+    let kv: BTreeMap<String, String> = meta
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .map(|kvs| {
+            kvs.iter()
+                .filter(|kv| kv.key != "ARROW:schema")
+                .map(|kv| (kv.key.clone(), kv.value.clone().unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let schema = meta.schema().clone();
+    let groups = meta.metadata().num_row_groups();
+    let parts: Vec<Vec<RecordBatch>> = (0..groups)
+        .into_par_iter()
+        .map(|g| {
+            let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(bytes.clone(), meta.clone())
+                .with_row_groups(vec![g])
+                .with_batch_size(PRED_ROWS_PER_GROUP)
+                .build()
+                .map_err(|e| fmt(e.to_string()))?;
+            reader.collect::<std::result::Result<Vec<_>, _>>().map_err(|e| fmt(e.to_string()))
+        })
+        .collect::<Result<_>>()?;
+    Ok((schema, parts.into_iter().flatten().collect(), kv))
 }
 
 fn column<'a>(key: &str, what: &'static str, batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef> {
@@ -257,6 +278,25 @@ fn ids_from(key: &str, what: &'static str, col: &ArrayRef, out: &mut Vec<ImageId
         out.push(id);
     }
     Ok(())
+}
+
+/// Refuses a file whose `ids` repeat one, naming it and both rows.
+fn check_unique_ids(key: &str, what: &'static str, ids: &[ImageId]) -> Result<()> {
+    let mut first: std::collections::HashMap<&str, usize> = std::collections::HashMap::with_capacity(ids.len());
+    for (row, id) in ids.iter().enumerate() {
+        if let Some(prev) = first.insert(id.as_str(), row) {
+            return Err(Error::Format { key: key.to_string(), what, reason: format!("id `{id}` appears twice (rows {prev} and {row})") });
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a column with null values, naming the first null row.
+fn check_no_nulls(key: &str, what: &'static str, name: &str, col: &dyn Array, first_row: usize) -> Result<()> {
+    match (0..col.len()).find(|&i| col.is_null(i)) {
+        None => Ok(()),
+        Some(i) => Err(Error::Format { key: key.to_string(), what, reason: format!("row {}: column `{name}` is null", first_row + i) }),
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -442,12 +482,16 @@ pub async fn write_predictions_owned(store: &Store, key: &str, preds: Arc<Predic
 ///
 /// # Errors
 /// [`Error::Format`] naming `key` when a column, type or metadata key is
-/// off, or an id is malformed; [`Error::NotFound`] when absent.
+/// off, an id is malformed or repeated, or a probability is null, NaN or
+/// outside [0, 1]; [`Error::NotFound`] when absent.
 pub async fn read_predictions(store: &Store, key: &str) -> Result<Predictions> {
     const WHAT: &str = "predictions file";
     let (_schema, batches, meta) = read_all(store, key, WHAT).await?;
     let meta = PredictionMeta::from_map(key, &meta)?;
     let c = meta.class_count;
+    if c == 0 {
+        return Err(Error::Format { key: key.to_string(), what: WHAT, reason: "metadata `class_count` is 0".into() });
+    }
     let mut ids = Vec::new();
     let mut probs: Vec<f32> = Vec::new();
     for b in &batches {
@@ -470,9 +514,25 @@ pub async fn read_predictions(store: &Store, key: &str) -> Result<Predictions> {
             what: WHAT,
             reason: "probabilities are not Float32".into(),
         })?;
-        let off = list.offset() * c;
-        probs.extend_from_slice(&values.values()[off..off + list.len() * c]);
+        let first_row = ids.len() - list.len();
+        let values = values.slice(list.offset() * c, list.len() * c);
+        check_no_nulls(key, WHAT, "probs", &values, 0).map_err(|_| Error::Format {
+            key: key.to_string(),
+            what: WHAT,
+            reason: format!("null probabilities in rows {first_row}..{}", ids.len()),
+        })?;
+        let values = values.values();
+        if let Some(i) = values.iter().position(|p| !(0.0..=1.0).contains(p)) {
+            let row = first_row + i / c;
+            return Err(Error::Format {
+                key: key.to_string(),
+                what: WHAT,
+                reason: format!("row {row} (id `{}`): probability {} at class {} is not in [0, 1]; predict again", ids[row], values[i], i % c),
+            });
+        }
+        probs.extend_from_slice(values);
     }
+    check_unique_ids(key, WHAT, &ids)?;
     Ok(Predictions { ids, probs, meta })
 }
 
@@ -595,11 +655,14 @@ pub async fn read_folds(store: &Store, key: &str) -> Result<(Vec<ImageId>, Vec<F
     let mut ids = Vec::new();
     let mut folds = Vec::new();
     for b in &batches {
+        let first_row = ids.len();
         ids_from(key, WHAT, column(key, WHAT, b, "id")?, &mut ids)?;
         let f = column(key, WHAT, b, "fold")?;
         let f = f.as_primitive_opt::<UInt8Type>().ok_or_else(|| fmt(format!("column `fold` is {}, expected UInt8", f.data_type())))?;
+        check_no_nulls(key, WHAT, "fold", f, first_row)?;
         folds.extend(f.values().iter().map(|&v| Fold(v)));
     }
+    check_unique_ids(key, WHAT, &ids)?;
     let get = |k: &str| meta.get(k).cloned().ok_or_else(|| fmt(format!("metadata key `{k}` missing")));
     let meta = FoldsMeta {
         k: get("k")?.parse().map_err(|_| fmt("metadata `k` is not a number".into()))?,
@@ -705,6 +768,9 @@ pub async fn read_history(store: &Store, key: &str) -> Result<Vec<EpochRecord>> 
     let fmt = |reason: String| Error::Format { key: key.to_string(), what: WHAT, reason };
     let mut out = Vec::new();
     for b in &batches {
+        for (name, col) in b.schema().fields().iter().zip(b.columns()) {
+            check_no_nulls(key, WHAT, name.name(), col.as_ref(), out.len())?;
+        }
         let f64s = |name: &str| -> Result<Vec<f64>> {
             let c = column(key, WHAT, b, name)?;
             Ok(c.as_primitive_opt::<Float64Type>().ok_or_else(|| fmt(format!("column `{name}` is not Float64")))?.values().to_vec())

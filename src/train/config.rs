@@ -457,7 +457,7 @@ impl OptimizerSpec {
         }
         match *self {
             OptimizerSpec::Sgd { momentum, nesterov, weight_decay, .. } => {
-                if !(0.0..1.0).contains(&momentum) || weight_decay < 0.0 {
+                if !((0.0..1.0).contains(&momentum) && weight_decay.is_finite() && weight_decay >= 0.0) {
                     return Err(format!("{}: momentum must be in [0, 1) and weight_decay >= 0", at("optimizer")));
                 }
                 if nesterov && momentum == 0.0 {
@@ -465,7 +465,8 @@ impl OptimizerSpec {
                 }
             }
             OptimizerSpec::Adam { betas, eps, weight_decay, .. } | OptimizerSpec::Adamw { betas, eps, weight_decay, .. } => {
-                if !(0.0..1.0).contains(&betas.0) || !(0.0..1.0).contains(&betas.1) || !(eps > 0.0) || weight_decay < 0.0 {
+                let betas_ok = (0.0..1.0).contains(&betas.0) && (0.0..1.0).contains(&betas.1);
+                if !(betas_ok && eps > 0.0 && weight_decay.is_finite() && weight_decay >= 0.0) {
                     return Err(format!("{}: betas must be in [0, 1), eps > 0, weight_decay >= 0", at("optimizer")));
                 }
             }

@@ -1,6 +1,8 @@
 //! Every integration test, as one test binary (each binary links libtorch
 //! again, so one binary builds much faster than one per file). One module
 //! per feature; `common` and `model_support` hold the shared fixtures.
+//! `hostile_inputs` installs the binary's global allocator: `System`, with
+//! the largest allocation recorded while one of its measurements runs.
 
 mod common;
 mod model_support;
@@ -9,7 +11,9 @@ mod cli;
 mod cli_docs;
 mod data_cli;
 mod ensemble_end_to_end;
+mod fault_proxy;
 mod folds_real;
+mod hostile_inputs;
 mod image_decode;
 mod layers;
 mod metric_parity;

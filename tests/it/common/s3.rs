@@ -106,11 +106,17 @@ impl S3Server {
 
     /// A store at `s3://{bucket}/{prefix}` on this server.
     pub fn store(&self, bucket: &str, prefix: &str, retry: RetryPolicy) -> Store {
+        self.store_via(&self.endpoint(), bucket, prefix, retry)
+    }
+
+    /// A store at `s3://{bucket}/{prefix}` on this server, reached through
+    /// `endpoint` (a proxy in front of it).
+    pub fn store_via(&self, endpoint: &str, bucket: &str, prefix: &str, retry: RetryPolicy) -> Store {
         let opts = StoreOptions {
             retry,
             cache: None,
             s3_config: vec![
-                ("aws_endpoint".into(), self.endpoint()),
+                ("aws_endpoint".into(), endpoint.to_string()),
                 ("aws_access_key_id".into(), ACCESS_KEY.into()),
                 ("aws_secret_access_key".into(), SECRET_KEY.into()),
                 ("aws_region".into(), "us-east-1".into()),
