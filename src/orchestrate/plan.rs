@@ -297,6 +297,8 @@ impl Builder<'_> {
         let prefix = stage.map(|s| format!("{s}/")).unwrap_or_default();
         let id = match (model, fold) {
             (Some(m), Some(f)) => format!("{prefix}{}/{m}/{f}", kind.as_str()),
+            // A fold job of no model (level 2): `{stage/}level2/{k}`.
+            (None, Some(f)) => format!("{prefix}{}/{f}", kind.as_str()),
             _ => format!("{prefix}{}", kind.as_str()),
         };
         let mut args = verb;
@@ -316,34 +318,6 @@ impl Builder<'_> {
             stage: stage.map(String::from),
             model: model.map(String::from),
             fold,
-            deps,
-            args,
-            resources,
-            group,
-            manifest: job_ref.manifest.clone(),
-            spec_hash: job_ref.spec_hash.clone(),
-            job_ref,
-        });
-        id
-    }
-
-    /// A fold job that belongs to no model (level 2): `{stage/}level2/{k}`.
-    #[allow(clippy::too_many_arguments)]
-    fn push_fold(&mut self, kind: JobKind, stage: Option<&str>, fold: u8, deps: Vec<String>, verb: Vec<String>, resources: JobResources, group: String, job_ref: JobRef) -> String {
-        let prefix = stage.map(|s| format!("{s}/")).unwrap_or_default();
-        let id = format!("{prefix}{}/{fold}", kind.as_str());
-        let mut args = verb;
-        args.extend(self.spec_args.iter().cloned());
-        args.extend(["--fold".into(), fold.to_string()]);
-        if let Some(s) = stage {
-            args.extend(["--stage".into(), s.to_string()]);
-        }
-        self.jobs.push(Job {
-            id: id.clone(),
-            kind,
-            stage: stage.map(String::from),
-            model: None,
-            fold: Some(fold),
             deps,
             args,
             resources,
@@ -401,7 +375,7 @@ impl Builder<'_> {
                 for k in 0..spec.folds.k {
                     let job = jobs::level2_job(spec, key, Fold(k))?;
                     let verb = vec!["level2".into()];
-                    level2.push(self.push_fold(JobKind::Level2, key, k, deps.clone(), verb, LIGHT, format!("{prefix}level2"), job.job_ref()));
+                    level2.push(self.push(JobKind::Level2, key, None, Some(k), deps.clone(), verb, LIGHT, format!("{prefix}level2"), job.job_ref()));
                 }
                 deps = level2;
             }
