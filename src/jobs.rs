@@ -1,19 +1,23 @@
 //! Job kinds: each turns an experiment spec into one stage's own job
 //! description and runs it against the spec's store. This is the only
-//! place where the whole spec meets a stage: `imet folds|train|predict|
-//! ensemble|curate`, the local runner's children and the batch engines'
-//! jobs all come through here. A `stage` of `None` is the first stage.
+//! place where the whole spec meets a stage: `imet folds|shard|train|
+//! predict|ensemble|curate`, the local runner's children and the batch
+//! engines' jobs all come through here. A `stage` of `None` is the first
+//! stage.
 
 use crate::curate::{self, CurateJob, CurateOutcome};
 use crate::data::folds::{self, FoldsJob, FoldsOutcome};
 use crate::ensemble::{self, EnsembleJob, Summary};
 use crate::error::{Error, Result};
-use crate::fold_job::{DataEdits, FoldJob};
+use crate::fold_job::{DataEdits, FoldJob, ShardReads};
 use crate::ids::Fold;
+use crate::image::{ImageSource, ShardRecode};
+use crate::shards::job::{ShardJob, ShardOutcome};
+use crate::shards::{BuildOptions, Recode};
 use crate::level2::{self, Level2Job, Level2Outcome};
 use crate::predict::{self, PredictJob, PredictOutcome};
 use crate::spec::{Init, JobSpec, Stage, MAIN};
-use crate::storage::keys::{self, Scope};
+use crate::storage::keys::{self, Scope, Split};
 use crate::storage::Upstream;
 use crate::train::{self, TrainJob, TrainOutcome};
 
@@ -32,6 +36,43 @@ fn stage_of<'a>(spec: &'a JobSpec, stage: Option<&str>) -> Result<(Stage<'a>, Op
 /// The folds job of `spec`.
 pub fn folds_job(spec: &JobSpec) -> FoldsJob {
     FoldsJob { experiment: spec.experiment.clone(), folds: spec.folds.clone(), spec_hash: spec.folds_hash() }
+}
+
+/// Whether the spec's fold jobs read shard sets (`[image] source =
+/// "shards"` or `"shard_order"`).
+pub fn reads_shards(spec: &JobSpec) -> bool {
+    spec.image.source.uses_shards()
+}
+
+/// The shard job of `split`: `[image.shards]` build settings, and a hash
+/// of what the set depends on (the data section, the split, the shard size
+/// and the recoding).
+pub fn shard_job(spec: &JobSpec, split: Split) -> ShardJob {
+    let s = &spec.image.shards;
+    let recode = match s.recode {
+        ShardRecode::Original => Recode::Original,
+        ShardRecode::Png { shortest_side } => Recode::Png { shortest_side },
+        ShardRecode::Jpeg { shortest_side, quality } => Recode::Jpeg { shortest_side, quality },
+    };
+    let spec_hash = crate::spec::hash_parts(&[
+        serde_json::to_value(&spec.data).unwrap_or_default(),
+        serde_json::json!(keys::split_name(split)),
+        serde_json::json!(s.shard_mb),
+        serde_json::to_value(s.recode).unwrap_or_default(),
+    ]);
+    ShardJob {
+        experiment: spec.experiment.clone(),
+        split,
+        build: BuildOptions { shard_bytes: s.shard_mb << 20, fetch_concurrency: s.build_concurrency, recode },
+        spec_hash,
+    }
+}
+
+/// How the spec's fold jobs read shard sets; `None` when they read
+/// objects.
+pub fn shard_reads(spec: &JobSpec) -> Option<ShardReads> {
+    let s = &spec.image.shards;
+    reads_shards(spec).then(|| ShardReads { shuffle_buffer: s.shuffle_buffer, shards_in_flight: s.shards_in_flight, chunk_bytes: s.chunk_mb << 20, order_only: spec.image.source == ImageSource::ShardOrder })
 }
 
 /// The curate job of stage `stage`.
@@ -103,7 +144,12 @@ pub fn train_job(spec: &JobSpec, stage: Option<&str>, model: &str, fold: Fold) -
             ));
         }
     }
+    let shards = shard_reads(spec);
+    if shards.is_some() {
+        f.inputs.push(ShardReads::upstream(&spec.experiment, Split::Train));
+    }
     Ok(TrainJob {
+        shards,
         fold: f,
         network: m.network(m.head.classes),
         size: m.size,
@@ -134,6 +180,7 @@ pub fn predict_job(spec: &JobSpec, stage: Option<&str>, model: &str, fold: Fold)
         limit_images: m.predict.limit_images,
         precision: m.train.precision,
         channels_last: m.train.channels_last,
+        shards: shard_reads(spec),
     })
 }
 
@@ -226,6 +273,18 @@ pub async fn folds(spec: &JobSpec) -> Result<FoldsOutcome> {
     let store = spec.open_store()?;
     crate::data::sample::ensure(&store, &spec.data).await?;
     folds::run(&store, &folds_job(spec)).await
+}
+
+/// `imet shard`: builds (or finds) the shard set of `split` and commits
+/// the experiment's shard job. Writes the spec's synthetic sample first
+/// when it has one and `data/train.csv` is absent.
+///
+/// # Errors
+/// As [`crate::shards::job::run`].
+pub async fn shard(spec: &JobSpec, split: Split) -> Result<ShardOutcome> {
+    let store = spec.open_store()?;
+    crate::data::sample::ensure(&store, &spec.data).await?;
+    crate::shards::job::run(&store, &shard_job(spec, split)).await
 }
 
 /// `imet curate`.

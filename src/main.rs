@@ -155,6 +155,15 @@ enum Command {
         #[arg(long)]
         stage: Option<String>,
     },
+    /// Pack a spec's training or test images into a shard set ([image.shards]) for `[image] source = "shards"`.
+    Shard {
+        /// Experiment spec (TOML).
+        #[arg(long)]
+        spec: PathBuf,
+        /// Which images to pack.
+        #[arg(long, value_enum)]
+        split: ShardSplit,
+    },
     /// A later stage's data edits (dropped noisy images, pseudo-labels, distillation targets) from its source stage's ensemble.
     Curate {
         #[command(flatten)]
@@ -307,6 +316,14 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ShardSplit {
+    /// The training images (data/train.csv).
+    Train,
+    /// The test images (data/sample_submission.csv).
+    Test,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -473,6 +490,17 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("level-2 model of fold {} of experiment `{}`", fold.0, spec.experiment))?;
             print_json(&s)
+        }
+        Command::Shard { spec, split } => {
+            let spec = JobSpec::load(&spec)?;
+            let split = match split {
+                ShardSplit::Train => imet::storage::keys::Split::Train,
+                ShardSplit::Test => imet::storage::keys::Split::Test,
+            };
+            let out = imet::jobs::shard(&spec, split)
+                .await
+                .with_context(|| format!("shard set of the {} images of experiment `{}`", imet::storage::keys::split_name(split), spec.experiment))?;
+            print_json(&out)
         }
         Command::Curate { spec, stage } => {
             let spec = spec.load()?;

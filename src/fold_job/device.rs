@@ -132,6 +132,39 @@ pub fn predict_probs(net: &mut Network, dev: &DeviceSetup, batches: Epoch, progr
     Ok((probs, bce / count.max(1) as f64))
 }
 
+/// Probabilities of every image of `batches` (sequential, from a loader
+/// with one or more views), averaged over the views: for each image the
+/// views' probabilities are added in view order, then divided by their
+/// number (the same arithmetic as one pass per view summed in view order).
+/// `rows` is the number of images the loader holds; an image the loader
+/// skipped keeps zeros. `progress` counts image views.
+///
+/// # Errors
+/// Loader and forward errors.
+pub fn predict_views(net: &mut Network, dev: &DeviceSetup, batches: Epoch, rows: usize, classes: usize, progress: &Progress) -> Result<(Vec<f32>, usize)> {
+    let _guard = tch::no_grad_guard();
+    let mut sum = vec![0f32; rows * classes];
+    let mut views = 0usize;
+    for batch in batches {
+        let batch = batch?;
+        views = 1 + batch.views.len();
+        for images in std::iter::once(&batch.images).chain(&batch.views) {
+            let xs = dev.images(images);
+            let p = dev.forward(net, &xs, false)?.sigmoid().to_device(Device::Cpu).contiguous().view([-1]);
+            let p = Vec::<f32>::try_from(&p)?;
+            for (r, &i) in batch.indices.iter().enumerate() {
+                for (s, v) in sum[i * classes..(i + 1) * classes].iter_mut().zip(&p[r * classes..(r + 1) * classes]) {
+                    *s += v;
+                }
+            }
+        }
+        progress.inc((batch.ids.len() * views) as u64);
+    }
+    let n = views.max(1) as f32;
+    sum.iter_mut().for_each(|s| *s /= n);
+    Ok((sum, views))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,12 +1,15 @@
 //! What train and predict share: a fold job's identity, its inputs (the
-//! images on each side of the fold), its device set-up, the model's weight
-//! bytes, and the prediction loop. Reads `data/*.csv`,
-//! `runs/{exp}/folds.parquet` and weight files; writes nothing.
+//! images on each side of the fold), where it reads them from (objects or
+//! shard sets), its device set-up, the model's weight bytes, and the
+//! prediction loop. Reads `data/*.csv`, `runs/{exp}/folds.parquet`, shard
+//! manifests and indexes, and weight files; writes nothing.
 
 pub mod device;
+pub mod images;
 pub mod inputs;
 
-pub use device::{device, predict_probs, to_channels_last, DeviceSetup, Precision};
+pub use device::{device, predict_probs, predict_views, to_channels_last, DeviceSetup, Precision};
+pub use images::{FoldImages, ShardReads};
 pub use inputs::{fold_inputs, parse_fold, DataEdits, FoldInputs, FOLDS_ENV, FOLD_ENV};
 
 use crate::error::Result;

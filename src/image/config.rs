@@ -3,6 +3,7 @@
 
 use super::augment::{CenterCropResize, Geometry, Pipeline, RandomCrop, Side, Transform};
 use super::decode::{OnBadImage, DEFAULT_MAX_PIXELS};
+use super::source::{ImageSource, ShardsSection};
 use super::tta::TtaSettings;
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +34,13 @@ pub struct ImageSection {
     /// Test-time views.
     #[serde(default)]
     pub tta: TtaSettings,
+    /// `"objects"` (one object per image) or `"shards"` (the shard sets of
+    /// `imet shard`).
+    #[serde(default, skip_serializing_if = "ImageSource::is_default")]
+    pub source: ImageSource,
+    /// How shard sets are built and read (`[image.shards]`).
+    #[serde(default, skip_serializing_if = "ShardsSection::is_default")]
+    pub shards: ShardsSection,
 }
 
 impl Default for ImageSection {
@@ -45,6 +53,8 @@ impl Default for ImageSection {
             fetch_concurrency: default_fetch_concurrency(),
             augment: Default::default(),
             tta: Default::default(),
+            source: Default::default(),
+            shards: Default::default(),
         }
     }
 }
@@ -72,6 +82,7 @@ impl ImageSection {
             ));
         }
         self.tta.validate().map_err(|e| format!("`image.tta`: {e}"))?;
+        self.shards.validate()?;
         self.augment.validate().map_err(|e| format!("`image.augment`: {e}"))
     }
 }

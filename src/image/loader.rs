@@ -1,18 +1,22 @@
-//! The batch loader (image stage): reads image objects through the store's
-//! read-through cache with bounded concurrency, decodes and augments them
-//! on a worker pool, and hands out NCHW batches (normalised f32, or u8 for
-//! GPU-side normalisation) with float targets. A fetch thread and a decode
-//! thread each run at most `prefetch` batches ahead, so memory stays
-//! bounded whatever the dataset size. Reads `data/{train,test}/{id}.png`;
-//! writes nothing.
+//! The batch loader (image stage): reads image bytes from a [`Source`]
+//! (by default one object per image through the store's read-through
+//! cache, with bounded concurrency), decodes and augments them on a worker
+//! pool, and hands out NCHW batches (normalised f32, or u8 for GPU-side
+//! normalisation) with float targets. A fetch thread and a decode thread
+//! each run at most `prefetch` batches ahead, so memory stays bounded
+//! whatever the dataset size. A loader may render several views of each
+//! image ([`Render`], test-time augmentation): each image is read and
+//! decoded once and every view is made from the decoded pixels. Reads
+//! `data/{train,test}/{id}.png` (or shards, through the source); writes
+//! nothing.
 
 use super::augment::{write_chw_u8, Normalize, Pipeline};
 use super::decode::{decode, BadImageKind, OnBadImage, DEFAULT_MAX_PIXELS};
+use super::source::{Objects, Source};
 use crate::ids::{AttributeId, ImageId};
 use crate::error::{Error, Result};
 use crate::storage::Store;
 use bytes::Bytes;
-use futures::stream::{self, StreamExt};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -170,6 +174,9 @@ pub struct Batch {
     /// # Shapes
     /// `[batch, classes]` f32 multi-hot (soft after MixUp / smoothing).
     pub targets: Tensor,
+    /// The further views of a loader with several ([`Loader::with_views`]),
+    /// each shaped as `images`; empty otherwise.
+    pub views: Vec<Tensor>,
 }
 
 /// Normalises a u8 batch where it lives (e.g. on the GPU).
@@ -183,11 +190,21 @@ pub fn normalize_on_device(images: &Tensor, n: &Normalize) -> Tensor {
     (images.to_kind(Kind::Float) / 255.0 - mean) / std
 }
 
+/// One view a loader renders of every image: a pipeline and the seed its
+/// random choices draw from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Render {
+    pub pipeline: Pipeline,
+    /// `(seed, epoch)` of [`crate::seed::augment`] for this view; `None`:
+    /// the loader's seed and the epoch being read (training).
+    pub seed: Option<(u64, u64)>,
+}
+
 /// Feeds batches of augmented images.
 pub struct Loader {
-    store: Store,
     items: Arc<Vec<Item>>,
-    pipeline: Arc<Pipeline>,
+    views: Arc<Vec<Render>>,
+    source: Arc<dyn Source>,
     size: u32,
     opts: Arc<LoaderOptions>,
     sampler: Arc<dyn Sampler>,
@@ -196,11 +213,11 @@ pub struct Loader {
     handle: tokio::runtime::Handle,
 }
 
-/// Raw batch as the decode thread builds it.
+/// Raw batch as the decode thread builds it (one image buffer per view).
 struct RawBatch {
     indices: Vec<usize>,
-    images_f32: Vec<f32>,
-    images_u8: Vec<u8>,
+    images_f32: Vec<Vec<f32>>,
+    images_u8: Vec<Vec<u8>>,
     targets: Vec<f32>,
 }
 
@@ -213,10 +230,29 @@ impl Loader {
     /// batch size or workers, or no runtime; [`Error::Augment`] for an
     /// invalid transform.
     pub fn new(store: Store, items: Vec<Item>, pipeline: Pipeline, opts: LoaderOptions, sampler: Arc<dyn Sampler>) -> Result<Loader> {
-        pipeline.validate()?;
-        let size = pipeline.output_size().ok_or_else(|| {
-            Error::Usage("the loader's augmentation pipeline must end in a sizing transform (resize, random_resized_crop, crop_if_needed, random_crop, center_crop_resize)".into())
-        })?;
+        Loader::with_views(store, items, vec![Render { pipeline, seed: None }], opts, sampler)
+    }
+
+    /// A loader that renders every view of `views` from each image, read
+    /// and decoded once; batches carry one tensor per view
+    /// ([`Batch::images`] and [`Batch::views`]).
+    ///
+    /// # Errors
+    /// As [`Loader::new`], and [`Error::Usage`] for no views or views of
+    /// different sizes.
+    pub fn with_views(store: Store, items: Vec<Item>, views: Vec<Render>, opts: LoaderOptions, sampler: Arc<dyn Sampler>) -> Result<Loader> {
+        let mut size = None;
+        for v in &views {
+            v.pipeline.validate()?;
+            let s = v.pipeline.output_size().ok_or_else(|| {
+                Error::Usage("the loader's augmentation pipeline must end in a sizing transform (resize, random_resized_crop, crop_if_needed, random_crop, center_crop_resize)".into())
+            })?;
+            if size.is_some_and(|x| x != s) {
+                return Err(Error::Usage(format!("the loader's views make images of different sizes ({} and {s})", size.unwrap_or_default())));
+            }
+            size = Some(s);
+        }
+        let size = size.ok_or_else(|| Error::Usage("a loader needs at least one view".into()))?;
         if opts.batch_size == 0 || opts.workers == 0 || opts.prefetch == 0 || opts.fetch_concurrency == 0 {
             return Err(Error::Usage("loader batch_size, workers, prefetch and fetch_concurrency must all be at least 1".into()));
         }
@@ -226,10 +262,11 @@ impl Loader {
             .thread_name(|i| format!("imet-decode-{i}"))
             .build()
             .map_err(|e| Error::Usage(format!("cannot start {} decode threads: {e}", opts.workers)))?;
+        let source: Arc<dyn Source> = Arc::new(Objects { store, concurrency: opts.fetch_concurrency });
         Ok(Loader {
-            store,
             items: Arc::new(items),
-            pipeline: Arc::new(pipeline),
+            views: Arc::new(views),
+            source,
             size,
             opts: Arc::new(opts),
             sampler,
@@ -237,6 +274,17 @@ impl Loader {
             skipped: Arc::new(Mutex::new(Vec::new())),
             handle,
         })
+    }
+
+    /// Reads the image bytes from `source` instead of one object per image.
+    pub fn with_source(mut self, source: Arc<dyn Source>) -> Loader {
+        self.source = source;
+        self
+    }
+
+    /// Where the bytes come from, for logs.
+    pub fn source(&self) -> String {
+        self.source.describe()
     }
 
     pub fn len(&self) -> usize {
@@ -269,21 +317,22 @@ impl Loader {
         let (fetch_tx, fetch_rx) = sync_channel::<Result<(Vec<usize>, Vec<Result<Bytes>>)>>(self.opts.prefetch);
         let (batch_tx, batch_rx) = sync_channel::<Result<RawBatch>>(self.opts.prefetch);
 
-        // Fetch thread: bounded-concurrency reads through the cache.
+        // Fetch thread: the source's reads, one batch at a time.
         {
-            let (store, items, handle, conc) = (self.store.clone(), self.items.clone(), self.handle.clone(), self.opts.fetch_concurrency);
+            let (source, items, handle) = (self.source.clone(), self.items.clone(), self.handle.clone());
             std::thread::spawn(move || {
+                let _rt = handle.enter();
+                let mut reads = match source.open(epoch, items, &order) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = fetch_tx.send(Err(e));
+                        return;
+                    }
+                };
                 for chunk in chunks {
-                    let got: Vec<Result<Bytes>> = handle.block_on(
-                        stream::iter(chunk.iter().map(|&i| {
-                            let store = &store;
-                            let key = items[i].key.clone();
-                            async move { store.get_cached(&key).await }
-                        }))
-                        .buffered(conc)
-                        .collect(),
-                    );
-                    if fetch_tx.send(Ok((chunk, got))).is_err() {
+                    let got = handle.block_on(reads.read(&chunk));
+                    let stop = got.is_err();
+                    if fetch_tx.send(got.map(|g| (chunk, g))).is_err() || stop {
                         return;
                     }
                 }
@@ -292,11 +341,11 @@ impl Loader {
 
         // Decode thread: decode + augment on the pool, assemble planar batches.
         {
-            let (items, pipeline, opts, pool, skipped, size) =
-                (self.items.clone(), self.pipeline.clone(), self.opts.clone(), self.pool.clone(), self.skipped.clone(), self.size);
+            let (items, views, opts, pool, skipped, size) =
+                (self.items.clone(), self.views.clone(), self.opts.clone(), self.pool.clone(), self.skipped.clone(), self.size);
             std::thread::spawn(move || {
                 for msg in fetch_rx {
-                    let out = msg.and_then(|(chunk, bytes)| assemble(&items, &pipeline, &opts, &pool, &skipped, size, epoch, chunk, bytes));
+                    let out = msg.and_then(|(chunk, bytes)| assemble(&items, &views, &opts, &pool, &skipped, size, epoch, chunk, bytes));
                     match out {
                         Ok(None) => continue,
                         Ok(Some(raw)) => {
@@ -319,7 +368,7 @@ impl Loader {
 #[allow(clippy::too_many_arguments)]
 fn assemble(
     items: &[Item],
-    pipeline: &Pipeline,
+    views: &[Render],
     opts: &LoaderOptions,
     pool: &rayon::ThreadPool,
     skipped: &Mutex<Vec<Skipped>>,
@@ -329,7 +378,7 @@ fn assemble(
     bytes: Vec<Result<Bytes>>,
 ) -> Result<Option<RawBatch>> {
     let plane = (size * size) as usize;
-    let decoded: Vec<Result<Option<(usize, ::image::RgbImage)>>> = pool.install(|| {
+    let decoded: Vec<Result<Option<(usize, Vec<::image::RgbImage>)>>> = pool.install(|| {
         chunk
             .par_iter()
             .zip(bytes.into_par_iter())
@@ -346,8 +395,14 @@ fn assemble(
                     }
                     Err(e) => return Err(e),
                 };
-                let seed = crate::seed::augment(opts.seed, epoch, i);
-                Ok(Some((i, pipeline.apply(img, seed))))
+                let rendered = views
+                    .iter()
+                    .map(|v| {
+                        let (seed, ep) = v.seed.unwrap_or((opts.seed, epoch));
+                        v.pipeline.apply(img.clone(), crate::seed::augment(seed, ep, i))
+                    })
+                    .collect();
+                Ok(Some((i, rendered)))
             })
             .collect()
     });
@@ -375,18 +430,22 @@ fn assemble(
             }
         }
     }
-    match &opts.output {
-        Output::Normalized(norm) => {
-            raw.images_f32 = vec![0f32; n * 3 * plane];
-            pool.install(|| {
-                raw.images_f32.par_chunks_mut(3 * plane).zip(kept.par_iter()).for_each(|(out, (_, img))| norm.write_chw(img, out));
-            });
-        }
-        Output::U8 => {
-            raw.images_u8 = vec![0u8; n * 3 * plane];
-            pool.install(|| {
-                raw.images_u8.par_chunks_mut(3 * plane).zip(kept.par_iter()).for_each(|(out, (_, img))| write_chw_u8(img, out));
-            });
+    for v in 0..views.len() {
+        match &opts.output {
+            Output::Normalized(norm) => {
+                let mut buf = vec![0f32; n * 3 * plane];
+                pool.install(|| {
+                    buf.par_chunks_mut(3 * plane).zip(kept.par_iter()).for_each(|(out, (_, imgs))| norm.write_chw(&imgs[v], out));
+                });
+                raw.images_f32.push(buf);
+            }
+            Output::U8 => {
+                let mut buf = vec![0u8; n * 3 * plane];
+                pool.install(|| {
+                    buf.par_chunks_mut(3 * plane).zip(kept.par_iter()).for_each(|(out, (_, imgs))| write_chw_u8(&imgs[v], out));
+                });
+                raw.images_u8.push(buf);
+            }
         }
     }
     Ok(Some(raw))
@@ -410,14 +469,16 @@ impl Iterator for Epoch {
             Err(e) => return Some(Err(e)),
         };
         let n = raw.indices.len() as i64;
-        let images = if self.u8 {
-            Tensor::from_slice(&raw.images_u8).view([n, 3, self.size, self.size])
+        let shape = [n, 3, self.size, self.size];
+        let mut views: Vec<Tensor> = if self.u8 {
+            raw.images_u8.iter().map(|b| Tensor::from_slice(b).view(shape)).collect()
         } else {
-            Tensor::from_slice(&raw.images_f32).view([n, 3, self.size, self.size])
+            raw.images_f32.iter().map(|b| Tensor::from_slice(b).view(shape)).collect()
         };
+        let images = views.remove(0);
         let targets = Tensor::from_slice(&raw.targets).view([n, self.classes]);
         let ids = raw.indices.iter().map(|&i| self.items[i].id.clone()).collect();
-        Some(Ok(Batch { indices: raw.indices, ids, images, targets }))
+        Some(Ok(Batch { indices: raw.indices, ids, images, targets, views }))
     }
 }
 

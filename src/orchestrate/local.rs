@@ -224,6 +224,7 @@ pub fn main_output(experiment: &str, job: &Job) -> String {
     let scope = keys::Scope { experiment, stage: job.stage.as_deref() };
     match job.kind {
         JobKind::Folds => keys::folds(experiment),
+        JobKind::Shard => job.manifest.clone(),
         JobKind::Curate => keys::stage_data_success(scope),
         JobKind::Train => keys::weights(scope, model, fold),
         JobKind::Predict => keys::test_predictions(scope, model, fold),

@@ -1,6 +1,7 @@
 //! Orchestration stage: an experiment spec becomes a DAG of jobs, stage by
-//! stage (folds -> per stage: curate, train and predict per model x fold,
-//! ensemble), each with its command line, its dependencies, the manifest
+//! stage (folds, and the shard sets when the spec reads shards -> per
+//! stage: curate, train and predict per model x fold, ensemble), each with
+//! its command line, its dependencies, the manifest
 //! that marks it done (built by `jobs`, so the plan and the jobs agree on
 //! keys and hashes), and the resources a batch engine should give it. Jobs
 //! form groups: a single job, or an array of fold tasks whose task chains a
@@ -13,6 +14,7 @@ use crate::error::Result;
 use crate::ids::Fold;
 use crate::jobs;
 use crate::spec::{parse_duration, JobSpec, SpecSource, Stage, MAIN};
+use crate::storage::keys::{self, Split};
 use crate::storage::{JobRef, Store};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashSet};
@@ -23,6 +25,7 @@ use std::path::Path;
 #[serde(rename_all = "lowercase")]
 pub enum JobKind {
     Folds,
+    Shard,
     Curate,
     Train,
     Predict,
@@ -34,6 +37,7 @@ impl JobKind {
     pub fn as_str(self) -> &'static str {
         match self {
             JobKind::Folds => "folds",
+            JobKind::Shard => "shard",
             JobKind::Curate => "curate",
             JobKind::Train => "train",
             JobKind::Predict => "predict",
@@ -69,7 +73,7 @@ impl JobResources {
 /// One job of the DAG.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Job {
-    /// Unique and stable: `folds`, `train/{model}/{fold}`,
+    /// Unique and stable: `folds`, `shard/{split}`, `train/{model}/{fold}`,
     /// `predict/{model}/{fold}`, `ensemble` for the first stage;
     /// `{stage}/curate`, `{stage}/train/{model}/{fold}`, ... for later ones.
     pub id: String,
@@ -193,6 +197,12 @@ impl Plan {
         let mut b = Builder { spec, spec_arg, spec_args: source.args(), jobs: Vec::new() };
         let folds = jobs::folds_job(spec);
         b.push(JobKind::Folds, None, None, None, vec![], vec!["folds".into()], LIGHT, "folds".into(), folds.job_ref());
+        if jobs::reads_shards(spec) {
+            // After folds, which writes the spec's synthetic sample.
+            for split in [Split::Train, Split::Test] {
+                b.push_split(split, vec!["folds".into()], jobs::shard_job(spec, split).job_ref());
+            }
+        }
         for stage in spec.stages() {
             b.stage(&stage)?;
         }
@@ -329,6 +339,30 @@ impl Builder<'_> {
         id
     }
 
+    /// The shard job of `split`: `shard/{split}`, a group of its own.
+    fn push_split(&mut self, split: Split, deps: Vec<String>, job_ref: JobRef) -> String {
+        let name = keys::split_name(split);
+        let id = format!("{}/{name}", JobKind::Shard.as_str());
+        let mut args: Vec<String> = vec!["shard".into()];
+        args.extend(self.spec_args.iter().cloned());
+        args.extend(["--split".into(), name.into()]);
+        self.jobs.push(Job {
+            id: id.clone(),
+            kind: JobKind::Shard,
+            stage: None,
+            model: None,
+            fold: None,
+            deps,
+            args,
+            resources: LIGHT,
+            group: id.clone(),
+            manifest: job_ref.manifest.clone(),
+            spec_hash: job_ref.spec_hash.clone(),
+            job_ref,
+        });
+        id
+    }
+
     /// The jobs of one stage.
     fn stage(&mut self, stage: &Stage<'_>) -> Result<()> {
         let spec = self.spec;
@@ -336,6 +370,10 @@ impl Builder<'_> {
         let prefix = key.map(|s| format!("{s}/")).unwrap_or_default();
         let source_ensemble = stage.source.map(|s| if s == MAIN { "ensemble".to_string() } else { format!("{s}/ensemble") });
         let mut stage_deps = vec!["folds".to_string()];
+        let shards = jobs::reads_shards(spec);
+        if shards {
+            stage_deps.push(format!("{}/train", JobKind::Shard.as_str()));
+        }
         if stage.curates() {
             let job = jobs::curate_job(spec, stage.name)?;
             let deps = source_ensemble.clone().into_iter().collect();
@@ -361,7 +399,11 @@ impl Builder<'_> {
                 let train_id = self.push(JobKind::Train, key, Some(&m.name), Some(k), deps, vec!["train".into()], resources, group.clone(), train.job_ref());
                 let predict = jobs::predict_job(spec, key, &m.name, Fold(k))?;
                 let resources = JobResources { gpus: r.gpus, cpus: r.cpus, memory_gb: r.memory_gb, time_limit_s: predict_limit };
-                let id = self.push(JobKind::Predict, key, Some(&m.name), Some(k), vec![train_id], vec!["predict".into()], resources, group.clone(), predict.job_ref());
+                let mut deps = vec![train_id];
+                if shards {
+                    deps.push(format!("{}/test", JobKind::Shard.as_str()));
+                }
+                let id = self.push(JobKind::Predict, key, Some(&m.name), Some(k), deps, vec!["predict".into()], resources, group.clone(), predict.job_ref());
                 predicts.push((m.name.clone(), id));
             }
         }
@@ -498,6 +540,30 @@ groups = { culture = "main" }
         let a = groups.iter().find(|g| g.id == "model/a").unwrap();
         assert_eq!(a.folds.as_deref(), Some(&[1u8, 2][..]));
         assert!(a.deps.is_empty(), "the folds group is done");
+    }
+
+    #[test]
+    fn a_spec_reading_shards_builds_them_first_and_its_fold_jobs_wait_for_them() {
+        let text = SPEC.replace("[[models]]\nname = \"a\"", "[image]\nsource = \"shards\"\nshards = { shard_mb = 64 }\n[[models]]\nname = \"a\"");
+        let spec = JobSpec::parse("s.toml", &format!("{text}{STAGED}")).unwrap();
+        let plan = Plan::new(&spec, Path::new("s.toml")).unwrap();
+        let t = plan.job("shard/train").unwrap();
+        assert_eq!(t.command_line("imet"), "imet shard --spec s.toml --split train");
+        assert_eq!(t.deps, ["folds"]);
+        assert_eq!(t.manifest, "runs/e/shards/train/_SUCCESS.json");
+        assert_ne!(t.spec_hash, plan.job("shard/test").unwrap().spec_hash);
+        assert_eq!(plan.job("train/a/0").unwrap().deps, ["folds", "shard/train"]);
+        assert_eq!(plan.job("predict/a/0").unwrap().deps, ["train/a/0", "shard/test"]);
+        assert_eq!(plan.job("clean/train/a/2").unwrap().deps, ["folds", "shard/train", "clean/curate", "train/a/2"]);
+        let groups = plan.groups(&HashSet::new());
+        let ids: Vec<&str> = groups.iter().map(|g| g.id.as_str()).collect();
+        assert_eq!(&ids[..4], ["folds", "shard/train", "shard/test", "model/a"]);
+        assert_eq!(groups[1].command_line("imet"), "imet shard --spec s.toml --split train");
+        assert_eq!(groups[3].deps, ["folds", "shard/train", "shard/test"]);
+        assert_eq!(short_name(&groups[1].id), "shard-train");
+        // Without `source = "shards"` there are no shard jobs.
+        let plain = Plan::new(&JobSpec::parse("s.toml", SPEC).unwrap(), Path::new("s.toml")).unwrap();
+        assert!(plain.jobs.iter().all(|j| j.kind != JobKind::Shard));
     }
 
     #[test]

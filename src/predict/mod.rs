@@ -2,7 +2,10 @@
 //! probabilities averaged over the model's test-time views for the fold's
 //! own images (OOF) and for the test set, as predictions Parquet with
 //! provenance metadata, then the fold job's `_SUCCESS.json`. A committed
-//! job is skipped.
+//! job is skipped. Each image is read and decoded once and every view is
+//! rendered from the decoded pixels (one loader pass per image set); with
+//! `[image] source = "shards"` the images are read by id from the shard
+//! sets.
 //!
 //! Reads `data/`, `runs/{exp}/folds.parquet`,
 //! `runs/{exp}/models/{M}/fold={K}/{_TRAINED.json,model.safetensors}`;
@@ -13,9 +16,11 @@ pub mod config;
 pub mod tta;
 
 use crate::error::{Error, Result};
-use crate::fold_job::{device, fold_inputs, predict_probs, DeviceSetup, FoldJob, Precision};
+use crate::fold_job::{device, fold_inputs, predict_views, DeviceSetup, FoldImages, FoldJob, Precision, ShardReads};
 use crate::ids::ImageId;
-use crate::image::loader::{Item, Loader, LoaderOptions, Sequential};
+use crate::image::loader::Item;
+use crate::image::Source;
+use crate::storage::keys::Split;
 use crate::image::{ImageSection, Pipeline, TtaSettings};
 use crate::model::{ModelConfig, Network, WeightBytes};
 use crate::storage::keys;
@@ -44,13 +49,19 @@ pub struct PredictJob {
     pub limit_images: Option<usize>,
     pub precision: Precision,
     pub channels_last: bool,
+    /// Read the images by id from the experiment's shard sets.
+    pub shards: Option<ShardReads>,
 }
 
 impl PredictJob {
     /// The job as the store sees it (`_SUCCESS.json`).
     pub fn job_ref(&self) -> JobRef {
         let f = &self.fold;
-        JobRef { id: f.job_id("predict"), manifest: keys::success(f.scope(), &f.model, f.fold), spec_hash: f.spec_hash.clone(), inputs: vec![Upstream::optional(keys::trained(f.scope(), &f.model, f.fold), f.command("train"))] }
+        let mut inputs = vec![Upstream::optional(keys::trained(f.scope(), &f.model, f.fold), f.command("train"))];
+        if self.shards.is_some() {
+            inputs.extend([Split::Train, Split::Test].map(|s| ShardReads::upstream(&f.experiment, s)));
+        }
+        JobRef { id: f.job_id("predict"), manifest: keys::success(f.scope(), &f.model, f.fold), spec_hash: f.spec_hash.clone(), inputs }
     }
 }
 
@@ -141,7 +152,13 @@ async fn predict(store: &Store, job: &PredictJob) -> Result<((usize, usize, usiz
     let weights_key = keys::weights(scope, model, fold);
     let weights = store.get(&weights_key).await?;
     let weights_file = format!("{}/{}", store.url().trim_end_matches('/'), weights_key);
-    let ctx = Ctx { job: job.clone(), classes, store: store.clone(), oof: data.valid, test, handle: tokio::runtime::Handle::current() };
+    let (mut oof_source, mut test_source) = (None, None);
+    if let Some(reads) = &job.shards {
+        let images = FoldImages::open(store, exp, reads, &[Split::Train, Split::Test]).await?;
+        oof_source = images.by_id(Split::Train, &data.valid)?;
+        test_source = images.by_id(Split::Test, &test)?;
+    }
+    let ctx = Ctx { job: job.clone(), classes, store: store.clone(), oof: data.valid, test, oof_source, test_source, handle: tokio::runtime::Handle::current() };
     let span = tracing::Span::current();
     let (oof, test, stats) = tokio::task::spawn_blocking(move || span.in_scope(|| predict_blocking(ctx, &weights_file, &weights))).await??;
 
@@ -177,6 +194,9 @@ struct Ctx {
     store: Store,
     oof: Vec<Item>,
     test: Vec<Item>,
+    /// Where the OOF and test images are read from (objects when `None`).
+    oof_source: Option<Arc<dyn Source>>,
+    test_source: Option<Arc<dyn Source>>,
     handle: tokio::runtime::Handle,
 }
 
@@ -194,27 +214,23 @@ fn predict_blocking(ctx: Ctx, weights_file: &str, weights: &[u8]) -> Result<(Pro
     let output = dev.loader_output();
     let started = std::time::Instant::now();
     let _job = crate::telemetry::JobProgress::start(format!("predict {}", job.fold.label()), ((ctx.oof.len() + ctx.test.len()) * views.len()) as u64);
-    let mut run_set = |items: &[Item], set: &str| -> Result<Probs> {
+    let mut run_set = |items: &[Item], set: &str, source: Option<&Arc<dyn Source>>| -> Result<Probs> {
         let ids: Vec<ImageId> = items.iter().map(|i| i.id.clone()).collect();
-        let mut sum = vec![0f32; items.len() * ctx.classes];
-        for (v, view) in views.iter().enumerate() {
-            let opts = LoaderOptions::from_section(&job.image, job.batch_size, ctx.classes, view.seed, output.clone());
-            let loader = {
-                let _rt = ctx.handle.enter();
-                Loader::new(ctx.store.clone(), items.to_vec(), view.pipeline.clone(), opts, Arc::new(Sequential))?
-            };
-            let progress = crate::telemetry::Progress::with_unit(format!("predict {set} view {}/{}", v + 1, views.len()), items.len() as u64, "images");
-            let (probs, _) = predict_probs(&mut net, &dev, loader.epoch(view.epoch), &progress)?;
-            for (s, p) in sum.iter_mut().zip(&probs) {
-                *s += p;
-            }
-        }
-        let n = views.len() as f32;
-        sum.iter_mut().for_each(|s| *s /= n);
-        Ok((ids, sum))
+        let loader = {
+            let _rt = ctx.handle.enter();
+            tta::loader(ctx.store.clone(), items.to_vec(), &views, &job.image, job.batch_size, ctx.classes, output.clone())?
+        };
+        let loader = match source {
+            Some(s) => loader.with_source(s.clone()),
+            None => loader,
+        };
+        info!(images = items.len(), views = views.len(), source = %loader.source(), "predicting");
+        let progress = crate::telemetry::Progress::with_unit(format!("predict {set} ({} views)", views.len()), (items.len() * views.len()) as u64, "views");
+        let (probs, _) = predict_views(&mut net, &dev, loader.epoch(0), items.len(), ctx.classes, &progress)?;
+        Ok((ids, probs))
     };
-    let oof = run_set(&ctx.oof, "oof")?;
-    let test = run_set(&ctx.test, "test")?;
+    let oof = run_set(&ctx.oof, "oof", ctx.oof_source.as_ref())?;
+    let test = run_set(&ctx.test, "test", ctx.test_source.as_ref())?;
     let seconds = started.elapsed().as_secs_f64();
     let images = ctx.oof.len() + ctx.test.len();
     let stats = PredictStats {

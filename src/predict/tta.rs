@@ -1,10 +1,15 @@
 //! Predict stage: each test-time view of `image::tta` as a loader
 //! pipeline: the original (the model's deterministic eval resize), its
-//! mirror, and seeded random resized crops, all at the model's input size.
+//! mirror, and seeded random resized crops, all at the model's input size;
+//! and the one loader that renders them all from each decoded image.
 //! Touches no storage.
 
+use crate::error::Result;
 use crate::image::augment::{Pipeline, Prob, RandomResizedCrop, Transform};
-use crate::image::{TtaSettings, View};
+use crate::image::loader::{Item, Loader, LoaderOptions, Output, Render, Sequential};
+use crate::image::{ImageSection, TtaSettings, View};
+use crate::storage::Store;
+use std::sync::Arc;
 
 /// One view, as the loader runs it.
 #[derive(Clone, Debug, PartialEq)]
@@ -38,6 +43,23 @@ pub fn views(base: &Pipeline, size: u32, settings: &TtaSettings) -> Vec<ViewPipe
             ViewPipeline { view, pipeline, seed: 0x7474_6100, epoch }
         })
         .collect()
+}
+
+/// The views as the loader renders them: view `v`'s random choices for
+/// item `i` draw from `seed::augment(v.seed, v.epoch, i)`, as a loader of
+/// that one view with seed `v.seed` reading epoch `v.epoch` would.
+pub fn renders(views: &[ViewPipeline]) -> Vec<Render> {
+    views.iter().map(|v| Render { pipeline: v.pipeline.clone(), seed: Some((v.seed, v.epoch)) }).collect()
+}
+
+/// A sequential loader over `items` that reads and decodes each image once
+/// and renders every view of `views` from it (call inside a runtime).
+///
+/// # Errors
+/// As [`Loader::with_views`].
+pub fn loader(store: Store, items: Vec<Item>, views: &[ViewPipeline], image: &ImageSection, batch_size: usize, classes: usize, output: Output) -> Result<Loader> {
+    let opts = LoaderOptions::from_section(image, batch_size, classes, 0, output);
+    Loader::with_views(store, items, renders(views), opts, Arc::new(Sequential))
 }
 
 #[cfg(test)]

@@ -45,7 +45,9 @@
 //! Errors are [`ShardError`]s naming the shard key and the image id.
 
 pub mod format;
+pub mod job;
 pub mod read;
+pub mod source;
 pub mod write;
 
 pub use format::{ShardEntry, ShardIndex, SourceFiles};

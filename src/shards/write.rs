@@ -36,7 +36,8 @@ pub enum Recode {
 }
 
 impl Recode {
-    fn recorded(self) -> Recoded {
+    /// How the index records this recoding.
+    pub fn recorded(self) -> Recoded {
         match self {
             Recode::Original => Recoded::Original,
             Recode::Png { shortest_side } => Recoded::Png { shortest_side },

@@ -87,6 +87,12 @@ pub fn shard_index(split: Split, set: &str) -> String {
     format!("{}/index.json", shard_set(split, set))
 }
 
+/// `runs/{experiment}/shards/{split}/_SUCCESS.json`: the experiment's shard
+/// job of `split` is committed (its outputs name the set's index).
+pub fn shard_success(experiment: &str, split: Split) -> String {
+    format!("runs/{experiment}/shards/{}/_SUCCESS.json", split_name(split))
+}
+
 pub fn run(experiment: &str) -> String {
     format!("runs/{experiment}")
 }

@@ -7,19 +7,20 @@
 
 use super::amp::GradScaler;
 use super::checkpoint::{self, Checkpoint, LoopState};
-use super::config::{LabelScope, PhaseSpec, Trainable};
+use super::config::{LabelScope, PhaseSpec, Sampling, Trainable};
 use super::epoch::{self, PhaseSetup, Position, TrainTotals, Validation};
 use super::optim::Optimizer;
 use super::sampling::{self, HardMining};
 use super::sink::{EpochDone, SinkSender};
 use super::TrainJob;
 use crate::error::{Error, Result};
-use crate::fold_job::{device, DeviceSetup};
+use crate::fold_job::{device, DeviceSetup, FoldImages};
 use crate::ids::{AttributeId, Group};
 use crate::image::loader::{Item, Loader, LoaderOptions, Sequential};
 use crate::image::{Pipeline, Sampler};
 use crate::model::{Arch, Network, ScriptModel, WeightBytes};
-use crate::storage::keys;
+use crate::image::Source;
+use crate::storage::keys::{self, Split};
 use crate::storage::parquet::EpochRecord;
 use crate::storage::Store;
 use crate::telemetry::JobProgress;
@@ -97,6 +98,8 @@ pub struct Fit {
     masks: Vec<Option<Vec<f32>>>,
     /// Each class's group.
     groups: Vec<Group>,
+    /// The shard sets to read from (objects when `None`).
+    images: Option<FoldImages>,
     handle: tokio::runtime::Handle,
 }
 
@@ -123,8 +126,15 @@ impl Fit {
             classes,
             train_items,
             valid_items,
+            images: None,
             handle: tokio::runtime::Handle::current(),
         })
+    }
+
+    /// Reads the images from the opened shard sets `images`.
+    pub fn with_shards(mut self, images: FoldImages) -> Fit {
+        self.images = Some(images);
+        self
     }
 
     /// Runs every remaining epoch, sending each to `sink`.
@@ -231,7 +241,11 @@ impl Fit {
         let output = dev.loader_output();
         let train_opts = LoaderOptions { drop_last: false, ..LoaderOptions::from_section(&self.job.image, train.batch_size, self.classes, self.job.seed, output.clone()) };
         let labels: Vec<_> = self.train_items.iter().map(|i| i.labels.clone()).collect();
-        let base = sampling::sampler(train.sampling, &labels, self.classes, train.limit_images, self.job.seed);
+        let (shard_order, train_source, valid_source) = self.shard_reads()?;
+        let base = match shard_order {
+            Some(order) => sampling::limited(order, train.limit_images),
+            None => sampling::sampler(train.sampling, &labels, self.classes, train.limit_images, self.job.seed),
+        };
         let mining = train.hard_negative_mining.map(|_| Arc::new(HardMining::new(base.clone(), self.job.seed)));
         let sampler: Arc<dyn Sampler> = match &mining {
             Some(h) => h.clone(),
@@ -239,12 +253,52 @@ impl Fit {
         };
         let valid_opts = LoaderOptions::from_section(&self.job.image, self.job.predict_batch, self.classes, self.job.seed, output);
         let _rt = self.handle.enter();
+        let mut train_loader = Loader::new(self.store.clone(), self.train_items.clone(), self.pipeline.clone(), train_opts, sampler)?;
+        if let Some(s) = train_source {
+            train_loader = train_loader.with_source(s);
+        }
+        let mut valid_loader = Loader::new(self.store.clone(), self.valid_items.clone(), self.job.eval.clone(), valid_opts, Arc::new(Sequential))?;
+        if let Some(s) = valid_source {
+            valid_loader = valid_loader.with_source(s);
+        }
+        info!(train = %train_loader.source(), validation = %valid_loader.source(), "image sources");
         Ok(Loaders {
-            train: Loader::new(self.store.clone(), self.train_items.clone(), self.pipeline.clone(), train_opts, sampler)?,
-            valid: Loader::new(self.store.clone(), self.valid_items.clone(), self.job.eval.clone(), valid_opts, Arc::new(Sequential))?,
+            train: train_loader,
+            valid: valid_loader,
             valid_labels: self.valid_items.iter().map(|i| i.labels.clone()).collect(),
             mining,
             n_train: train.limit_images.map_or(self.train_items.len(), |l| l.min(self.train_items.len())),
+        })
+    }
+
+    /// With shard sets: the training epoch's shard order (`None` when the
+    /// training images are read as objects in the sampler's order, with
+    /// the reason logged), the training source (`None` for objects) and
+    /// the validation source.
+    #[allow(clippy::type_complexity)]
+    fn shard_reads(&self) -> Result<(Option<Arc<dyn Sampler>>, Option<Arc<dyn Source>>, Option<Arc<dyn Source>>)> {
+        let Some(images) = &self.images else { return Ok((None, None, None)) };
+        let train = &self.job.train;
+        let valid = images.by_id(Split::Train, &self.valid_items)?;
+        let why = if train.sampling == Sampling::LogClassWeights {
+            Some("`sampling = \"log_class_weights\"` draws images with replacement")
+        } else if train.hard_negative_mining.is_some() {
+            Some("`hard_negative_mining` visits the hardest images again")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            // The sampler's order, each batch read by id from the shards
+            // (objects for images outside the set, or when only the order
+            // is checked).
+            let all_in_set = images.contains_all(Split::Train, &self.train_items);
+            let source = if all_in_set { images.by_id(Split::Train, &self.train_items)? } else { None };
+            info!(by_id = source.is_some(), "training reads in the sampler's order: {why}, and a sequential shard epoch reads each image exactly once");
+            return Ok((None, source, valid));
+        }
+        Ok(match images.training(&self.train_items, self.job.seed)? {
+            Some((order, source)) => (Some(order as Arc<dyn Sampler>), source, valid),
+            None => (None, None, valid),
         })
     }
 

@@ -59,6 +59,9 @@ pub struct TrainJob {
     /// Start from this fold model of the job's store (an earlier stage's
     /// `model.safetensors`) instead of `network.weights`.
     pub init_from: Option<String>,
+    /// Read the images from the experiment's training shard set (its shard
+    /// job is among `fold.inputs`).
+    pub shards: Option<crate::fold_job::ShardReads>,
 }
 
 impl TrainJob {
@@ -179,7 +182,10 @@ async fn train(store: &Store, job: &TrainJob) -> Result<(fit::Trained, Vec<Outpu
         info!(dropped = data.dropped, pseudo_labelled = data.pseudo, train = data.train.len(), "training data edited by the stage");
     }
     let sink = sink::Sink::start(store.clone(), f.clone(), job.train.checkpoints);
-    let ctx = fit::Fit::new(job, store, classes, data.train, data.valid, data.inputs.vocab.groups())?;
+    let mut ctx = fit::Fit::new(job, store, classes, data.train, data.valid, data.inputs.vocab.groups())?;
+    if let Some(reads) = &job.shards {
+        ctx = ctx.with_shards(crate::fold_job::FoldImages::open(store, &f.experiment, reads, &[keys::Split::Train]).await?);
+    }
     let span = tracing::Span::current();
     let tx = sink.sender();
     let fitted = tokio::task::spawn_blocking(move || span.in_scope(|| ctx.run(resume, init_weights, tx))).await?;

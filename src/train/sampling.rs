@@ -110,16 +110,21 @@ pub fn hardest(losses: &[(usize, f32)], fraction: f64, items: usize) -> Vec<usiz
     v.into_iter().map(|(i, _)| i).collect()
 }
 
+/// `inner` cut to `limit` images per epoch when set.
+pub fn limited(inner: Arc<dyn Sampler>, limit: Option<usize>) -> Arc<dyn Sampler> {
+    match limit {
+        Some(limit) => Arc::new(Limited { inner, limit }),
+        None => inner,
+    }
+}
+
 /// The sampler a model's `train.sampling` and `train.limit_images` ask for.
 pub fn sampler(kind: Sampling, labels: &[Vec<AttributeId>], classes: usize, limit: Option<usize>, seed: u64) -> Arc<dyn Sampler> {
     let inner: Arc<dyn Sampler> = match kind {
         Sampling::Shuffle => Arc::new(Shuffle { seed }),
         Sampling::LogClassWeights => Arc::new(Weighted::log_class(labels, classes, seed)),
     };
-    match limit {
-        Some(limit) => Arc::new(Limited { inner, limit }),
-        None => inner,
-    }
+    limited(inner, limit)
 }
 
 #[cfg(test)]
