@@ -18,5 +18,10 @@ if [ -x "$IMET_DEPS_DIR/venv-torch/bin/python" ]; then export IMET_TORCH_PYTHON=
 echo "setup done in $(( $(date +%s) - start ))s"
 cargo build --release --all-targets
 echo "build done in $(( $(date +%s) - start ))s"
+# The tests write whole experiments into temporary folders (a few GB at
+# peak): keep them beside the build, on its disk, not in a small /tmp.
+export TMPDIR="${IMET_TEST_TMPDIR:-${CARGO_TARGET_DIR:-$PWD/target}/test-tmp}"
+mkdir -p "$TMPDIR"
+echo "free space for the tests: $(df -h --output=avail "$TMPDIR" | tail -1) in $TMPDIR"
 cargo test --release --no-fail-fast -- --test-threads="${IMET_TEST_THREADS:-2}"
 echo "tests done in $(( $(date +%s) - start ))s"

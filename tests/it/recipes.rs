@@ -191,6 +191,7 @@ fn smoke_runs_of_unsupported_recipes_fail_naming_the_element() {
 /// schedule it names runs) and checks the DAG ends in a submission and an
 /// OOF F2. Returns the seconds it took.
 fn smoke_run(file: &str) -> f64 {
+    let _heavy = common::heavy_run();
     let dir = tempfile::tempdir().unwrap();
     let text = std::fs::read_to_string(jobs_dir().join(file)).unwrap();
     let (_, stripped) = unsupported_elements(file, &text);
@@ -199,9 +200,12 @@ fn smoke_run(file: &str) -> f64 {
     let t = Instant::now();
     let out = imet().current_dir(dir.path()).args(["run", "--smoke", "--parallel", "2", "--spec"]).arg(&spec_path).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{file}:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("OOF F2 of experiment"), "{file}: {stdout}");
     let exp = &stripped.experiment;
+    if !out.status.success() {
+        let why = common::run_diagnosis(dir.path(), &dir.path().join(format!("out/smoke/{exp}/logs")));
+        panic!("{file}:\n{stdout}\n{}\n{why}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert!(stdout.contains("OOF F2 of experiment"), "{file}: {stdout}");
     let submission = dir.path().join(format!("out/smoke/{exp}/runs/{exp}-smoke/ensemble/submission.csv"));
     let rows = std::fs::read_to_string(&submission).unwrap_or_else(|e| panic!("{}: {e}", submission.display())).lines().count();
     assert_eq!(rows, 1 + smoke::SMOKE_TEST, "{file}: header + one row per smoke test image");

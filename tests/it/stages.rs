@@ -71,6 +71,7 @@ fn text(o: &Output) -> String {
 
 #[test]
 fn a_later_stage_edits_its_data_from_the_first_stages_ensemble_and_goes_stale_with_it() {
+    let _heavy = common::heavy_run();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("st.toml"), SPEC).unwrap();
     let run = imet(dir.path(), &["run", "--spec", "st.toml", "--parallel", "2"]);

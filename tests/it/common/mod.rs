@@ -4,7 +4,7 @@
 
 pub mod s3;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The folder ci/env.sh installs dependencies into.
@@ -68,4 +68,46 @@ pub fn real_data_dir() -> PathBuf {
 #[allow(dead_code)]
 pub fn imet_bin() -> PathBuf {
     std::env::var_os("IMET_TEST_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_imet")))
+}
+
+/// Held by the tests whose runs write gigabytes (whole smoke and sample
+/// experiments: every fold's weights and checkpoints) so that at most one
+/// of them has its output on disk at a time, whatever `--test-threads`
+/// says. A test that panicked while holding it does not block the rest.
+#[allow(dead_code)]
+pub fn heavy_run() -> std::sync::MutexGuard<'static, ()> {
+    static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    HEAVY.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// What a failed whole run needs in its message, at the end where a
+/// truncated log still shows it: the free space under `dir` and the last
+/// lines of every job log under `logs` that reports an error.
+#[allow(dead_code)]
+pub fn run_diagnosis(dir: &Path, logs: &Path) -> String {
+    let mut out = String::new();
+    if let Ok(df) = Command::new("df").args(["-h", "--output=avail,target"]).arg(dir).output() {
+        out.push_str(&format!("free space under {}:\n{}", dir.display(), String::from_utf8_lossy(&df.stdout)));
+    }
+    let mut files = Vec::new();
+    let mut stack = vec![logs.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap_or_default();
+        if text.contains("ERROR") || text.contains("error:") || text.contains("panicked") {
+            let lines: Vec<&str> = text.lines().collect();
+            out.push_str(&format!("--- last lines of {}:\n{}\n", f.display(), lines[lines.len().saturating_sub(6)..].join("\n")));
+        }
+    }
+    out
 }
