@@ -157,9 +157,8 @@ enum Command {
     },
     /// Pack a spec's training or test images into a shard set ([image.shards]) for `[image] source = "shards"`.
     Shard {
-        /// Experiment spec (TOML).
-        #[arg(long)]
-        spec: PathBuf,
+        #[command(flatten)]
+        spec: SpecArg,
         /// Which images to pack.
         #[arg(long, value_enum)]
         split: ShardSplit,
@@ -492,7 +491,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             print_json(&s)
         }
         Command::Shard { spec, split } => {
-            let spec = JobSpec::load(&spec)?;
+            let spec = spec.load()?;
             let split = match split {
                 ShardSplit::Train => imet::storage::keys::Split::Train,
                 ShardSplit::Test => imet::storage::keys::Split::Test,

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 /// Where fold jobs read images from (`[image] source`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ImageSource {
     /// One object per image, `data/{split}/{id}.png` (the default).
@@ -42,7 +42,7 @@ impl ImageSource {
 }
 
 /// How images are stored in a shard set (`[image.shards] recode`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ShardRecode {
     /// The stored objects' bytes, unchanged.
@@ -57,7 +57,7 @@ pub enum ShardRecode {
 
 /// The spec's `[image.shards]` table: how `imet shard` builds a set and how
 /// fold jobs read it when `[image] source = "shards"`.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ShardsSection {
     /// Target shard size in MiB.

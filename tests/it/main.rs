@@ -28,6 +28,7 @@ mod run_local;
 mod sample_learnable;
 mod sample_run;
 mod schemas;
+mod shard_runs;
 mod shards;
 mod slurm;
 mod spec_hashes;
