@@ -62,9 +62,14 @@ impl Server {
     }
 
     fn store(&self) -> Store {
+        self.store_at(self.port)
+    }
+
+    /// The bucket through another port (a proxy in front of the server).
+    fn store_at(&self, port: u16) -> Store {
         let opts = StoreOptions {
             s3_config: vec![
-                ("aws_endpoint".into(), format!("http://127.0.0.1:{}", self.port)),
+                ("aws_endpoint".into(), format!("http://127.0.0.1:{port}")),
                 ("aws_access_key_id".into(), "bench-key".into()),
                 ("aws_secret_access_key".into(), "bench-secret".into()),
                 ("aws_region".into(), "us-east-1".into()),
@@ -76,6 +81,44 @@ impl Server {
 }
 
 impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The loopback fault proxy (`examples/fault_proxy.rs`, built beside this
+/// example) in front of `upstream`, adding `latency_ms` before every
+/// request; killed on drop. `None` when its binary is missing.
+struct Proxy {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Proxy {
+    fn start(upstream: u16, latency_ms: u64) -> Option<Proxy> {
+        use std::io::BufRead;
+        let bin = std::env::var_os("IMET_FAULT_PROXY")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| std::env::current_exe().expect("own path").with_file_name("fault_proxy"));
+        if !bin.exists() {
+            println!("(no {}: `cargo build --release --example fault_proxy` for the latency rows)", bin.display());
+            return None;
+        }
+        let mut child = std::process::Command::new(&bin)
+            .args(["--upstream", &format!("127.0.0.1:{upstream}"), "--seed", "1", "--latency-ms", &latency_ms.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("fault_proxy starts");
+        let mut first = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("piped stdout")).read_line(&mut first).expect("proxy prints its port");
+        let port = first.trim().rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("proxy said `{first}`"));
+        Some(Proxy { child, port })
+    }
+}
+
+impl Drop for Proxy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -308,6 +351,40 @@ async fn main() -> imet::Result<()> {
             mb(a.1) / a.2,
             mb(b.1) / b.2
         );
+    }
+    // The same reads through the loopback proxy adding LATENCY_MS before
+    // every request: what a cloud object store's per-request latency does
+    // to each reader.
+    for latency in [20u64, 50] {
+        let Some(proxy) = Proxy::start(server.port, latency) else { break };
+        let slow = server.store_at(proxy.port);
+        let slow_set = ShardSet::open(&slow, &index.key()).await?;
+        println!("\n## through the loopback proxy, +{latency} ms per request, no decode");
+        println!("| reader | images/s (run 1 / 2) | MB/s (run 1 / 2) | best vs per-object |");
+        println!("| --- | ---: | ---: | ---: |");
+        let mut per_object = 0.0f64;
+        for c in [conc, 64] {
+            let a = read_objects(&slow, &ids, c).await?;
+            let b = read_objects(&slow, &ids, c).await?;
+            if c == conc {
+                per_object = (a.0 as f64 / a.2).max(b.0 as f64 / b.2);
+            }
+            println!("| one GET per image, {c} concurrent | {:.0} / {:.0} | {:.1} / {:.1} | |", a.0 as f64 / a.2, b.0 as f64 / b.2, mb(a.1) / a.2, mb(b.1) / b.2);
+        }
+        for (in_flight, chunk_mb) in [(4usize, 16u64), (4, 4), (8, 4)] {
+            let o = EpochOptions { seed: 1, epoch: 0, shuffle_buffer: 256, shards_in_flight: in_flight, chunk_bytes: chunk_mb << 20, ..Default::default() };
+            let a = read_epoch(&slow_set, &o).await?;
+            let b = read_epoch(&slow_set, &o).await?;
+            let best = (a.0 as f64 / a.2).max(b.0 as f64 / b.2);
+            println!(
+                "| shards, {in_flight} in flight, {chunk_mb} MB reads | {:.0} / {:.0} | {:.1} / {:.1} | {:.1}x the per-object reader at {conc} |",
+                a.0 as f64 / a.2,
+                b.0 as f64 / b.2,
+                mb(a.1) / a.2,
+                mb(b.1) / b.2,
+                best / per_object
+            );
+        }
     }
     // Resume half-way: what is still read.
     for buffer in [64usize, 256] {

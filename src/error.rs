@@ -162,7 +162,101 @@ impl std::fmt::Display for BadImageKind {
     }
 }
 
+/// What kind of failure ended a command: its exit status, so that a batch
+/// engine can retry what may pass on a second attempt (`Transient`) and
+/// stop on what will not. The numbers follow `sysexits.h` where it has one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ExitKind {
+    /// Anything not classified below.
+    Failure = 1,
+    /// The command or spec is wrong (also clap's status for bad arguments):
+    /// fix the command line or the spec.
+    Usage = 2,
+    /// An input file (CSV, image, Parquet, weights, shard) is bad: fix or
+    /// replace the file named.
+    BadInput = 3,
+    /// The job's own computation failed (NaN loss, a model that cannot be
+    /// built, an ensemble without members).
+    Job = 4,
+    /// `imet run`: one or more jobs failed (their logs say why).
+    JobsFailed = 5,
+    /// Storage failed for good, or local I/O failed (disk full, permission
+    /// denied): `EX_IOERR`.
+    Storage = 74,
+    /// A network or server fault that outlasted the retries: run the job
+    /// again (`EX_TEMPFAIL`).
+    Transient = 75,
+    /// Stopped by SIGINT or SIGTERM (128 + 2): run the same command again.
+    Interrupted = 130,
+}
+
+impl ExitKind {
+    /// Every kind, for documentation and tests.
+    pub const ALL: [ExitKind; 8] =
+        [ExitKind::Failure, ExitKind::Usage, ExitKind::BadInput, ExitKind::Job, ExitKind::JobsFailed, ExitKind::Storage, ExitKind::Transient, ExitKind::Interrupted];
+
+    /// The exit status.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// The kind an exit status stands for, if it is one of these.
+    pub fn from_code(code: i32) -> Option<ExitKind> {
+        ExitKind::ALL.into_iter().find(|k| i32::from(k.code()) == code)
+    }
+
+    /// A few words for a person.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ExitKind::Failure => "failed",
+            ExitKind::Usage => "the command or spec is wrong",
+            ExitKind::BadInput => "an input file is bad",
+            ExitKind::Job => "the job's computation failed",
+            ExitKind::JobsFailed => "jobs failed",
+            ExitKind::Storage => "storage or local I/O failed",
+            ExitKind::Transient => "a transient storage fault outlasted the retries; running it again may pass",
+            ExitKind::Interrupted => "interrupted",
+        }
+    }
+}
+
 impl Error {
+    /// The kind of failure this error ends a command with.
+    pub fn exit_kind(&self) -> ExitKind {
+        use Error as E;
+        match self {
+            E::Store { .. } if self.is_transient() => ExitKind::Transient,
+            E::Store { .. } | E::Cache { .. } | E::Io { .. } => ExitKind::Storage,
+            E::StoreUrl { .. } | E::Spec { .. } | E::Usage(_) | E::Stale { .. } | E::SpecChanged { .. } | E::AlreadyExists { .. } => ExitKind::Usage,
+            E::NotFound { .. }
+            | E::Input { .. }
+            | E::Format { .. }
+            | E::BadImage { .. }
+            | E::Shard(_)
+            | E::WeightsMismatch { .. }
+            | E::WeightsFormat { .. }
+            | E::TorchScript { .. }
+            | E::Member { .. }
+            | E::Arrow(_)
+            | E::Parquet(_)
+            | E::Json(_) => ExitKind::BadInput,
+            E::Augment { .. }
+            | E::Model { .. }
+            | E::Ensemble(_)
+            | E::Report(_)
+            | E::Checkpoint { .. }
+            | E::Train { .. }
+            | E::Predict { .. }
+            | E::OptimizerState { .. }
+            | E::Level2(_)
+            | E::Torch(_) => ExitKind::Job,
+            E::JobsFailed { .. } => ExitKind::JobsFailed,
+            E::Interrupted { .. } => ExitKind::Interrupted,
+            E::Join(_) | E::Engine { .. } => ExitKind::Failure,
+        }
+    }
+
     /// A parse error at `file:line`.
     pub fn input(file: impl Into<String>, line: usize, message: impl Into<String>) -> Self {
         Error::Input { file: file.into(), line, message: message.into() }
@@ -192,6 +286,25 @@ pub fn is_transient(err: &object_store::Error) -> bool {
         | E::Unauthenticated { .. }
         | E::UnknownConfigurationKey { .. } => false,
         E::Generic { source, .. } => {
+            // Local file-system faults (a full disk, a read-only or
+            // forbidden path) stay until a person acts: by their kind.
+            if let Some(kind) = io_kind(source.as_ref()) {
+                use std::io::ErrorKind as K;
+                if matches!(
+                    kind,
+                    K::StorageFull
+                        | K::QuotaExceeded
+                        | K::ReadOnlyFilesystem
+                        | K::PermissionDenied
+                        | K::FileTooLarge
+                        | K::IsADirectory
+                        | K::NotADirectory
+                        | K::DirectoryNotEmpty
+                        | K::InvalidFilename
+                ) {
+                    return false;
+                }
+            }
             let text = format!("{source:?} {source}").to_ascii_lowercase();
             // A 4xx other than 408/429 is the caller's fault, not the network's.
             let client_error = ["status: 400", "status: 403", "status: 404", "status: 409", "status: 412"]
@@ -202,6 +315,18 @@ pub fn is_transient(err: &object_store::Error) -> bool {
         }
         _ => true,
     }
+}
+
+/// The kind of the first `std::io::Error` in `err`'s source chain.
+fn io_kind(err: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return Some(io.kind());
+        }
+        cur = e.source();
+    }
+    None
 }
 
 /// Why a shard set cannot be used. Every variant names the object and the
@@ -225,4 +350,35 @@ pub enum ShardError {
 
     #[error("`{key}` is not a valid shard index: {reason}; rebuild the shard set")]
     BadIndex { key: String, reason: String },
+}
+
+#[cfg(test)]
+mod exit_tests {
+    use super::*;
+
+    #[test]
+    fn each_failure_kind_has_its_own_exit_status() {
+        let codes: std::collections::HashSet<u8> = ExitKind::ALL.iter().map(|k| k.code()).collect();
+        assert_eq!(codes.len(), ExitKind::ALL.len());
+        assert!(!codes.contains(&0));
+        let io = Error::Io { path: "/x".into(), source: std::io::Error::from(std::io::ErrorKind::StorageFull) };
+        assert_eq!(io.exit_kind(), ExitKind::Storage);
+        assert_eq!(Error::Spec { path: "s.toml".into(), message: "m".into() }.exit_kind(), ExitKind::Usage);
+        assert_eq!(Error::input("train.csv", 3, "bad id").exit_kind(), ExitKind::BadInput);
+        let busy = Error::Store { op: "get", key: "k".into(), attempts: 5, source: object_store::Error::Generic { store: "S3", source: "503 Service Unavailable".into() } };
+        assert_eq!(busy.exit_kind(), ExitKind::Transient);
+        let missing = Error::Store { op: "get", key: "k".into(), attempts: 1, source: object_store::Error::NotFound { path: "k".into(), source: "gone".into() } };
+        assert_eq!(missing.exit_kind(), ExitKind::Storage);
+        assert_eq!(ExitKind::from_code(75), Some(ExitKind::Transient));
+        // A full local disk is not retried: its kind says so.
+        let full = Error::Store {
+            op: "put",
+            key: "k".into(),
+            attempts: 1,
+            source: object_store::Error::Generic { store: "LocalFileSystem", source: Box::new(std::io::Error::from(std::io::ErrorKind::StorageFull)) },
+        };
+        assert!(!full.is_transient());
+        assert_eq!(full.exit_kind(), ExitKind::Storage);
+        assert_eq!(ExitKind::from_code(9), None);
+    }
 }

@@ -406,12 +406,15 @@ fn main() -> std::process::ExitCode {
     match rt.block_on(dispatch(cli.command)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
+            // The first imet error in the chain says what kind of failure it
+            // was (README: exit status).
+            let kind = e.chain().find_map(|c| c.downcast_ref::<imet::Error>()).map_or(imet::error::ExitKind::Failure, |e| e.exit_kind());
             if json {
-                tracing::error!(error = %format!("{e:#}"), "job failed");
+                tracing::error!(error = %format!("{e:#}"), exit = kind.code(), kind = ?kind, "job failed");
             } else {
                 eprintln!("error: {e:#}");
             }
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(kind.code())
         }
     }
 }

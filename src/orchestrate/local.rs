@@ -529,7 +529,13 @@ impl<'a> Executor<'a> {
             Ok(s) => {
                 self.state[i] = if self.interrupted { JobState::Interrupted } else { JobState::Failed };
                 self.outcomes[i].output = log.display().to_string();
-                let how = s.code().map_or_else(|| "was killed by a signal".to_string(), |c| format!("exited with status {c}"));
+                let how = match s.code() {
+                    None => "was killed by a signal".to_string(),
+                    Some(c) => match crate::error::ExitKind::from_code(c) {
+                        Some(kind) => format!("exited with status {c} ({})", kind.describe()),
+                        None => format!("exited with status {c}"),
+                    },
+                };
                 if self.interrupted {
                     self.say("interrupted", i, &how);
                 } else {

@@ -9,7 +9,8 @@ use super::plot;
 use crate::error::{Error, Result};
 use crate::spec::JobSpec;
 use crate::storage::parquet::{read_history, EpochRecord};
-use crate::storage::{keys, Store};
+use crate::storage::keys::{self, Scope};
+use crate::storage::Store;
 use crate::ids::Fold;
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -151,22 +152,33 @@ pub fn location(store: &Store, key: &str) -> String {
     }
 }
 
-/// Reads every fold's history of every model of `spec`.
+/// Reads every fold's history of every model of every stage of `spec`
+/// (the folds each model trains); a later stage's models are named
+/// `{stage}/{model}`.
 ///
 /// # Errors
 /// Store errors other than a missing object (a missing history is a
 /// [`FoldState::Missing`] fold; an unreadable one an [`FoldState::Unreadable`] fold).
 pub async fn gather(store: &Store, spec: &JobSpec) -> Result<Vec<ModelCurves>> {
-    let exp = &spec.experiment;
-    let jobs = spec.models.iter().flat_map(|m| (0..spec.folds.k).map(move |f| (m.name.clone(), Fold(f))));
-    let folds = futures::future::try_join_all(jobs.map(|(model, fold)| async move {
-        let key = keys::history(exp, &model, fold);
+    let exp = spec.experiment.as_str();
+    let mut members = Vec::new();
+    for stage in spec.stages() {
+        let later = stage.spec.is_some();
+        for m in stage.models {
+            let label = if later { format!("{}/{}", stage.name, m.name) } else { m.name.clone() };
+            let scope = Scope { experiment: exp, stage: later.then_some(stage.name) };
+            members.push((label, scope, m.name.clone(), m.fold_list(spec.folds.k)));
+        }
+    }
+    let jobs = members.iter().flat_map(|(label, scope, model, folds)| folds.iter().map(move |&f| (label, *scope, model, Fold(f))));
+    let folds = futures::future::try_join_all(jobs.map(|(label, scope, model, fold)| async move {
+        let key = keys::history(scope, model, fold);
         let curve = if !store.exists(&key).await? {
             FoldCurve::new(fold.0, FoldState::Missing, key, Vec::new())
         } else {
             match read_history(store, &key).await {
                 Ok(history) => {
-                    let trained = store.exists(&keys::trained(exp, &model, fold)).await?;
+                    let trained = store.exists(&keys::trained(scope, model, fold)).await?;
                     FoldCurve::new(fold.0, if trained { FoldState::Trained } else { FoldState::Training }, key, history)
                 }
                 Err(e @ (Error::Format { .. } | Error::Parquet(_) | Error::Arrow(_))) => {
@@ -175,13 +187,12 @@ pub async fn gather(store: &Store, spec: &JobSpec) -> Result<Vec<ModelCurves>> {
                 Err(e) => return Err(e),
             }
         };
-        Ok::<_, Error>((model, curve))
+        Ok::<_, Error>((label.clone(), curve))
     }))
     .await?;
-    Ok(spec
-        .models
+    Ok(members
         .iter()
-        .map(|m| ModelCurves::new(&m.name, folds.iter().filter(|(name, _)| *name == m.name).map(|(_, c)| c.clone()).collect()))
+        .map(|(label, ..)| ModelCurves::new(label, folds.iter().filter(|(name, _)| name == label).map(|(_, c)| c.clone()).collect()))
         .collect())
 }
 
@@ -212,11 +223,11 @@ pub async fn build(store: &Store, spec: &JobSpec, options: &ReportOptions) -> Re
         }
         let curves = m.clone();
         let png = tokio::task::spawn_blocking(move || plot::curves_png(&curves)).await??;
-        let key = keys::curves_plot(exp, &m.model);
+        let key = keys::curves_plot(exp, &m.model.replace('/', "-"));
         store.put(&key, png.clone()).await?;
         m.plot = Some(location(store, &key));
         written.push(location(store, &key));
-        files.push((format!("curves-{}.png", m.model), png));
+        files.push((format!("curves-{}.png", m.model.replace('/', "-")), png));
     }
     let missing = models
         .iter()

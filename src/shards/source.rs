@@ -206,7 +206,7 @@ mod tests {
     use crate::storage::keys::{self, Split};
     use crate::storage::Store;
 
-    /// `n` small PNGs under data/train, a set of them in 3-image shards, and
+    /// `n` small PNGs under data/train, a set of them in shards of 1-3 images, and
     /// their items.
     async fn fixture(n: usize) -> (Store, Arc<ShardSet>, Vec<Item>) {
         let store = Store::memory();
@@ -223,7 +223,7 @@ mod tests {
             items.push(Item::new(key, id, vec![crate::ids::AttributeId((i % 3) as u16)]));
         }
         let ids: Vec<ImageId> = items.iter().map(|i| i.id.clone()).collect();
-        let index = build(&store, Split::Train, &ids, &BuildOptions { shard_bytes: 3 * 4096, fetch_concurrency: 4, ..Default::default() }).await.unwrap();
+        let index = build(&store, Split::Train, &ids, &BuildOptions { shard_bytes: 3 * 1024, fetch_concurrency: 4, ..Default::default() }).await.unwrap();
         assert!(index.shards.len() >= 4);
         (store.clone(), Arc::new(ShardSet::new(store, index)), items)
     }

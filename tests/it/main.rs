@@ -13,6 +13,7 @@ mod data_cli;
 mod ensemble_end_to_end;
 mod fault_proxy;
 mod folds_real;
+mod full_disk;
 mod hostile_inputs;
 mod image_decode;
 mod layers;

@@ -88,9 +88,11 @@ fn json_logs_carry_rate_loss_and_both_etas_and_the_job_adds_up() {
     assert_eq!(job_last.0, job_last.1, "train job: {job_last:?}");
     assert_eq!(job_last.1, Some(2 * 48), "2 epochs x (24 training + 24 validation images)");
 
-    // predict_after: the predict job's loops, two views of each set.
-    let test_view = of("predict test view 2/2");
-    let f = test_view.last().expect("test-set progress of the second view");
+    // predict_after: the predict job's loops, each image decoded once and
+    // both views of it predicted, counted as views.
+    let test_views = of("predict test (2 views)");
+    let f = test_views.last().expect("test-set progress");
+    assert_eq!((f["unit"].as_str(), f["done"].as_u64(), f["total"].as_u64()), (Some("views"), Some(2 * 12), Some(2 * 12)));
     assert_eq!((f["job"].as_str(), f["job_done"].as_u64(), f["job_total"].as_u64()), (Some("predict r18 fold 0"), Some(2 * (24 + 12)), Some(2 * (24 + 12))));
 }
 
@@ -108,7 +110,7 @@ fn text_logs_wait_for_the_interval() {
     );
     let progress: Vec<&str> = chatty.lines().filter(|l| l.contains(" progress ")).collect();
     assert!(progress.iter().any(|l| l.contains("what=train r18 fold 0 epoch 2/2") && l.contains("loss=") && l.contains("job_eta_s=")), "{chatty}");
-    assert!(progress.iter().any(|l| l.contains("what=predict test view 1/2")), "{chatty}");
+    assert!(progress.iter().any(|l| l.contains("what=predict test (2 views)")), "{chatty}");
 }
 
 #[test]

@@ -104,6 +104,17 @@ fn a_later_stage_edits_its_data_from_the_first_stages_ensemble_and_goes_stale_wi
     let train_log = std::fs::read_to_string(dir.path().join("store/logs/st/clean_train_r18_0.log")).unwrap();
     assert!(train_log.contains("training data edited by the stage"), "{train_log}");
 
+    // The report draws every stage's models, a later stage's as `{stage}/{model}`.
+    let report = imet(dir.path(), &["report", "--spec", "st.toml", "--json"]);
+    let r: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap_or_else(|_| panic!("{}", text(&report)));
+    let names: Vec<&str> = r["models"].as_array().unwrap().iter().map(|m| m["model"].as_str().unwrap()).collect();
+    assert_eq!(names, ["r18", "clean/r18"], "{r}");
+    assert!(r["missing"].as_array().unwrap().is_empty(), "every fold of both stages has a history: {r}");
+    for m in r["models"].as_array().unwrap() {
+        let plot = m["plot"].as_str().unwrap_or_else(|| panic!("no plot: {m}"));
+        assert!(std::fs::metadata(plot).map(|f| f.len() > 1000).unwrap_or(false), "{plot}");
+    }
+
     // An edit of stage main: everything downstream is stale, never reused.
     let edited = SPEC.replace("lr = 2e-3", "lr = 3e-3");
     std::fs::write(dir.path().join("st.toml"), &edited).unwrap();
