@@ -93,6 +93,7 @@ impl Drop for Server {
 struct Proxy {
     child: std::process::Child,
     port: u16,
+    _out: std::io::BufReader<std::process::ChildStdout>,
 }
 
 impl Proxy {
@@ -111,10 +112,13 @@ impl Proxy {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("fault_proxy starts");
-        let mut first = String::new();
-        std::io::BufReader::new(child.stdout.take().expect("piped stdout")).read_line(&mut first).expect("proxy prints its port");
+        let mut out = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
+        let (mut first, mut second) = (String::new(), String::new());
+        out.read_line(&mut first).expect("proxy prints its port");
+        out.read_line(&mut second).expect("proxy prints its control port");
         let port = first.trim().rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("proxy said `{first}`"));
-        Some(Proxy { child, port })
+        // Kept open: the proxy prints its counters on exit.
+        Some(Proxy { child, port, _out: out })
     }
 }
 
