@@ -29,6 +29,7 @@ mod run_local;
 mod sample_learnable;
 mod sample_run;
 mod schemas;
+mod secrets;
 mod shard_runs;
 mod shards;
 mod slurm;
