@@ -305,6 +305,17 @@ pub fn is_transient(err: &object_store::Error) -> bool {
                     return false;
                 }
             }
+            // A fault of the connection itself (connect, send, timeout,
+            // aborted or undecodable response): by object_store's kind.
+            if let Some(kind) = find_in_chain::<object_store::client::HttpError>(source.as_ref()).map(|h| h.kind()) {
+                use object_store::client::HttpErrorKind as H;
+                match kind {
+                    H::Connect | H::Request | H::Timeout | H::Interrupted | H::Decode => return true,
+                    _ => {}
+                }
+            }
+            // An answer with a status: object_store does not export the
+            // type that carries it, so the status is read from its message.
             let text = format!("{source:?} {source}").to_ascii_lowercase();
             // A 4xx other than 408/429 is the caller's fault, not the network's.
             let client_error = ["status: 400", "status: 403", "status: 404", "status: 409", "status: 412"]
@@ -319,10 +330,15 @@ pub fn is_transient(err: &object_store::Error) -> bool {
 
 /// The kind of the first `std::io::Error` in `err`'s source chain.
 fn io_kind(err: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> {
+    find_in_chain::<std::io::Error>(err).map(std::io::Error::kind)
+}
+
+/// The first error of type `T` in `err`'s source chain (`err` included).
+fn find_in_chain<'a, T: std::error::Error + 'static>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a T> {
     let mut cur = Some(err);
     while let Some(e) = cur {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            return Some(io.kind());
+        if let Some(t) = e.downcast_ref::<T>() {
+            return Some(t);
         }
         cur = e.source();
     }
@@ -379,6 +395,12 @@ mod exit_tests {
         };
         assert!(!full.is_transient());
         assert_eq!(full.exit_kind(), ExitKind::Storage);
+        // Connection faults by object_store's kind.
+        use object_store::client::{HttpError, HttpErrorKind};
+        let wrapped = |kind| object_store::Error::Generic { store: "S3", source: Box::new(HttpError::new(kind, std::io::Error::other("peer went away"))) };
+        for kind in [HttpErrorKind::Connect, HttpErrorKind::Request, HttpErrorKind::Timeout, HttpErrorKind::Interrupted, HttpErrorKind::Decode] {
+            assert!(is_transient(&wrapped(kind)), "{kind:?}");
+        }
         assert_eq!(ExitKind::from_code(9), None);
     }
 }

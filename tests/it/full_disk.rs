@@ -10,7 +10,7 @@ use imet::error::ExitKind;
 use imet::ids::Fold;
 use imet::storage::keys;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 /// A tmpfs mounted at `dir`, unmounted on drop.
 struct Tmpfs(PathBuf);
@@ -71,30 +71,6 @@ members = ["r18"]
     )
 }
 
-fn imet(dir: &Path, args: &[&str]) -> Output {
-    Command::new(common::imet_bin()).current_dir(dir).args(args).env("IMET_DEVICE", "cpu").env_remove("IMET_ROOT").output().unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!("{}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                files.push(p);
-            }
-        }
-    }
-    files
-}
-
 #[test]
 fn a_full_disk_fails_the_job_naming_the_file_commits_nothing_and_a_rerun_after_space_is_freed_finishes() {
     let dir = tempfile::tempdir().unwrap();
@@ -102,11 +78,11 @@ fn a_full_disk_fails_the_job_naming_the_file_commits_nothing_and_a_rerun_after_s
     let Some(fs) = Tmpfs::mount(&root, 24) else { return };
     std::fs::write(dir.path().join("spec.toml"), spec_text(&root)).unwrap();
 
-    let folds = imet(dir.path(), &["folds", "--spec", "spec.toml"]);
-    assert!(folds.status.success(), "the sample and folds fit: {}", text(&folds));
+    let folds = common::run_imet(dir.path(), &["folds", "--spec", "spec.toml"]);
+    assert!(folds.status.success(), "the sample and folds fit: {}", common::output_text(&folds));
     let started = std::time::Instant::now();
-    let train = imet(dir.path(), &["train", "--spec", "spec.toml", "--model", "r18", "--fold", "0"]);
-    let msg = text(&train);
+    let train = common::run_imet(dir.path(), &["train", "--spec", "spec.toml", "--model", "r18", "--fold", "0"]);
+    let msg = common::output_text(&train);
     assert_eq!(train.status.code(), Some(i32::from(ExitKind::Storage.code())), "exit status of a full disk: {msg}");
     let checkpoint = keys::checkpoint("disk", "r18", Fold(0), 1);
     assert!(msg.contains(&checkpoint), "the error names the file: {msg}");
@@ -116,18 +92,18 @@ fn a_full_disk_fails_the_job_naming_the_file_commits_nothing_and_a_rerun_after_s
     // Nothing half-written is visible, nothing is committed.
     assert!(!root.join(&checkpoint).exists(), "a partial checkpoint is visible");
     assert!(!root.join(keys::trained("disk", "r18", Fold(0))).exists());
-    let stray: Vec<_> = files_under(&root).into_iter().filter(|p| p.to_string_lossy().contains('#')).collect();
+    let stray: Vec<_> = common::files_under(&root).into_iter().filter(|p| p.to_string_lossy().contains('#')).collect();
     assert!(stray.is_empty(), "staging files left behind: {stray:?}");
 
     // The same through `imet run`: the run says which job failed and why.
-    let run = imet(dir.path(), &["run", "--spec", "spec.toml"]);
-    let run_msg = text(&run);
+    let run = common::run_imet(dir.path(), &["run", "--spec", "spec.toml"]);
+    let run_msg = common::output_text(&run);
     assert_eq!(run.status.code(), Some(i32::from(ExitKind::JobsFailed.code())), "{run_msg}");
     assert!(run_msg.contains("storage or local I/O failed"), "{run_msg}");
 
     // Space freed: the same command finishes the experiment.
     fs.resize(1024);
-    let again = imet(dir.path(), &["run", "--spec", "spec.toml", "--parallel", "2"]);
-    assert!(again.status.success(), "{}", text(&again));
+    let again = common::run_imet(dir.path(), &["run", "--spec", "spec.toml", "--parallel", "2"]);
+    assert!(again.status.success(), "{}", common::output_text(&again));
     assert!(root.join("runs/disk/ensemble/submission.csv").exists());
 }

@@ -74,21 +74,6 @@ fn leak(bytes: &[u8]) -> Option<&'static str> {
     [KEY_ID, SECRET, TOKEN].into_iter().find(|s| bytes.windows(s.len()).any(|w| w == s.as_bytes()))
 }
 
-fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                files.push(p);
-            }
-        }
-    }
-    files
-}
 
 #[test]
 fn no_output_of_a_whole_s3_run_holds_the_credentials() {
@@ -116,7 +101,7 @@ fn no_output_of_a_whole_s3_run_holds_the_credentials() {
     run(&["submit", "--spec", "spec.toml", "--engine", "slurm", "--dry-run", "--out", "rendered-slurm"], "debug");
     let trace_lines = outputs[0].1.iter().filter(|&&b| b == b'\n').count();
     // The job logs and the rendered files, on disk.
-    for f in files_under(dir.path()) {
+    for f in common::files_under(dir.path()) {
         outputs.push((f.display().to_string(), std::fs::read(&f).unwrap()));
     }
     // Every object the run wrote.

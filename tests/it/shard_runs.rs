@@ -13,7 +13,6 @@ use imet::storage::keys;
 use imet::storage::parquet::{read_history, read_predictions};
 use imet::storage::Store;
 use std::path::Path;
-use std::process::{Command, Output};
 
 const EXP: &str = "tiny";
 
@@ -57,28 +56,13 @@ members = ["r18"]
     )
 }
 
-fn imet(dir: &Path, args: &[&str]) -> Output {
-    Command::new(common::imet_bin())
-        .current_dir(dir)
-        .args(args)
-        .env("RUST_LOG", "info")
-        .env("IMET_DEVICE", "cpu")
-        .env_remove("IMET_ROOT")
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!("{}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
 /// Writes the spec with `source` into a new folder and runs the whole
 /// experiment there.
 fn run_with(source: &str) -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("spec.toml"), spec_text(&dir.path().join("store"), source)).unwrap();
-    let out = imet(dir.path(), &["run", "--spec", "spec.toml", "--parallel", "2"]);
-    let all = text(&out);
+    let out = common::run_imet(dir.path(), &["run", "--spec", "spec.toml", "--parallel", "2"]);
+    let all = common::output_text(&out);
     if !out.status.success() {
         panic!("source = {source}: imet run failed:\n{all}\n{}", common::run_diagnosis(dir.path(), &dir.path().join("store/logs")));
     }
@@ -113,7 +97,7 @@ fn a_sample_experiment_on_shards_matches_its_order_check_bit_for_bit_and_trains_
     // for validation and prediction.
     let logs = |dir: &Path| -> String {
         let mut all = String::new();
-        for e in walk(&dir.join("store/logs")) {
+        for e in common::files_under(&dir.join("store/logs")) {
             all.push_str(&std::fs::read_to_string(e).unwrap_or_default());
         }
         all
@@ -152,8 +136,8 @@ fn a_sample_experiment_on_shards_matches_its_order_check_bit_for_bit_and_trains_
     assert!(!logs(objects.path()).contains("shards shards/"), "objects read shards");
 
     // A second run skips every job, the shard jobs included.
-    let again = imet(shards.path(), &["run", "--spec", "spec.toml"]);
-    let again_text = text(&again);
+    let again = common::run_imet(shards.path(), &["run", "--spec", "spec.toml"]);
+    let again_text = common::output_text(&again);
     assert!(again.status.success() && again_text.contains("shard/train") && !again_text.contains(" done "), "{again_text}");
 }
 
@@ -162,15 +146,15 @@ fn a_truncated_shard_fails_the_fold_job_naming_it_and_a_missing_shard_job_names_
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("spec.toml"), spec_text(&dir.path().join("store"), "shards")).unwrap();
     let ok = |args: &[&str]| {
-        let o = imet(dir.path(), args);
-        assert!(o.status.success(), "{args:?}: {}", text(&o));
+        let o = common::run_imet(dir.path(), args);
+        assert!(o.status.success(), "{args:?}: {}", common::output_text(&o));
         String::from_utf8_lossy(&o.stdout).to_string()
     };
     ok(&["folds", "--spec", "spec.toml"]);
     let train = ["train", "--spec", "spec.toml", "--model", "r18", "--fold", "0"];
-    let missing = imet(dir.path(), &train);
+    let missing = common::run_imet(dir.path(), &train);
     assert!(!missing.status.success());
-    assert!(text(&missing).contains("imet shard --spec <spec> --split train"), "{}", text(&missing));
+    assert!(common::output_text(&missing).contains("imet shard --spec <spec> --split train"), "{}", common::output_text(&missing));
 
     let built: serde_json::Value = serde_json::from_str(&ok(&["shard", "--spec", "spec.toml", "--split", "train"])).unwrap();
     assert!(built["shards"].as_u64().unwrap() >= 2, "{built}");
@@ -181,26 +165,10 @@ fn a_truncated_shard_fails_the_fold_job_naming_it_and_a_missing_shard_job_names_
     let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
     f.set_len(len / 2).unwrap();
     drop(f);
-    let out = imet(dir.path(), &train);
-    let msg = text(&out);
+    let out = common::run_imet(dir.path(), &train);
+    let msg = common::output_text(&out);
     assert!(!out.status.success(), "a truncated shard trained: {msg}");
     assert!(msg.contains(&shard), "the error does not name the shard `{shard}`: {msg}");
     assert!(!dir.path().join("store").join(keys::weights(EXP, "r18", Fold(0))).exists());
 }
 
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                files.push(p);
-            }
-        }
-    }
-    files.sort();
-    files
-}

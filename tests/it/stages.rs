@@ -11,8 +11,6 @@ use imet::ids::Fold;
 use imet::storage::keys::{self, Scope};
 use imet::storage::parquet::{read_predictions, read_scored_ids};
 use imet::storage::{Manifest, Store};
-use std::path::Path;
-use std::process::{Command, Output};
 
 const SPEC: &str = r#"
 experiment = "st"
@@ -59,24 +57,14 @@ members = ["r18"]
 groups = { culture = "main" }
 "#;
 
-fn imet(dir: &Path, args: &[&str]) -> Output {
-    let mut c = Command::new(common::imet_bin());
-    c.current_dir(dir).args(args).env("RUST_LOG", "info").env("IMET_DEVICE", "cpu").env_remove("IMET_ROOT");
-    c.output().expect("imet starts")
-}
-
-fn text(o: &Output) -> String {
-    format!("{}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
 #[test]
 fn a_later_stage_edits_its_data_from_the_first_stages_ensemble_and_goes_stale_with_it() {
     let _heavy = common::heavy_run();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("st.toml"), SPEC).unwrap();
-    let run = imet(dir.path(), &["run", "--spec", "st.toml", "--parallel", "2"]);
-    assert!(run.status.success(), "{}", text(&run));
-    let out = text(&run);
+    let run = common::run_imet(dir.path(), &["run", "--spec", "st.toml", "--parallel", "2"]);
+    assert!(run.status.success(), "{}", common::output_text(&run));
+    let out = common::output_text(&run);
     assert!(out.contains("stage main") && out.contains("stage clean"), "both stages report their F2:\n{out}");
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -105,8 +93,8 @@ fn a_later_stage_edits_its_data_from_the_first_stages_ensemble_and_goes_stale_wi
     assert!(train_log.contains("training data edited by the stage"), "{train_log}");
 
     // The report draws every stage's models, a later stage's as `{stage}/{model}`.
-    let report = imet(dir.path(), &["report", "--spec", "st.toml", "--json"]);
-    let r: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap_or_else(|_| panic!("{}", text(&report)));
+    let report = common::run_imet(dir.path(), &["report", "--spec", "st.toml", "--json"]);
+    let r: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap_or_else(|_| panic!("{}", common::output_text(&report)));
     let names: Vec<&str> = r["models"].as_array().unwrap().iter().map(|m| m["model"].as_str().unwrap()).collect();
     assert_eq!(names, ["r18", "clean/r18"], "{r}");
     assert!(r["missing"].as_array().unwrap().is_empty(), "every fold of both stages has a history: {r}");
@@ -118,20 +106,20 @@ fn a_later_stage_edits_its_data_from_the_first_stages_ensemble_and_goes_stale_wi
     // An edit of stage main: everything downstream is stale, never reused.
     let edited = SPEC.replace("lr = 2e-3", "lr = 3e-3");
     std::fs::write(dir.path().join("st.toml"), &edited).unwrap();
-    let status = imet(dir.path(), &["status", "--spec", "st.toml", "--json"]);
-    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap_or_else(|_| panic!("{}", text(&status)));
+    let status = common::run_imet(dir.path(), &["status", "--spec", "st.toml", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap_or_else(|_| panic!("{}", common::output_text(&status)));
     let state = |id: &str| v["jobs"].as_array().unwrap().iter().find(|j| j["job"] == id).unwrap()["state"].as_str().unwrap().to_string();
     assert_eq!(state("folds"), "done");
     assert_eq!(state("train/r18/0"), "stale");
     assert_eq!(state("clean/train/r18/0"), "stale", "the stage's hash includes its source's");
-    let again = imet(dir.path(), &["run", "--spec", "st.toml"]);
+    let again = common::run_imet(dir.path(), &["run", "--spec", "st.toml"]);
     assert!(!again.status.success(), "stale jobs fail without --rerun-stale");
-    assert!(text(&again).contains("--rerun-stale"), "{}", text(&again));
-    let rerun = imet(dir.path(), &["run", "--spec", "st.toml", "--parallel", "2", "--rerun-stale"]);
-    assert!(rerun.status.success(), "{}", text(&rerun));
+    assert!(common::output_text(&again).contains("--rerun-stale"), "{}", common::output_text(&again));
+    let rerun = common::run_imet(dir.path(), &["run", "--spec", "st.toml", "--parallel", "2", "--rerun-stale"]);
+    assert!(rerun.status.success(), "{}", common::output_text(&rerun));
     let kept: Vec<_> = std::fs::read_dir(dir.path().join("store/runs/st/stages/clean/ensemble")).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with("_SUCCESS.json.stale-")).collect();
     assert_eq!(kept.len(), 1, "the stale manifest is kept beside the new one");
-    let status = imet(dir.path(), &["status", "--spec", "st.toml", "--json"]);
+    let status = common::run_imet(dir.path(), &["status", "--spec", "st.toml", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(v["done"], v["total"], "{v}");
 }
@@ -147,9 +135,9 @@ fn a_stage_that_reads_itself_or_a_later_stage_is_refused_before_any_work() {
         (SPEC.replace("groups = { culture = \"main\" }", "groups = { culture = \"nowhere\" }"), "must name an earlier stage"),
     ] {
         std::fs::write(dir.path().join("bad.toml"), edit).unwrap();
-        let out = imet(dir.path(), &["plan", "--spec", "bad.toml"]);
+        let out = common::run_imet(dir.path(), &["plan", "--spec", "bad.toml"]);
         assert!(!out.status.success(), "{needle}");
-        assert!(text(&out).contains(needle) && text(&out).contains("bad.toml"), "{needle}: {}", text(&out));
+        assert!(common::output_text(&out).contains(needle) && common::output_text(&out).contains("bad.toml"), "{needle}: {}", common::output_text(&out));
     }
     assert!(!dir.path().join("store").exists(), "nothing was written");
 }

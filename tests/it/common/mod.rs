@@ -89,8 +89,21 @@ pub fn run_diagnosis(dir: &Path, logs: &Path) -> String {
     if let Ok(df) = Command::new("df").args(["-h", "--output=avail,target"]).arg(dir).output() {
         out.push_str(&format!("free space under {}:\n{}", dir.display(), String::from_utf8_lossy(&df.stdout)));
     }
+    for f in files_under(logs) {
+        let text = std::fs::read_to_string(&f).unwrap_or_default();
+        if text.contains("ERROR") || text.contains("error:") || text.contains("panicked") {
+            let lines: Vec<&str> = text.lines().collect();
+            out.push_str(&format!("--- last lines of {}:\n{}\n", f.display(), lines[lines.len().saturating_sub(6)..].join("\n")));
+        }
+    }
+    out
+}
+
+/// Every file under `dir` (recursively), sorted; none when it is missing.
+#[allow(dead_code)]
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
-    let mut stack = vec![logs.to_path_buf()];
+    let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
             let p = e.path();
@@ -102,12 +115,18 @@ pub fn run_diagnosis(dir: &Path, logs: &Path) -> String {
         }
     }
     files.sort();
-    for f in files {
-        let text = std::fs::read_to_string(&f).unwrap_or_default();
-        if text.contains("ERROR") || text.contains("error:") || text.contains("panicked") {
-            let lines: Vec<&str> = text.lines().collect();
-            out.push_str(&format!("--- last lines of {}:\n{}\n", f.display(), lines[lines.len().saturating_sub(6)..].join("\n")));
-        }
-    }
-    out
+    files
+}
+
+/// Runs `imet ARGS` in `dir` on the CPU, with `info` logs and without
+/// `IMET_ROOT`, and waits for it.
+#[allow(dead_code)]
+pub fn run_imet(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(imet_bin()).current_dir(dir).args(args).env("RUST_LOG", "info").env("IMET_DEVICE", "cpu").env_remove("IMET_ROOT").output().expect("imet starts")
+}
+
+/// A finished command's stdout, then its stderr.
+#[allow(dead_code)]
+pub fn output_text(o: &std::process::Output) -> String {
+    format!("{}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
