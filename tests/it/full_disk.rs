@@ -39,36 +39,8 @@ impl Drop for Tmpfs {
 }
 
 fn spec_text(root: &Path) -> String {
-    format!(
-        r#"experiment = "disk"
-seed = 5
-[storage]
-root = "{root}"
-[storage.retry]
-retries = 4
-initial_backoff_ms = 500
-max_backoff_ms = 2000
-[data.sample]
-train = 40
-test = 8
-classes = 8
-seed = 3
-[folds]
-k = 2
-[image]
-workers = 2
-[[models]]
-name = "r18"
-arch = "resnet18"
-size = 32
-[models.train]
-batch_size = 8
-phases = [{{ epochs = 1, optimizer = {{ kind = "sgd", lr = 0.05, momentum = 0.9 }} }}]
-[ensemble]
-members = ["r18"]
-"#,
-        root = root.display()
-    )
+    let retry = "[storage.retry]\nretries = 4\ninitial_backoff_ms = 500\nmax_backoff_ms = 2000\n";
+    common::tiny_spec("disk", &root.display().to_string(), retry)
 }
 
 #[test]

@@ -18,29 +18,7 @@ const SECRET: &str = "imetLeakCheckSecret/Do+Not+Log/0001";
 const TOKEN: &str = "imetLeakCheckSessionToken0001FwoGZXIvYXdz";
 
 fn spec_text() -> String {
-    r#"experiment = "leak"
-seed = 5
-[storage]
-root = "s3://imet/exp"
-[data.sample]
-train = 40
-test = 8
-classes = 8
-seed = 3
-[folds]
-k = 2
-[image]
-workers = 2
-[[models]]
-name = "r18"
-arch = "resnet18"
-size = 32
-[models.train]
-batch_size = 8
-phases = [{ epochs = 1, optimizer = { kind = "sgd", lr = 0.05, momentum = 0.9 } }]
-[ensemble]
-members = ["r18"]
-[cluster]
+    let cluster = r#"[cluster]
 image = "registry.example/imet:1"
 [cluster.kubernetes]
 secret = "imet-s3"
@@ -48,8 +26,8 @@ secret = "imet-s3"
 job_queue = "gpu-queue"
 job_role_arn = "arn:aws:iam::123456789012:role/imet"
 secrets = [{ name = "AWS_SECRET_ACCESS_KEY", value_from = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:imet-s3" }]
-"#
-    .to_string()
+"#;
+    common::tiny_spec("leak", "s3://imet/exp", cluster)
 }
 
 fn imet(dir: &Path, endpoint: &str, args: &[&str], log: &str) -> Output {

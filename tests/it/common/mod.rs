@@ -130,3 +130,36 @@ pub fn run_imet(dir: &Path, args: &[&str]) -> std::process::Output {
 pub fn output_text(o: &std::process::Output) -> String {
     format!("{}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
+
+/// A tiny whole experiment `experiment` at `root`: 40 training and 8 test
+/// sample images over 8 classes, 2 folds, ResNet-18 at 32 px for one epoch,
+/// one ensemble member; `more` (whole TOML tables, e.g. `[storage.retry]`
+/// or `[cluster]`) is appended.
+#[allow(dead_code)]
+pub fn tiny_spec(experiment: &str, root: &str, more: &str) -> String {
+    format!(
+        r#"experiment = "{experiment}"
+seed = 5
+[storage]
+root = "{root}"
+[data.sample]
+train = 40
+test = 8
+classes = 8
+seed = 3
+[folds]
+k = 2
+[image]
+workers = 2
+[[models]]
+name = "r18"
+arch = "resnet18"
+size = 32
+[models.train]
+batch_size = 8
+phases = [{{ epochs = 1, optimizer = {{ kind = "sgd", lr = 0.05, momentum = 0.9 }} }}]
+[ensemble]
+members = ["r18"]
+{more}"#
+    )
+}
