@@ -3,14 +3,16 @@
 //! again. Entries are written to a temporary file and renamed into place,
 //! so concurrent processes sharing the folder never see a partial entry;
 //! eviction (least recently used first) runs under an exclusive file lock
-//! when the folder grows past its bound.
+//! when the folder grows past its bound. A cache that cannot take an entry
+//! (its disk is full, its folder read-only) costs only the caching: the
+//! caller gets the bytes it fetched, and the first such failure is logged.
 
 use crate::error::{Error, Result};
 use bytes::Bytes;
 use fs2::FileExt;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::SystemTime;
 
 /// Where the cache lives and how large it may grow.
@@ -29,6 +31,8 @@ pub struct Cache {
     max_bytes: u64,
     /// Bytes believed to be in the cache (rescanned under the lock on eviction).
     approx_bytes: AtomicU64,
+    /// Whether a failed insert was already logged as a warning.
+    warned: AtomicBool,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -43,7 +47,7 @@ impl Cache {
     pub fn open(opts: CacheOptions) -> Result<Cache> {
         std::fs::create_dir_all(opts.dir.join("tmp")).map_err(io(&opts.dir))?;
         let used = scan(&opts.dir)?.iter().map(|e| e.1).sum();
-        Ok(Cache { dir: opts.dir, max_bytes: opts.max_bytes, approx_bytes: AtomicU64::new(used) })
+        Ok(Cache { dir: opts.dir, max_bytes: opts.max_bytes, approx_bytes: AtomicU64::new(used), warned: AtomicBool::new(false) })
     }
 
     fn entry(&self, name: &str) -> PathBuf {
@@ -83,6 +87,27 @@ impl Cache {
             self.evict()?;
         }
         Ok(())
+    }
+
+    /// [`Cache::insert`], with a failure logged instead of returned (a
+    /// warning the first time, then at debug level): what a reader that
+    /// already holds the bytes wants. Returns whether the entry was stored.
+    pub fn insert_or_warn(&self, name: &str, bytes: &[u8]) -> bool {
+        match self.insert(name, bytes) {
+            Ok(()) => true,
+            Err(e) => {
+                if self.warned.swap(true, Ordering::Relaxed) {
+                    tracing::debug!(error = %e, entry = name, "not cached");
+                } else {
+                    tracing::warn!(
+                        error = %e,
+                        entry = name,
+                        "the local cache cannot take entries; reading on without caching (free space in the cache folder or lower storage.cache_max_gb)"
+                    );
+                }
+                false
+            }
+        }
     }
 
     /// Deletes least recently used entries until the cache is at 90% of its bound.

@@ -261,7 +261,8 @@ impl Store {
         }
     }
 
-    /// Reads an input object through the local cache when one is configured.
+    /// Reads an input object through the local cache when one is configured;
+    /// a cache that cannot take the object (full disk) only logs it.
     pub async fn get_cached(&self, key: &str) -> Result<Bytes> {
         match &self.cache {
             None => self.get(key).await,
@@ -271,7 +272,7 @@ impl Store {
                     return Ok(b);
                 }
                 let bytes = self.get(key).await?;
-                cache.insert(&ns, &bytes)?;
+                cache.insert_or_warn(&ns, &bytes);
                 Ok(bytes)
             }
         }

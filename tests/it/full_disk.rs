@@ -3,7 +3,9 @@
 //! fails at once (a full disk is not retried) with the storage exit status
 //! and an error naming the checkpoint; nothing half-written is visible or
 //! committed; after the file system grows, the same command finishes the
-//! experiment. Needs root (mount); elsewhere the test says so and passes.
+//! experiment. A cache folder too small for the inputs only costs the
+//! caching: every read returns its bytes, and only whole entries stay.
+//! Needs root (mount); elsewhere the tests say so and pass.
 
 use crate::common;
 use imet::error::ExitKind;
@@ -78,4 +80,48 @@ fn a_full_disk_fails_the_job_naming_the_file_commits_nothing_and_a_rerun_after_s
     let again = common::run_imet(dir.path(), &["run", "--spec", "spec.toml", "--parallel", "2"]);
     assert!(again.status.success(), "{}", common::output_text(&again));
     assert!(root.join("runs/disk/ensemble/submission.csv").exists());
+}
+
+#[test]
+fn a_full_cache_folder_costs_only_the_caching() {
+    use crate::common::s3::S3Server;
+    use imet::storage::{CacheOptions, RetryPolicy, Store, StoreOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let cache_dir = dir.path().join("cache");
+    let Some(_fs) = Tmpfs::mount(&cache_dir, 1) else { return };
+    let server = S3Server::start("imet");
+    let plain = server.store("imet", "exp", RetryPolicy::default());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    // Three 600 KB inputs: the first fits the 1 MiB folder, the others do not.
+    let blobs: Vec<Vec<u8>> = (0..3u8).map(|i| (0..600_000u32).map(|j| (j as u8) ^ i.wrapping_mul(31)).collect()).collect();
+    for (i, b) in blobs.iter().enumerate() {
+        rt.block_on(plain.put(&format!("data/train/{i}.png"), b.clone())).unwrap();
+    }
+    let cached = Store::open_with(
+        "s3://imet/exp",
+        StoreOptions {
+            cache: Some(CacheOptions { dir: cache_dir.clone(), max_bytes: 10 << 30 }),
+            s3_config: vec![
+                ("aws_endpoint".into(), server.endpoint()),
+                ("aws_access_key_id".into(), common::s3::ACCESS_KEY.into()),
+                ("aws_secret_access_key".into(), common::s3::SECRET_KEY.into()),
+                ("aws_region".into(), "us-east-1".into()),
+            ],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for round in 0..2 {
+        for (i, b) in blobs.iter().enumerate() {
+            let got = rt.block_on(cached.get_cached(&format!("data/train/{i}.png"))).unwrap_or_else(|e| panic!("round {round}, input {i}: {e}"));
+            assert!(got == b[..], "round {round}, input {i}: other bytes");
+        }
+    }
+    // Whole entries only: what is in the folder is one of the inputs, and
+    // no temporary file stays.
+    let files = common::files_under(&cache_dir);
+    assert!(files.iter().all(|f| !f.starts_with(cache_dir.join("tmp"))), "{files:?}");
+    let entries: Vec<_> = files.iter().filter(|f| !f.ends_with(".lock")).collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert!(blobs.iter().any(|b| std::fs::read(entries[0]).unwrap() == *b));
 }
