@@ -288,7 +288,7 @@ pub fn is_transient(err: &object_store::Error) -> bool {
         E::Generic { source, .. } => {
             // Local file-system faults (a full disk, a read-only or
             // forbidden path) stay until a person acts: by their kind.
-            if let Some(kind) = io_kind(source.as_ref()) {
+            if let Some(kind) = find_in_chain::<std::io::Error>(source.as_ref()).map(std::io::Error::kind) {
                 use std::io::ErrorKind as K;
                 if matches!(
                     kind,
@@ -326,11 +326,6 @@ pub fn is_transient(err: &object_store::Error) -> bool {
         }
         _ => true,
     }
-}
-
-/// The kind of the first `std::io::Error` in `err`'s source chain.
-fn io_kind(err: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> {
-    find_in_chain::<std::io::Error>(err).map(std::io::Error::kind)
 }
 
 /// The first error of type `T` in `err`'s source chain (`err` included).
