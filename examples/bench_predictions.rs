@@ -53,18 +53,42 @@ async fn main() -> imet::Result<()> {
             vocabulary_hash: "bench".into(),
         },
     };
-    let t = Instant::now();
+    let (t, cpu) = (Instant::now(), cpu_times());
     let preds = std::sync::Arc::new(preds);
     let entry = write_predictions_owned(&store, "imet.parquet", preds.clone()).await?;
     let write_s = t.elapsed().as_secs_f64();
-    let t = Instant::now();
+    let write_cpu = cpu_times().since(cpu);
+    let (t, cpu) = (Instant::now(), cpu_times());
     let back = read_predictions(&store, "imet.parquet").await?;
     let read_s = t.elapsed().as_secs_f64();
+    let read_cpu = cpu_times().since(cpu);
     assert_eq!(back.probs.len(), preds.probs.len());
     assert!(back.probs == preds.probs, "read-back differs");
     println!(
         "{}",
-        serde_json::json!({"tool": "imet", "rows": rows, "classes": c, "write_s": write_s, "read_s": read_s, "bytes": entry.size})
+        serde_json::json!({"tool": "imet", "rows": rows, "classes": c, "write_s": write_s, "read_s": read_s,
+            "write_user_s": write_cpu.0, "write_sys_s": write_cpu.1, "read_user_s": read_cpu.0, "read_sys_s": read_cpu.1,
+            "write_page_faults": write_cpu.2, "read_page_faults": read_cpu.2,
+            "bytes": entry.size})
     );
     Ok(())
+}
+
+/// User and system CPU seconds and minor page faults of this process, all
+/// threads (getrusage).
+#[derive(Clone, Copy)]
+struct CpuTimes(f64, f64, i64);
+
+impl CpuTimes {
+    fn since(self, start: CpuTimes) -> (f64, f64, i64) {
+        (self.0 - start.0, self.1 - start.1, self.2 - start.2)
+    }
+}
+
+fn cpu_times() -> CpuTimes {
+    // SAFETY: getrusage writes into the zeroed struct we own.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    CpuTimes(s(u.ru_utime), s(u.ru_stime), u.ru_minflt)
 }

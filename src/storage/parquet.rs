@@ -45,7 +45,6 @@ use parquet::schema::types::ColumnPath;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use tokio::io::AsyncWriteExt;
 
 /// Rows per record batch / row group when writing predictions.
 const PRED_ROWS_PER_GROUP: usize = 8192;
@@ -62,6 +61,9 @@ struct ChannelWriter {
 }
 
 const CHANNEL_CHUNK: usize = 8 << 20;
+
+/// Rows handed to the column writers at a time while encoding a row group.
+const ENCODE_SLICE_ROWS: usize = 1024;
 
 impl std::io::Write for ChannelWriter {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
@@ -103,10 +105,17 @@ fn encode<W: std::io::Write + Send>(w: W, schema: SchemaRef, props: WriterProper
             .map(|g| -> Result<Vec<ArrowColumnChunk>> {
                 let batch = make(g)?.with_schema(schema.clone())?;
                 let mut writers = factory.create_column_writers(g)?;
-                let mut next = writers.iter_mut();
-                for (field, col) in schema.fields().iter().zip(batch.columns()) {
-                    for leaf in compute_leaves(field, col)? {
-                        next.next().expect("one column writer per leaf column").write(&leaf)?;
+                // The row group goes to its column writers a slice at a time:
+                // the levels and encoded values of a slice are a few MB that
+                // the allocator reuses, where a whole row group's (tens of MB
+                // each) were fresh memory every time, paid for in page faults.
+                for start in (0..batch.num_rows()).step_by(ENCODE_SLICE_ROWS) {
+                    let slice = batch.slice(start, ENCODE_SLICE_ROWS.min(batch.num_rows() - start));
+                    let mut next = writers.iter_mut();
+                    for (field, col) in schema.fields().iter().zip(slice.columns()) {
+                        for leaf in compute_leaves(field, col)? {
+                            next.next().expect("one column writer per leaf column").write(&leaf)?;
+                        }
                     }
                 }
                 writers.into_iter().map(|w| w.close().map_err(Error::from)).collect()
@@ -164,7 +173,8 @@ async fn write_batches(
                 while let Some(chunk) = rx.recv().await {
                     let chunk = Bytes::from(chunk);
                     let _ = htx.send(chunk.clone());
-                    if let Err(e) = w.write_all(&chunk).await {
+                    // `put` hands the chunk to the upload without copying it.
+                    if let Err(e) = w.put(chunk).await {
                         drop(rx);
                         drop(htx);
                         let _ = encoder.await;
@@ -173,7 +183,7 @@ async fn write_batches(
                             op: "put_streamed",
                             key: key.to_string(),
                             attempts: 1,
-                            source: super::store::io_to_store(e),
+                            source: e,
                         });
                     }
                 }
@@ -470,11 +480,26 @@ pub async fn write_predictions_owned(store: &Store, key: &str, preds: Arc<Predic
         let start = g * PRED_ROWS_PER_GROUP;
         let end = (start + PRED_ROWS_PER_GROUP).min(rows);
         let ids = StringArray::from_iter_values(shared.ids[start..end].iter().map(|i| i.as_str()));
-        let values = Float32Array::from(shared.probs[start * c..end * c].to_vec());
+        let values = Float32Array::new(borrowed_f32(&shared, start * c..end * c), None);
         let probs = FixedSizeListArray::try_new(item.clone(), c as i32, Arc::new(values), None)?;
         Ok(RecordBatch::try_new(batch_schema.clone(), vec![Arc::new(ids), Arc::new(probs)])?)
     });
     write_batches(store, key, schema, props, groups, make, &meta).await
+}
+
+/// Rows `range` of `preds.probs` as an Arrow buffer that shares the memory
+/// instead of copying it: a competition-sized matrix is 480 MB, and copying
+/// each row group into fresh memory cost as much time in page faults as the
+/// encoding itself.
+fn borrowed_f32(preds: &Arc<Predictions>, range: std::ops::Range<usize>) -> arrow::buffer::ScalarBuffer<f32> {
+    let slice = &preds.probs[range];
+    let ptr = std::ptr::NonNull::from(slice).cast::<u8>();
+    // SAFETY: `ptr` points at `slice.len()` initialised, f32-aligned values
+    // inside `preds.probs`, which the buffer keeps alive through its owner
+    // (an `Arc` of the same `Predictions`) and which nothing mutates while it
+    // is shared (the `Arc` gives no mutable access).
+    let buffer = unsafe { arrow::buffer::Buffer::from_custom_allocation(ptr, std::mem::size_of_val(slice), preds.clone()) };
+    arrow::buffer::ScalarBuffer::new(buffer, 0, slice.len())
 }
 
 /// Reads a predictions file written by [`write_predictions`] (or any
