@@ -24,7 +24,7 @@
 //!
 //! | layer | modules | what they are |
 //! | --- | --- | --- |
-//! | 0 | `error`, `ids`, `seed`, `telemetry` | the ground floor: the error type, identifiers, named seeds, logging |
+//! | 0 | `error`, `fault`, `ids`, `seed`, `telemetry` | the ground floor: the error type, fault-injection points, identifiers, named seeds, logging |
 //! | 1 | `storage` | stores, keys, manifests, Parquet, cache |
 //! | 2 | `data` | vocabulary, annotations, folds, the synthetic sample, F2 |
 //! | 3 | `image` | decode, augment, load |
@@ -39,6 +39,7 @@
 
 // Layer 0: the ground floor. Every stage may use these; they import no stage.
 pub mod error;
+pub mod fault;
 pub mod ids;
 pub mod seed;
 pub mod telemetry;

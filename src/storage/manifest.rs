@@ -124,6 +124,7 @@ impl Manifest {
     /// hash; storage errors after retries.
     pub async fn commit(&self, store: &Store, key: &str) -> Result<CommitOutcome> {
         let body = serde_json::to_vec_pretty(self)?;
+        crate::fault::point("manifest.commit");
         if store.put_if_absent(key, body.clone()).await? {
             return Ok(CommitOutcome::Committed);
         }
@@ -303,6 +304,7 @@ impl JobRef {
         let mut manifest = Manifest::new(self.id.clone(), self.spec_hash.clone(), outputs);
         manifest.inputs = inputs;
         let commit = manifest.commit(store, &self.manifest).await?;
+        crate::fault::point("job.committed");
         if let CommitOutcome::AlreadyCommitted(_) = &commit {
             tracing::info!(key = %self.manifest, job = %self.id, "another run committed the same job first");
         }

@@ -170,6 +170,7 @@ async fn write_batches(
                     }
                     (n, hex::encode(h.finalize()))
                 });
+                let mut first = true;
                 while let Some(chunk) = rx.recv().await {
                     let chunk = Bytes::from(chunk);
                     let _ = htx.send(chunk.clone());
@@ -185,6 +186,9 @@ async fn write_batches(
                             attempts: 1,
                             source: e,
                         });
+                    }
+                    if std::mem::take(&mut first) {
+                        crate::fault::point("parquet.upload");
                     }
                 }
                 drop(htx);

@@ -248,6 +248,7 @@ impl Store {
     /// # Errors
     /// [`Error::NotFound`] when absent; [`Error::Store`] after retries.
     pub async fn get(&self, key: &str) -> Result<Bytes> {
+        crate::fault::point("store.get");
         let path = self.path(key);
         self.with_retry("get", key, || async { self.inner.get(&path).await?.bytes().await }).await
     }

@@ -129,6 +129,7 @@ pub fn train_epoch(
                     clip_grad_norm(optimizer.params(), c);
                 }
                 optimizer.step(lr, lr * setup.phase.head_lr_factor);
+                crate::fault::point("train.step");
             } else {
                 skipped += 1;
             }

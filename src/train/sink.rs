@@ -91,6 +91,7 @@ impl Sink {
 /// older one is deleted.
 async fn write_epoch(store: &Store, job: &FoldJob, policy: CheckpointPolicy, done: EpochDone) -> Result<OutputEntry> {
     let (scope, model, fold) = (job.scope(), &job.model, job.fold);
+    crate::fault::point("checkpoint.write");
     store.put(&keys::checkpoint(scope, model, fold, done.epoch), done.checkpoint).await?;
     let entry = write_history(store, &keys::history(scope, model, fold), &done.history, &job.experiment, model, fold, &job.spec_hash).await?;
     // The same records for TensorBoard (a whole small file, rewritten).

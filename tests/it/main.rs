@@ -7,6 +7,7 @@
 mod common;
 mod model_support;
 
+mod chaos;
 mod cli;
 mod cli_docs;
 mod data_cli;
