@@ -33,7 +33,11 @@ pub async fn run(store: &Store, job: &EnsembleJob) -> Result<Summary> {
     let span = info_span!("job", kind = "ensemble", mode = "apply", experiment = %job.experiment);
     async move {
         match job.job_ref().run_once(store, || work(store, job)).await? {
-            Ran::Skipped(m) => Ok(Summary { skipped: true, chosen: String::new(), cv_f2: f64::NAN, in_sample_f2: f64::NAN, outputs: m.outputs }),
+            Ran::Skipped(m) => {
+                // What the committed run applied: the saved strategy.
+                let (chosen, cv_f2) = saved(store, job).await.map_or((String::new(), f64::NAN), |d| (d.chosen.name, d.cv_f2));
+                Ok(Summary { skipped: true, chosen, cv_f2, in_sample_f2: f64::NAN, outputs: m.outputs })
+            }
             Ran::Done { outcome: (chosen, cv_f2), manifest, .. } => {
                 info!(chosen = %chosen.name, "saved thresholds applied; submission committed");
                 Ok(Summary { skipped: false, chosen: chosen.name, cv_f2, in_sample_f2: f64::NAN, outputs: manifest.outputs })
@@ -158,4 +162,99 @@ async fn take_groups(store: &Store, job: &EnsembleJob, vocab: &crate::data::Voca
         info!(group = group.as_str(), from = %scope, "group columns taken from another stage's blend");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ensemble::report::BlendInfo;
+    use crate::ensemble::threshold::{Limits, Range, Rule, Strategy};
+    use crate::ensemble::EnsembleSection;
+    use crate::ids::ImageId;
+
+    const LABELS: &str = "attribute_id,attribute_name\n0,culture::a\n1,tag::b\n2,tag::c\n";
+
+    fn job(blend: &str) -> EnsembleJob {
+        let config: EnsembleSection = toml::from_str(&format!("members = [\"m\", \"n\"]\nblend = \"{blend}\"\n")).unwrap();
+        EnsembleJob { experiment: "e".into(), stage: None, k: 2, config, member_folds: Default::default(), spec_hash: "h".into(), inputs: vec![] }
+    }
+
+    fn ids() -> Vec<ImageId> {
+        ["00000000000a", "00000000000b"].iter().map(|s| ImageId::new(s).unwrap()).collect()
+    }
+
+    async fn member(store: &Store, model: &str, fold: u8, probs: Vec<f32>) {
+        let vocab = crate::data::Vocabulary::parse("labels.csv", LABELS.as_bytes()).unwrap();
+        let meta = PredictionMeta {
+            experiment: "e".into(),
+            model: model.into(),
+            fold: Some(Fold(fold)),
+            kind: PredictionKind::Test,
+            tta: 2,
+            spec_hash: "x".into(),
+            class_count: 3,
+            vocabulary_hash: vocab.hash(),
+        };
+        let key = keys::test_predictions("e", model, Fold(fold));
+        pq::write_predictions(store, &key, &Predictions { ids: ids(), probs, meta }).await.unwrap();
+    }
+
+    async fn thresholds(store: &Store, spec_hash: &str, kind: BlendKind, weights: Vec<f32>) {
+        let vocab = crate::data::Vocabulary::parse("labels.csv", LABELS.as_bytes()).unwrap();
+        let chosen = Strategy { name: "global".into(), rule: Rule::Global { threshold: 0.5 }, limits: Limits::total(Range::ANY) };
+        let doc = ThresholdsFile {
+            version: THRESHOLDS_VERSION,
+            experiment: "e".into(),
+            spec_hash: spec_hash.into(),
+            class_count: 3,
+            vocabulary_hash: vocab.hash(),
+            blend: BlendInfo { kind, normalize_max: false, members: vec!["m".into(), "n".into()], weights, test_folds: vec![0, 1] },
+            chosen: chosen.clone(),
+            cv_f2: 0.5,
+            strategies: vec![chosen],
+        };
+        store.put(&keys::thresholds("e"), serde_json::to_vec(&doc).unwrap()).await.unwrap();
+    }
+
+    async fn store() -> Store {
+        let store = Store::memory();
+        store.put(keys::LABELS, LABELS).await.unwrap();
+        store.put(keys::SAMPLE_SUBMISSION, "id,attribute_ids\n00000000000a,0\n00000000000b,0\n").await.unwrap();
+        // Two members, two folds each; rows a, b over three classes.
+        member(&store, "m", 0, vec![0.9, 0.2, 0.6, 0.1, 0.1, 0.9]).await;
+        member(&store, "m", 1, vec![0.7, 0.2, 0.4, 0.1, 0.3, 0.9]).await;
+        member(&store, "n", 0, vec![0.1, 0.2, 0.6, 0.9, 0.1, 0.1]).await;
+        member(&store, "n", 1, vec![0.1, 0.2, 0.6, 0.9, 0.1, 0.1]).await;
+        store
+    }
+
+    #[tokio::test]
+    async fn the_saved_weights_and_strategy_make_the_submission_without_any_oof_file() {
+        let store = store().await;
+        thresholds(&store, "h", BlendKind::Weighted, vec![0.75, 0.25]).await;
+        let s = run(&store, &job("weighted")).await.unwrap();
+        assert_eq!((s.skipped, s.chosen.as_str(), s.cv_f2), (false, "global", 0.5));
+        // m's fold mean: [0.8, 0.2, 0.5, 0.1, 0.2, 0.9]; n's: [0.1, 0.2, 0.6, 0.9, 0.1, 0.1];
+        // 0.75 m + 0.25 n: [0.625, 0.2, 0.525, 0.3, 0.175, 0.7] -> a {0, 2}, b {2}.
+        let csv = store.get(&keys::submission("e")).await.unwrap();
+        assert_eq!(std::str::from_utf8(&csv).unwrap(), "id,attribute_ids\n00000000000a,0 2\n00000000000b,2\n");
+        // A second run is a committed job.
+        assert!(run(&store, &job("weighted")).await.unwrap().skipped);
+    }
+
+    #[tokio::test]
+    async fn thresholds_of_another_spec_or_blend_are_refused_by_name() {
+        let store = store().await;
+        let err = run(&store, &job("mean")).await.unwrap_err().to_string();
+        assert!(err.contains("ensemble/thresholds.json") && err.contains("imet ensemble"), "{err}");
+        thresholds(&store, "other", BlendKind::Mean, vec![0.5, 0.5]).await;
+        let err = run(&store, &job("mean")).await.unwrap_err();
+        assert!(matches!(err, Error::SpecChanged { .. }), "{err}");
+        thresholds(&store, "h", BlendKind::Mean, vec![0.5, 0.5]).await;
+        let err = run(&store, &job("geometric")).await.unwrap_err().to_string();
+        assert!(err.contains("blends") && err.contains("Mean") && err.contains("Geometric"), "{err}");
+        store.delete(&keys::test_predictions("e", "n", Fold(1))).await.unwrap();
+        let err = run(&store, &job("mean")).await.unwrap_err().to_string();
+        assert!(err.contains("models/n/fold=1/test.parquet") && err.contains("imet predict"), "{err}");
+    }
 }
