@@ -218,6 +218,7 @@ pub fn level2_job(spec: &JobSpec, stage: Option<&str>, fold: Fold) -> Result<Lev
         config,
         spec_hash: spec.stage_hash(st.name),
         inputs,
+        test_only: spec.inference.test_only(),
     })
 }
 

@@ -140,14 +140,6 @@ impl JobSpec {
         }
         self.cluster.validate()?;
         self.inference.validate()?;
-        if self.inference.ensemble == EnsembleMode::Apply {
-            if let Some(st) = self.stages().into_iter().find(|s| s.ensemble.is_some_and(|e| e.level2.is_some())) {
-                return Err(format!(
-                    "`inference.ensemble` = \"apply\" but the ensemble of stage `{}` has a `level2` model, whose fold models are not saved for test time; package a stage without `level2`",
-                    st.name
-                ));
-            }
-        }
         Ok(())
     }
 

@@ -13,7 +13,9 @@
 //! {out}/package.json     every file with its size and sha256, the experiment, the imet version
 //! {out}/store/data/labels.csv, sample_submission.csv (the run's test list: `imet budget` counts it)
 //! {out}/store/runs/{exp}/[stages/{s}/]models/{m}/fold={k}/{model.safetensors,_TRAINED.json,predict_stats.json}
+//! {out}/store/runs/{exp}/[stages/{s}/]models/level2/fold={k}/model.txt   (a stage with `level2`)
 //! {out}/store/runs/{exp}/[stages/{s}/]ensemble/thresholds.json
+//! {out}/store/data/train.csv   (only with a level-2 model: its features count the training labels)
 //! ```
 //!
 //! for every stage, every ensemble member, and every fold whose test
@@ -25,8 +27,8 @@
 //! `imet infer` makes a writable store (`--work`) holding links to the
 //! package's files, the package's `labels.csv`, the test folder's
 //! `sample_submission.csv` and a link to its `test/` images; runs every
-//! stage's test-only predict jobs and its ensemble in apply mode, in
-//! order, in this process; and copies the last stage's `submission.csv`
+//! stage's test-only predict jobs, its level-2 jobs (saved fold models
+//! applied) and its ensemble in apply mode, in order, in this process; and copies the last stage's `submission.csv`
 //! out. Jobs commit as usual, so a rerun after an interruption skips what
 //! is done.
 
@@ -157,25 +159,40 @@ struct FoldModel {
     spec_hash: String,
 }
 
-/// Every stage with its ensemble's fold models (members x the folds whose
-/// test predictions it averages).
+/// What a package holds of one stage and what `imet infer` runs for it.
+struct StagePlan {
+    /// The stage as keys carry it (`None`: the first).
+    key: Option<String>,
+    name: String,
+    /// Its ensemble members' fold models (the folds whose test predictions
+    /// it averages).
+    models: Vec<FoldModel>,
+    /// Folds of its level-2 model whose test predictions it averages (none
+    /// without `level2`).
+    level2: Vec<u8>,
+}
+
+/// Every stage, in order, with its ensemble's fold models (members x the
+/// folds whose test predictions it averages) and level-2 folds.
 ///
 /// # Errors
 /// [`Error::Usage`] for a stage without an ensemble.
-fn fold_models(spec: &JobSpec) -> Result<Vec<FoldModel>> {
+fn stage_plans(spec: &JobSpec) -> Result<Vec<StagePlan>> {
     let mut out = Vec::new();
     for st in spec.stages() {
         let e = st.ensemble.ok_or_else(|| {
             Error::Usage(format!("stage `{}` of experiment `{}` has no [ensemble]: a package makes a submission from each stage's ensemble", st.name, spec.experiment))
         })?;
+        let in_test = |f: &u8| e.test_folds.as_ref().is_none_or(|t| t.contains(f));
+        let mut models = Vec::new();
         for name in &e.members {
             let m = spec.stage_model(st.key(), name)?;
-            for f in m.fold_list(spec.folds.k) {
-                if e.test_folds.as_ref().is_none_or(|t| t.contains(&f)) {
-                    out.push(FoldModel { stage: st.key().map(String::from), model: name.clone(), fold: f, spec_hash: spec.stage_model_hash(st.key(), m) });
-                }
+            for f in m.fold_list(spec.folds.k).into_iter().filter(in_test) {
+                models.push(FoldModel { stage: st.key().map(String::from), model: name.clone(), fold: f, spec_hash: spec.stage_model_hash(st.key(), m) });
             }
         }
+        let level2 = if e.level2.is_some() { (0..spec.folds.k).filter(in_test).collect() } else { Vec::new() };
+        out.push(StagePlan { key: st.key().map(String::from), name: st.name.to_string(), models, level2 });
     }
     Ok(out)
 }
@@ -255,7 +272,7 @@ pub async fn package(spec: &JobSpec, options: &PackageOptions) -> Result<Package
     }
     let packaged = packaged_spec(spec)?;
     let store = spec.open_store()?;
-    let models = fold_models(spec)?;
+    let plans = stage_plans(spec)?;
 
     let name = out.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "package".into());
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -267,7 +284,9 @@ pub async fn package(spec: &JobSpec, options: &PackageOptions) -> Result<Package
     // The data the jobs read besides the test images: the vocabulary, and
     // the run's test list (for `imet budget`; `imet infer` uses the test
     // folder's own).
-    for key in [keys::LABELS, keys::SAMPLE_SUBMISSION] {
+    // A level-2 model's features include the training labels' statistics.
+    let level2 = plans.iter().any(|p| !p.level2.is_empty());
+    for key in [keys::LABELS, keys::SAMPLE_SUBMISSION].into_iter().chain(level2.then_some(keys::TRAIN)) {
         let bytes = store.get(key).await?;
         write_file(dir, &format!("{STORE_DIR}/{key}"), &bytes, &mut files)?;
     }
@@ -293,7 +312,33 @@ pub async fn package(spec: &JobSpec, options: &PackageOptions) -> Result<Package
         write_file(dir, &format!("{STORE_DIR}/{key}"), &bytes, &mut files)?;
     }
     let mut labels = Vec::new();
-    for fm in &models {
+    for plan in &plans {
+        let scope = Scope { experiment: &spec.experiment, stage: plan.key.as_deref() };
+        let stage_arg = plan.key.as_ref().map(|s| format!(" --stage {s}")).unwrap_or_default();
+        for &f in &plan.level2 {
+            let success = keys::success(scope, crate::level2::MEMBER, Fold(f));
+            let label = format!("{}/{}/fold={f}", plan.name, crate::level2::MEMBER);
+            let m = Manifest::load(&store, &success).await?.ok_or_else(|| {
+                Error::Usage(format!("level-2 fold {label} is not committed in {} (`{success}` is missing); run `imet level2 --spec <spec> --fold {f}{stage_arg}` (or `imet run`) first", store.url()))
+            })?;
+            if m.spec_hash != spec.stage_hash(&plan.name) {
+                return Err(Error::SpecChanged { key: success, expected: spec.stage_hash(&plan.name), found: m.spec_hash });
+            }
+            let key = crate::level2::job::model_key(scope, Fold(f));
+            let entry = m.outputs.iter().find(|o| o.key == key).ok_or_else(|| {
+                Error::Usage(format!(
+                    "`{success}` lists no `{key}`: the job was committed by an imet that did not save level-2 models; delete that manifest and run `imet level2 --spec <spec> --fold {f}{stage_arg}` again"
+                ))
+            })?;
+            let bytes = store.get(&key).await?;
+            if OutputEntry::of_bytes(&key, &bytes) != *entry {
+                return Err(Error::Format { key, what: "level-2 model", reason: format!("it is not the file `{success}` lists; the store was changed after the job: run it again") });
+            }
+            write_file(dir, &format!("{STORE_DIR}/{key}"), &bytes, &mut files)?;
+            labels.push(label);
+        }
+    }
+    for fm in plans.iter().flat_map(|p| &p.models) {
         let scope = Scope { experiment: &spec.experiment, stage: fm.stage.as_deref() };
         let fold = Fold(fm.fold);
         let label = format!("{}/{}/fold={}", fm.stage.as_deref().unwrap_or(MAIN), fm.model, fm.fold);
@@ -616,9 +661,13 @@ pub async fn infer(options: &InferOptions) -> Result<InferSummary> {
         }
     }
     std::fs::write(&sub_dst, &sub).map_err(io(&sub_dst))?;
-    let labels_dst = work.join(keys::LABELS);
-    let labels_src = package.join(STORE_DIR).join(keys::LABELS);
-    std::fs::copy(&labels_src, &labels_dst).map_err(io(&labels_src))?;
+    // The package's vocabulary (and training labels, for a level-2 model).
+    for key in [keys::LABELS, keys::TRAIN] {
+        let src = package.join(STORE_DIR).join(key);
+        if key == keys::LABELS || src.is_file() {
+            std::fs::copy(&src, work.join(key)).map_err(io(&src))?;
+        }
+    }
     link(&test_dir.join("test"), &work.join("data/test"))?;
     for f in &list.files {
         let Some(key) = f.path.strip_prefix(&format!("{STORE_DIR}/")) else { continue };
@@ -633,27 +682,23 @@ pub async fn infer(options: &InferOptions) -> Result<InferSummary> {
     let (mut predicted, mut skipped) = (0, 0);
     let mut strategies = Vec::new();
     let mut last = None;
-    for fm in fold_models(&spec)?.into_iter().fold(Vec::<(Option<String>, Vec<FoldModel>)>::new(), |mut acc, fm| {
-        match acc.last_mut() {
-            Some((s, v)) if *s == fm.stage => v.push(fm),
-            _ => acc.push((fm.stage.clone(), vec![fm])),
-        }
-        acc
-    }) {
-        let (stage, models) = fm;
-        for m in &models {
-            let o = crate::jobs::predict(&spec, stage.as_deref(), &m.model, Fold(m.fold)).await?;
+    for plan in stage_plans(&spec)? {
+        let stage = plan.key.as_deref();
+        for m in &plan.models {
+            let o = crate::jobs::predict(&spec, stage, &m.model, Fold(m.fold)).await?;
             if o.skipped {
                 skipped += 1;
             } else {
                 predicted += 1;
             }
         }
-        let s = crate::jobs::ensemble(&spec, stage.as_deref()).await?;
-        let name = stage.clone().unwrap_or_else(|| MAIN.to_string());
-        info!(stage = %name, chosen = %s.chosen, "stage applied");
-        strategies.push((name, s.chosen));
-        last = Some(stage);
+        for &f in &plan.level2 {
+            crate::jobs::level2(&spec, stage, Fold(f)).await?;
+        }
+        let s = crate::jobs::ensemble(&spec, stage).await?;
+        info!(stage = %plan.name, chosen = %s.chosen, "stage applied");
+        strategies.push((plan.name.clone(), s.chosen));
+        last = Some(plan.key);
     }
     let last = last.ok_or_else(|| Error::Usage(format!("package of `{}` has no ensemble member", spec.experiment)))?;
     let key = keys::submission(Scope { experiment: &spec.experiment, stage: last.as_deref() });
@@ -720,16 +765,21 @@ image = "x"
     #[test]
     fn a_package_holds_the_folds_each_member_gives_the_test_blend() {
         let spec = JobSpec::parse("p.toml", SPEC).unwrap();
-        let got: Vec<String> = fold_models(&spec).unwrap().iter().map(|m| format!("{}{}", m.model, m.fold)).collect();
+        let plans = stage_plans(&spec).unwrap();
+        let got: Vec<String> = plans[0].models.iter().map(|m| format!("{}{}", m.model, m.fold)).collect();
         assert_eq!(got, ["a1", "a2", "b1"]);
+        assert!(plans[0].level2.is_empty());
     }
 
     #[test]
-    fn a_level2_ensemble_cannot_be_packaged_yet() {
-        let text = SPEC.replace("test_folds = [1, 2]", "level2 = { top_k = 5 }").replace("folds = [0, 1]\n", "");
+    fn a_level2_stage_packages_its_fold_models_and_the_members_on_every_test_fold() {
+        let text = SPEC.replace("test_folds = [1, 2]", "test_folds = [0, 2]\nlevel2 = { top_k = 5 }").replace("folds = [0, 1]\n", "");
         let spec = JobSpec::parse("p.toml", &text).unwrap();
-        let err = packaged_spec(&spec).unwrap_err().to_string();
-        assert!(err.contains("level2") && err.contains("not saved"), "{err}");
+        assert!(packaged_spec(&spec).is_ok());
+        let plans = stage_plans(&spec).unwrap();
+        let got: Vec<String> = plans[0].models.iter().map(|m| format!("{}{}", m.model, m.fold)).collect();
+        assert_eq!(got, ["a0", "a2", "b0", "b2"]);
+        assert_eq!(plans[0].level2, [0, 2]);
     }
 
     #[test]

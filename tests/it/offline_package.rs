@@ -1,8 +1,9 @@
 //! Offline inference, as the competition ran it (a kernel without
 //! internet): a tiny two-stage experiment (a weighted blend of two models
 //! averaging one fold's test predictions, then a stage that drops noisy
-//! images, starts from the first stage's models and takes its culture
-//! columns from the first stage's blend) is trained, packaged with `imet
+//! images, starts from the first stage's models, thresholds a level-2
+//! model over its member and takes its culture columns from the first
+//! stage's blend) is trained, packaged with `imet
 //! package --tar`, unpacked into an empty folder and run there by the
 //! package's `run.sh` with an empty environment beside `PATH` over a
 //! Kaggle-style test folder. Its submission must be byte-identical to the
@@ -65,6 +66,11 @@ phases = [{ epochs = 1, optimizer = { kind = "adamw", lr = 1e-3 } }]
 [stages.ensemble]
 members = ["a"]
 groups = { culture = "main" }
+[stages.ensemble.level2]
+top_k = 6
+rounds = 20
+num_leaves = 4
+min_data_in_leaf = 5
 "#;
 
 /// `imet ARGS` in `dir` with the thread counts pinned, so the training
@@ -107,12 +113,12 @@ fn a_package_unpacked_elsewhere_makes_the_training_runs_submission_offline() {
     let pkg = imet(d, &["package", "--spec", "off.toml", "--out", "pkg", "--tar", "pkg.tar"]);
     assert!(pkg.status.success(), "{}", common::output_text(&pkg));
     let text = common::output_text(&pkg);
-    assert!(text.contains("4 fold models"), "main a/b fold 1, clean a folds 0-1:\n{text}");
+    assert!(text.contains("6 fold models"), "main a/b fold 1, clean a and level2 folds 0-1:\n{text}");
     let files: Vec<String> = common::files_under(&d.join("pkg")).iter().map(|p| p.strip_prefix(d.join("pkg")).unwrap().display().to_string()).collect();
     let bytes: u64 = common::files_under(&d.join("pkg")).iter().map(|p| p.metadata().unwrap().len()).sum();
     eprintln!("package: {} files, {bytes} bytes; tar {} bytes", files.len(), d.join("pkg.tar").metadata().unwrap().len());
     for f in &files {
-        assert!(!f.ends_with(".png") && !f.contains("data/train"), "a training image in the package: {f}");
+        assert!(!f.ends_with(".png") && !f.contains("data/train/"), "a training image in the package: {f}");
         assert!(!f.contains("oof") && !f.ends_with("folds.parquet") && !f.contains("checkpoints"), "an OOF file or checkpoint in the package: {f}");
     }
     for want in [
@@ -127,6 +133,8 @@ fn a_package_unpacked_elsewhere_makes_the_training_runs_submission_offline() {
         "store/runs/off/ensemble/thresholds.json",
         "store/runs/off/stages/clean/models/a/fold=0/model.safetensors",
         "store/runs/off/stages/clean/ensemble/thresholds.json",
+        "store/runs/off/stages/clean/models/level2/fold=1/model.txt",
+        "store/data/train.csv",
     ] {
         assert!(files.iter().any(|f| f == want), "{want} missing from {files:#?}");
     }
@@ -176,7 +184,7 @@ fn a_package_unpacked_elsewhere_makes_the_training_runs_submission_offline() {
     );
     for f in common::files_under(&o.join("imet-work")) {
         let name = f.display().to_string();
-        assert!(!name.contains("oof") && !name.contains("data/train"), "the offline run wrote or read {name}");
+        assert!(!name.contains("oof") && !name.contains("data/train/") && !name.contains("folds.parquet"), "the offline run wrote or read {name}");
     }
 
     // A rerun skips every committed job and writes the same file.
