@@ -180,7 +180,10 @@ pub fn predict_job(spec: &JobSpec, stage: Option<&str>, model: &str, fold: Fold)
         limit_images: m.predict.limit_images,
         precision: m.train.precision,
         channels_last: m.train.channels_last,
-        shards: shard_reads(spec),
+        // Test-time inference reads the test images as objects: a package
+        // carries no shard set (and refuses recoded ones, see `imet package`).
+        shards: shard_reads(spec).filter(|_| spec.inference.oof),
+        oof: spec.inference.oof,
     })
 }
 
@@ -215,6 +218,7 @@ pub fn level2_job(spec: &JobSpec, stage: Option<&str>, fold: Fold) -> Result<Lev
         config,
         spec_hash: spec.stage_hash(st.name),
         inputs,
+        test_only: spec.inference.test_only(),
     })
 }
 
@@ -322,11 +326,15 @@ pub async fn level2(spec: &JobSpec, stage: Option<&str>, fold: Fold) -> Result<L
     level2::job::run(&spec.open_store()?, &job).await
 }
 
-/// `imet ensemble`.
+/// `imet ensemble`: fits the stage's blend and thresholds, or with
+/// `[inference] ensemble = "apply"` applies the saved ones.
 ///
 /// # Errors
-/// As [`ensemble::run`].
+/// As [`ensemble::run`] and [`ensemble::apply::run`].
 pub async fn ensemble(spec: &JobSpec, stage: Option<&str>) -> Result<Summary> {
     let job = ensemble_job(spec, stage)?;
-    ensemble::run(&spec.open_store()?, &job).await
+    match spec.inference.ensemble {
+        crate::spec::EnsembleMode::Fit => ensemble::run(&spec.open_store()?, &job).await,
+        crate::spec::EnsembleMode::Apply => ensemble::apply::run(&spec.open_store()?, &job).await,
+    }
 }

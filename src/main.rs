@@ -225,7 +225,10 @@ enum Command {
     /// Estimate each ensemble member's test-time hours and which fit an inference budget.
     Budget {
         #[command(flatten)]
-        spec: SpecArg,
+        spec: Option<SpecArg>,
+        /// An offline package (`imet package --out DIR`) instead of --spec: its spec and measured throughput.
+        #[arg(long, conflicts_with_all = ["spec", "set"], required_unless_present = "spec")]
+        package: Option<PathBuf>,
         /// The budget, e.g. `9h`, `90m`, `1h30m`.
         #[arg(long, default_value = "9h")]
         budget: String,
@@ -239,6 +242,41 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         calibration_batches: usize,
         /// Print the estimate as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Collect what test time needs (binary, fold models, saved blends and thresholds, spec) into an offline package.
+    Package {
+        #[command(flatten)]
+        spec: SpecArg,
+        /// The package folder (created; refused when it holds something else, unless --force).
+        #[arg(long)]
+        out: PathBuf,
+        /// A relocatable bundle folder (bin/imet and lib/) copied instead of this executable.
+        #[arg(long)]
+        bundle: Option<PathBuf>,
+        /// Also write the package as one tar file (entries under the folder's name).
+        #[arg(long)]
+        tar: Option<PathBuf>,
+        /// Replace a non-empty --out folder.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Make submission.csv from a test folder with an offline package: test-only predictions, saved thresholds.
+    Infer {
+        /// The package folder (`imet package --out`).
+        #[arg(long)]
+        package: PathBuf,
+        /// The test root: sample_submission.csv and test/{id}.png (or a data/ folder with them).
+        #[arg(long)]
+        data: PathBuf,
+        /// Writable folder for the jobs' outputs (rerun with the same one to resume).
+        #[arg(long, default_value = "imet-work")]
+        work: PathBuf,
+        /// Where to write the submission.
+        #[arg(long, default_value = "submission.csv")]
+        out: PathBuf,
+        /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -546,14 +584,37 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             let s = imet::orchestrate::status::status(&spec).await.with_context(|| format!("reading the status of experiment `{}`", spec.experiment))?;
             print_report(&s, json, |s| s.render())
         }
-        Command::Budget { spec, budget, test_images, calibrate, calibration_batches, json } => {
-            let spec = spec.load()?;
+        Command::Budget { spec, package, budget, test_images, calibrate, calibration_batches, json } => {
+            let spec = match (spec, package) {
+                (_, Some(dir)) => imet::orchestrate::package::package_spec(&dir)?,
+                (Some(spec), None) => spec.load()?,
+                (None, None) => anyhow::bail!("pass --spec FILE or --package DIR"),
+            };
             let r = imet::orchestrate::budget::estimate_spec(&spec, &budget, test_images, calibrate, calibration_batches)
                 .await
                 .with_context(|| format!("estimating the inference budget of experiment `{}`", spec.experiment))?;
             print_report(&r, json, |r| r.render())
         }
         Command::Plan { spec, json, budget, test_images } => plan(&spec, json, budget, test_images).await,
+        Command::Package { spec, out, bundle, tar, force } => {
+            let loaded = spec.load()?;
+            let program = std::env::current_exe().context("locating this executable to copy into the package")?;
+            let options = imet::orchestrate::package::PackageOptions { out, bundle, tar, force, program };
+            let s = imet::orchestrate::package::package(&loaded, &options)
+                .instrument(info_span!("job", kind = "package", experiment = %loaded.experiment))
+                .await
+                .with_context(|| format!("packaging experiment `{}` into {}", loaded.experiment, options.out.display()))?;
+            print!("{}", s.render());
+            Ok(())
+        }
+        Command::Infer { package, data, work, out, json } => {
+            let options = imet::orchestrate::package::InferOptions { package, data, work, out };
+            let s = imet::orchestrate::package::infer(&options)
+                .instrument(info_span!("job", kind = "infer"))
+                .await
+                .with_context(|| format!("offline inference with the package {}", options.package.display()))?;
+            print_report(&s, json, |s| s.render())
+        }
         Command::Submit { spec, engine: SubmitEngine::Slurm, out, dry_run } => {
             let options = imet::orchestrate::slurm::SubmitOptions { out, dry_run };
             let s = imet::orchestrate::slurm::submit(&spec.source(), &options).await.with_context(|| format!("submitting {} to Slurm", spec.spec.display()))?;

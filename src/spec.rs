@@ -23,11 +23,13 @@ use sha2::{Digest, Sha256};
 use std::path::Path;
 
 mod cluster;
+mod inference;
 mod models;
 mod overrides;
 mod schema;
 mod stages;
 pub use cluster::{is_dns_label, is_dns_subdomain, AwsBatchSettings, AwsSecret, ClusterSection, KubernetesSettings, SlurmSettings};
+pub use inference::{EnsembleMode, InferenceSection};
 pub use models::{parse_duration, FoldItem, ModelSpec, Resources};
 pub use overrides::{parse_with, Override, SpecSource};
 pub use schema::{json_schema, json_schema_text};
@@ -61,6 +63,10 @@ pub struct JobSpec {
     /// How batch engines run the jobs (`imet submit`, `imet render`).
     #[serde(default, skip_serializing_if = "ClusterSection::is_default")]
     pub cluster: ClusterSection,
+    /// Test-time inference: test images only, saved thresholds applied
+    /// (`imet package` sets it; not part of any job's identity).
+    #[serde(default, skip_serializing_if = "InferenceSection::is_default")]
+    pub inference: InferenceSection,
 }
 
 impl JobSpec {
@@ -133,6 +139,7 @@ impl JobSpec {
             }
         }
         self.cluster.validate()?;
+        self.inference.validate()?;
         Ok(())
     }
 
@@ -263,6 +270,8 @@ impl JobSpec {
             o.remove("storage");
             // Where and how jobs are scheduled does not change their outputs.
             o.remove("cluster");
+            // Test-time inference applies what the same spec trained.
+            o.remove("inference");
             o.remove("stages");
             if !self.models.is_empty() {
                 o.insert("models".into(), self.models.iter().map(identity).collect());

@@ -24,6 +24,20 @@ pub struct Inputs {
     pub test: TestIds,
 }
 
+/// What test-time inference reads: `data/labels.csv` and
+/// `data/sample_submission.csv` (no `train.csv`, no training image).
+///
+/// # Errors
+/// [`crate::Error::NotFound`] for a missing file; [`crate::Error::Input`]
+/// naming file and line for malformed content.
+pub async fn load_test_inputs(store: &Store) -> Result<(Vocabulary, TestIds)> {
+    let (labels, test) = tokio::try_join!(store.get(keys::LABELS), store.get(keys::SAMPLE_SUBMISSION))?;
+    let vocab = Vocabulary::parse(keys::LABELS, &labels)?;
+    let test = TestIds::parse(keys::SAMPLE_SUBMISSION, &test)?;
+    info!(classes = vocab.len(), test = test.ids.len(), "test inputs valid");
+    Ok((vocab, test))
+}
+
 /// Reads and validates `data/labels.csv`, `data/train.csv` and
 /// `data/sample_submission.csv` from `store`.
 ///

@@ -14,6 +14,7 @@
 //! peak is about two OOF matrices plus two test matrices, whatever the
 //! number of members (see BENCHMARKS.md, ensemble section).
 
+pub mod apply;
 pub mod blend;
 pub mod config;
 pub mod eval;

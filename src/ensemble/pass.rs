@@ -40,7 +40,7 @@ pub struct Blended {
 }
 
 /// Where the members' files are and what they must look like.
-struct Source<'a> {
+pub(super) struct Source<'a> {
     store: &'a Store,
     job: &'a EnsembleJob,
     fold_of: &'a [u8],
@@ -58,7 +58,7 @@ struct Source<'a> {
 /// member file; storage errors.
 pub async fn blend(store: &Store, job: &EnsembleJob, inputs: &Inputs, seconds: &mut BTreeMap<String, f64>) -> Result<Blended> {
     let cfg = &job.config;
-    let (n, c, nt) = (inputs.train.len(), inputs.vocab.len(), inputs.test.ids.len());
+    let (n, c) = (inputs.train.len(), inputs.vocab.len());
     let kind = cfg.blend;
     let weighted = kind == BlendKind::Weighted;
     let partial = !inputs.full_coverage();
@@ -68,6 +68,8 @@ pub async fn blend(store: &Store, job: &EnsembleJob, inputs: &Inputs, seconds: &
         )));
     }
     let files = inputs.oof_folds.iter().chain(&inputs.test_folds).map(Vec::len).sum::<usize>() as u64;
+    // Weighted blends read the OOF files twice (to fit, then to blend).
+    let files = files + if weighted { inputs.oof_folds.iter().map(Vec::len).sum::<usize>() as u64 } else { 0 };
     let src = Source {
         store,
         job,
@@ -76,7 +78,7 @@ pub async fn blend(store: &Store, job: &EnsembleJob, inputs: &Inputs, seconds: &
         test_index: IdIndex::new(&inputs.test.ids, None),
         classes: c,
         vocabulary_hash: inputs.vocab.hash(),
-        progress: Progress::with_unit("member files", if weighted { 2 * files } else { files }, "files"),
+        progress: Progress::with_unit("member files", files, "files"),
     };
     // Rows each member covers weigh in the blend; with full coverage every
     // row has every member's weight and the scalar total is used.
@@ -130,29 +132,8 @@ pub async fn blend(store: &Store, job: &EnsembleJob, inputs: &Inputs, seconds: &
             report::MemberReport { model: m.clone(), weight: 1.0 / cfg.members.len() as f32, oof_f2, threshold }
         })
         .collect();
-    let mut test_acc = Accumulator::new(kind, if weighted { 0 } else { nt }, c);
-    let mut tta = 1;
-    {
-        let whole_needed = matches!(kind, BlendKind::Rank | BlendKind::Geometric);
-        let mut model = if whole_needed { vec![0f32; nt * c] } else { Vec::new() };
-        for (mi, m) in cfg.members.iter().enumerate() {
-            model.iter_mut().for_each(|v| *v = 0.0);
-            let nf = inputs.test_folds[mi].len() as f32;
-            let t = src
-                .stream(m, PredictionKind::Test, &inputs.test_folds[mi], |r, p| match kind {
-                    BlendKind::Mean => test_acc.add_row(r, p, 1.0 / nf),
-                    BlendKind::Weighted => {}
-                    BlendKind::Rank | BlendKind::Geometric => model[r * c..(r + 1) * c].iter_mut().zip(p).for_each(|(a, b)| *a += b / nf),
-                })
-                .await?;
-            tta = tta.max(t);
-            match kind {
-                BlendKind::Mean => test_acc.add_weight(1.0),
-                BlendKind::Weighted => {}
-                BlendKind::Rank | BlendKind::Geometric => test_acc.add(&mut model, 1.0),
-            }
-        }
-    }
+    let equal = vec![1.0f32; cfg.members.len()];
+    let (mut test_acc, mut tta) = if weighted { (Accumulator::new(kind, 0, c), 1) } else { src.test_pass(kind, &cfg.members, &inputs.test_folds, &equal).await? };
     info!(peak_rss_mib = peak_rss_mib(), "every member file valid");
     seconds.insert("read_validate_blend".to_string(), t1.elapsed().as_secs_f64());
 
@@ -168,14 +149,11 @@ pub async fn blend(store: &Store, job: &EnsembleJob, inputs: &Inputs, seconds: &
         seconds.insert("fit_weights".to_string(), t.elapsed().as_secs_f64());
         let t = Instant::now();
         oof_acc = Accumulator::new(BlendKind::Weighted, n, c);
-        test_acc = Accumulator::new(BlendKind::Weighted, nt, c);
         for (mi, (m, &w)) in cfg.members.iter().zip(&weights).enumerate() {
-            let nf = inputs.test_folds[mi].len() as f32;
             src.stream(m, PredictionKind::Oof, &inputs.oof_folds[mi], |r, p| oof_acc.add_row(r, p, w)).await?;
             oof_acc.add_weight(w);
-            src.stream(m, PredictionKind::Test, &inputs.test_folds[mi], |r, p| test_acc.add_row(r, p, w / nf)).await?;
-            test_acc.add_weight(w);
         }
+        (test_acc, tta) = src.test_pass(BlendKind::Weighted, &cfg.members, &inputs.test_folds, &weights).await?;
         seconds.insert("weighted_blend".to_string(), t.elapsed().as_secs_f64());
     }
     drop(sub);
@@ -197,7 +175,54 @@ pub async fn blend(store: &Store, job: &EnsembleJob, inputs: &Inputs, seconds: &
     Ok(Blended { oof, test, weights, weights_f2, members: member_reports, blend_oof_f2, tta, rows })
 }
 
-impl Source<'_> {
+impl<'a> Source<'a> {
+    /// The members' test files alone (test-time inference: no training
+    /// images, no OOF files).
+    pub(super) fn test_only(store: &'a Store, job: &'a EnsembleJob, test: &'a [crate::ids::ImageId], classes: usize, vocabulary_hash: String, files: u64) -> Source<'a> {
+        Source {
+            store,
+            job,
+            fold_of: &[],
+            train_index: IdIndex::new(&[], None),
+            test_index: IdIndex::new(test, None),
+            classes,
+            vocabulary_hash,
+            progress: Progress::with_unit("member files", files, "files"),
+        }
+    }
+
+    /// Blends the members' test files of `test_folds` (per member, in
+    /// `members` order), member `i` with weight `weights[i]` and each of
+    /// its files with `1 / files`: the test half of [`blend`], also what
+    /// applying a saved blend does. Returns the accumulator (not finished)
+    /// and the largest TTA seen.
+    ///
+    /// # Errors
+    /// As [`Source::stream`].
+    pub(super) async fn test_pass(&self, kind: BlendKind, members: &[String], test_folds: &[Vec<u8>], weights: &[f32]) -> Result<(Accumulator, u32)> {
+        let (nt, c) = (self.test_index.ids.len(), self.classes);
+        let mut acc = Accumulator::new(kind, nt, c);
+        let mut tta = 1;
+        let whole_needed = matches!(kind, BlendKind::Rank | BlendKind::Geometric);
+        let mut model = if whole_needed { vec![0f32; nt * c] } else { Vec::new() };
+        for (mi, (m, &w)) in members.iter().zip(weights).enumerate() {
+            model.iter_mut().for_each(|v| *v = 0.0);
+            let nf = test_folds[mi].len() as f32;
+            let t = self
+                .stream(m, PredictionKind::Test, &test_folds[mi], |r, p| match kind {
+                    BlendKind::Mean | BlendKind::Weighted => acc.add_row(r, p, w / nf),
+                    BlendKind::Rank | BlendKind::Geometric => model[r * c..(r + 1) * c].iter_mut().zip(p).for_each(|(a, b)| *a += b / nf),
+                })
+                .await?;
+            tta = tta.max(t);
+            match kind {
+                BlendKind::Mean | BlendKind::Weighted => acc.add_weight(w),
+                BlendKind::Rank | BlendKind::Geometric => acc.add(&mut model, w),
+            }
+        }
+        Ok((acc, tta))
+    }
+
     /// Streams one member's files of `kind` for `folds` through
     /// [`members::stream`], calling `sink(row, probs)` for every row, and
     /// checks coverage (OOF: every training image exactly once over the

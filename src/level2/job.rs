@@ -4,9 +4,13 @@
 //! other folds' candidate pairs ([`super::fit_fold`]); writes, as a member
 //! named `level2` of the stage, `models/level2/fold={K}/oof.parquet` (fold
 //! `K`'s images), `test.parquet` (that model's test predictions),
-//! `level2.json` (scores, candidate recall, feature importances) and
-//! `_SUCCESS.json` (last). The stage's ensemble then thresholds these
-//! predictions like any member's.
+//! `model.txt` (the fold model in LightGBM's text format), `level2.json`
+//! (scores, candidate recall, feature importances) and `_SUCCESS.json`
+//! (last). The stage's ensemble then thresholds these predictions like any
+//! member's. For test-time inference (`[inference] oof = false`) the job
+//! fits nothing: the fold's saved `model.txt` scores the members' test
+//! predictions (with the training labels' statistics as features) and
+//! only `test.parquet` is written.
 
 use super::{fit_fold, Level2Config, Level2Input, Member};
 use crate::data::metric::LabelSets;
@@ -41,6 +45,9 @@ pub struct Level2Job {
     pub spec_hash: String,
     /// The members' predict jobs.
     pub inputs: Vec<Upstream>,
+    /// Test-time inference (`[inference] oof = false`): no fitting; the
+    /// fold's saved `model.txt` scores the members' test predictions.
+    pub test_only: bool,
 }
 
 impl Level2Job {
@@ -79,7 +86,7 @@ pub struct Level2Outcome {
 pub async fn run(store: &Store, job: &Level2Job) -> Result<Level2Outcome> {
     let span = info_span!("job", kind = "level2", experiment = %job.experiment, fold = job.fold.0);
     async move {
-        let ran = job.job_ref().run_once(store, || work(store, job)).await?;
+        let ran = if job.test_only { job.job_ref().run_once(store, || work_test(store, job)).await? } else { job.job_ref().run_once(store, || work(store, job)).await? };
         let (skipped, rows, outputs) = match ran {
             Ran::Skipped(m) => (true, 0, m.outputs),
             Ran::Done { outcome, manifest, .. } => (false, outcome, manifest.outputs),
@@ -101,14 +108,6 @@ async fn work(store: &Store, job: &Level2Job) -> Result<(usize, Vec<OutputEntry>
     let c = inputs.vocab.len();
     let fold_of = folds_of(store, job, &inputs).await?;
     let aligned = align(store, job, &inputs, &fold_of).await?;
-    let mean = |ms: &[Vec<f32>]| -> Vec<f32> {
-        let mut out = vec![0f32; ms[0].len()];
-        for m in ms {
-            out.iter_mut().zip(m).for_each(|(a, b)| *a += b);
-        }
-        out.iter_mut().for_each(|v| *v /= ms.len() as f32);
-        out
-    };
     // The blend feature is the members' plain mean: the stage's own blend
     // (weights fitted by its ensemble) is made after this job.
     let (blend, test_blend) = (mean(&aligned.oof), mean(&aligned.test));
@@ -116,7 +115,7 @@ async fn work(store: &Store, job: &Level2Job) -> Result<(usize, Vec<OutputEntry>
     let (cfg, fold, members) = (job.config.clone(), job.fold.0, job.members.clone());
     let (train_ids, test_ids, groups, folds) = (inputs.train.ids.clone(), inputs.test.ids.clone(), inputs.vocab.groups().to_vec(), fold_of.clone());
     let span = tracing::Span::current();
-    let out = tokio::task::spawn_blocking(move || {
+    let mut out = tokio::task::spawn_blocking(move || {
         span.in_scope(|| {
             let input = Level2Input {
                 classes: c,
@@ -156,11 +155,116 @@ async fn work(store: &Store, job: &Level2Job) -> Result<(usize, Vec<OutputEntry>
     let mut outputs = vec![write_predictions_owned(store, &keys::oof(scope, MEMBER, job.fold), Arc::new(oof)).await?];
     let test = Predictions { ids: inputs.test.ids.clone(), probs: out.test.clone(), meta: meta(PredictionKind::Test) };
     outputs.push(write_predictions_owned(store, &keys::test_predictions(scope, MEMBER, job.fold), Arc::new(test)).await?);
+    // The fold model itself, for test-time inference (`imet package`).
+    let text = out.models.pop().map(|(_, t)| t).ok_or_else(|| Error::Level2(format!("fold {fold} has no images: no model was fitted")))?;
+    let model_key = model_key(scope, job.fold);
+    outputs.push(OutputEntry::of_bytes(&model_key, text.as_bytes()));
+    store.put(&model_key, text.into_bytes()).await?;
     let report_key = format!("{}/level2.json", keys::fold_dir(scope, MEMBER, job.fold));
     let bytes = serde_json::to_vec_pretty(&out)?;
     outputs.push(OutputEntry::of_bytes(&report_key, &bytes));
     store.put(&report_key, bytes).await?;
     Ok((rows.len(), outputs))
+}
+
+/// The key of fold `fold`'s model in LightGBM's text format.
+pub fn model_key(scope: Scope<'_>, fold: Fold) -> String {
+    format!("{}/model.txt", keys::fold_dir(scope, MEMBER, fold))
+}
+
+/// The members' plain mean (the blend feature: the stage's own blend is
+/// made after this job).
+fn mean(ms: &[Vec<f32>]) -> Vec<f32> {
+    let mut out = vec![0f32; ms[0].len()];
+    for m in ms {
+        out.iter_mut().zip(m).for_each(|(a, b)| *a += b);
+    }
+    out.iter_mut().for_each(|v| *v /= ms.len() as f32);
+    out
+}
+
+/// Test-time inference of the fold: the saved `model.txt` scores the
+/// members' test predictions; writes `test.parquet`.
+async fn work_test(store: &Store, job: &Level2Job) -> Result<(usize, Vec<OutputEntry>)> {
+    let inputs = load_inputs(store).await?;
+    let c = inputs.vocab.len();
+    let scope = job.scope();
+    let model_key = model_key(scope, job.fold);
+    let text = store.get(&model_key).await?;
+    let text = String::from_utf8(text.to_vec()).map_err(|e| Error::Format { key: model_key.clone(), what: "LightGBM model", reason: e.to_string() })?;
+    let progress = crate::telemetry::Progress::with_unit("member test files", job.members.len() as u64, "members");
+    let mut test = Vec::new();
+    for m in &job.members {
+        test.push(member_test(store, job, &inputs, m).await?);
+        progress.inc(1);
+    }
+    let blend = mean(&test);
+    let labels = LabelSets::from_rows(c, inputs.train.labels.iter().map(|r| r.iter().map(|a| a.0).collect::<Vec<u16>>()));
+    let (cfg, members, groups, test_ids) = (job.config.clone(), job.members.clone(), inputs.vocab.groups().to_vec(), inputs.test.ids.clone());
+    let model_text = text.clone();
+    let span = tracing::Span::current();
+    let probs = tokio::task::spawn_blocking(move || {
+        span.in_scope(|| {
+            let input = super::TestInput {
+                classes: c,
+                groups: &groups,
+                labels: &labels,
+                test_ids: &test_ids,
+                members: members.iter().zip(&test).map(|(name, p)| Member { name, ids: &test_ids, probs: p }).collect(),
+                blend: &blend,
+            };
+            super::predict_test(&input, &cfg, &model_text)
+        })
+    })
+    .await??;
+    info!(fold = job.fold.0, test = inputs.test.ids.len(), "level-2 fold model applied to the test images");
+    let meta = PredictionMeta {
+        experiment: job.experiment.clone(),
+        model: MEMBER.into(),
+        fold: Some(job.fold),
+        kind: PredictionKind::Test,
+        tta: 1,
+        spec_hash: job.spec_hash.clone(),
+        class_count: c,
+        vocabulary_hash: inputs.vocab.hash(),
+    };
+    let test = Predictions { ids: inputs.test.ids.clone(), probs, meta };
+    let outputs = vec![
+        write_predictions_owned(store, &keys::test_predictions(scope, MEMBER, job.fold), Arc::new(test)).await?,
+        OutputEntry::of_bytes(&model_key, text.as_bytes()),
+    ];
+    Ok((0, outputs))
+}
+
+/// Member `m`'s test predictions averaged over the job's test folds, in
+/// `sample_submission.csv` order.
+///
+/// # Errors
+/// [`Error::Member`] naming a file made with another vocabulary, an id
+/// that is not a test image, or a file that misses some.
+async fn member_test(store: &Store, job: &Level2Job, inputs: &Inputs, m: &str) -> Result<Vec<f32>> {
+    let c = inputs.vocab.len();
+    let nt = inputs.test.ids.len();
+    let test_row: HashMap<&ImageId, usize> = inputs.test.ids.iter().enumerate().map(|(i, id)| (id, i)).collect();
+    let folds: Vec<u8> = (0..job.k).filter(|f| job.test_folds.as_ref().is_none_or(|t| t.contains(f))).collect();
+    let mut sum = vec![0f32; nt * c];
+    for &f in &folds {
+        let key = keys::test_predictions(job.scope(), m, Fold(f));
+        let p = read_predictions(store, &key).await?;
+        if p.classes() != c || p.meta.vocabulary_hash != inputs.vocab.hash() {
+            return Err(Error::Member { key, message: "was made with another data/labels.csv; predict it again".into() });
+        }
+        let mut covered = 0;
+        for (r, id) in p.ids.iter().enumerate() {
+            let &i = test_row.get(id).ok_or_else(|| Error::Member { key: key.clone(), message: format!("id `{id}` is not in data/sample_submission.csv") })?;
+            sum[i * c..(i + 1) * c].iter_mut().zip(p.row(r)).for_each(|(a, b)| *a += b / folds.len() as f32);
+            covered += 1;
+        }
+        if covered != nt {
+            return Err(Error::Member { key, message: format!("covers {covered} of {nt} test images") });
+        }
+    }
+    Ok(sum)
 }
 
 /// Each training image's fold.
@@ -187,9 +291,8 @@ async fn folds_of(store: &Store, job: &Level2Job, inputs: &Inputs) -> Result<Vec
 /// the wrong fold, duplicated or missing.
 async fn align(store: &Store, job: &Level2Job, inputs: &Inputs, fold_of: &[u8]) -> Result<Aligned> {
     let c = inputs.vocab.len();
-    let (n, nt) = (inputs.train.len(), inputs.test.ids.len());
+    let n = inputs.train.len();
     let train_row: HashMap<&ImageId, usize> = inputs.train.ids.iter().enumerate().map(|(i, id)| (id, i)).collect();
-    let test_row: HashMap<&ImageId, usize> = inputs.test.ids.iter().enumerate().map(|(i, id)| (id, i)).collect();
     let vh = inputs.vocab.hash();
     let check = |key: &str, p: &Predictions| -> Result<()> {
         if p.classes() != c || p.meta.vocabulary_hash != vh {
@@ -224,24 +327,8 @@ async fn align(store: &Store, job: &Level2Job, inputs: &Inputs, fold_of: &[u8]) 
             });
         }
         oof.push(matrix);
-        let folds: Vec<u8> = (0..job.k).filter(|f| job.test_folds.as_ref().is_none_or(|t| t.contains(f))).collect();
-        let mut sum = vec![0f32; nt * c];
-        for &f in &folds {
-            let key = keys::test_predictions(job.scope(), m, Fold(f));
-            let p = read_predictions(store, &key).await?;
-            check(&key, &p)?;
-            progress.inc(1);
-            let mut covered = 0;
-            for (r, id) in p.ids.iter().enumerate() {
-                let &i = test_row.get(id).ok_or_else(|| Error::Member { key: key.clone(), message: format!("id `{id}` is not in data/sample_submission.csv") })?;
-                sum[i * c..(i + 1) * c].iter_mut().zip(p.row(r)).for_each(|(a, b)| *a += b / folds.len() as f32);
-                covered += 1;
-            }
-            if covered != nt {
-                return Err(Error::Member { key, message: format!("covers {covered} of {nt} test images") });
-            }
-        }
-        test.push(sum);
+        test.push(member_test(store, job, inputs, m).await?);
+        progress.inc(test_files as u64);
     }
     Ok(Aligned { oof, test })
 }

@@ -112,9 +112,24 @@ impl Model {
         self.booster.feature_importance(ImportanceType::Gain).map_err(|e| lgbm("importance", e))
     }
 
+    /// Features per pair the model was fitted on.
+    pub fn features(&self) -> usize {
+        self.features
+    }
+
     /// Trees in the model.
     pub fn trees(&self) -> usize {
         self.booster.num_iterations().max(0) as usize
+    }
+
+    /// A model saved by [`Model::to_text`] (test-time inference).
+    ///
+    /// # Errors
+    /// [`Error::Level2`] when LightGBM cannot read the text.
+    pub fn from_text(text: &str) -> Result<Model> {
+        let booster = Booster::from_string(text).map_err(|e| lgbm("model text", e))?;
+        let features = booster.num_features().max(0) as usize;
+        Ok(Model { booster, features })
     }
 
     /// The model in LightGBM's text format (loadable by the Python package).

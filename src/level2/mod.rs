@@ -114,6 +114,10 @@ pub struct Level2Output {
     /// Total split gain of each feature summed over the fold models, largest first.
     pub importances: Vec<(String, f64)>,
     pub timings: Timings,
+    /// Each fitted fold model in LightGBM's text format, by fold (what
+    /// test-time inference loads: [`predict_test`]).
+    #[serde(skip)]
+    pub models: Vec<(u8, String)>,
 }
 
 /// What one fold model produced.
@@ -125,6 +129,7 @@ struct FoldFit {
     test: Vec<f32>,
     gain: Vec<f64>,
     report: FoldReport,
+    text: String,
 }
 
 fn named<'a>(ms: &[Member<'a>]) -> Vec<(String, &'a [f32])> {
@@ -305,7 +310,7 @@ fn fit_folds(input: &Level2Input<'_>, cfg: &Level2Config, only: Option<u8>) -> R
                     seconds: tf.elapsed().as_secs_f64(),
                 };
                 tracing::info!(fold = f, auc = report.auc, logloss = report.logloss, seconds = report.seconds, "level2 fold model");
-                Ok(FoldFit { fold: f as u8, held: p_held, test: test_p, gain: model.gain()?, report })
+                Ok(FoldFit { fold: f as u8, held: p_held, test: test_p, gain: model.gain()?, report, text: model.to_text()? })
             })
             .collect::<Result<Vec<_>>>()
     })?;
@@ -315,7 +320,9 @@ fn fit_folds(input: &Level2Input<'_>, cfg: &Level2Config, only: Option<u8>) -> R
     let mut test_pairs = vec![0f64; nt * kk];
     let mut gain = vec![0f64; nf];
     let mut reports = Vec::new();
+    let mut texts = Vec::new();
     for fit in fits {
+        texts.push((fit.fold, fit.text));
         for (j, &i) in fold_images[fit.fold as usize].iter().enumerate() {
             oof_pairs[i as usize * kk..(i as usize + 1) * kk].copy_from_slice(&fit.held[j * kk..(j + 1) * kk]);
         }
@@ -346,7 +353,58 @@ fn fit_folds(input: &Level2Input<'_>, cfg: &Level2Config, only: Option<u8>) -> R
         folds: reports,
         importances,
         timings: Timings { candidates: t_cand, features: t_feat, folds: t_folds },
+        models: texts,
     })
+}
+
+/// What test-time inference of one fold model reads: the test images'
+/// member probabilities and their blend, and the training labels (their
+/// statistics are features, as in [`fit_predict`]'s test rows).
+#[derive(Clone, Debug)]
+pub struct TestInput<'a> {
+    pub classes: usize,
+    pub groups: &'a [Group],
+    /// Every training image's labels.
+    pub labels: &'a LabelSets,
+    pub test_ids: &'a [ImageId],
+    /// The members' test probabilities, in the fitting run's member order.
+    pub members: Vec<Member<'a>>,
+    /// Their blend (the members' plain mean).
+    pub blend: &'a [f32],
+}
+
+/// The test probabilities of one saved fold model (`model` in LightGBM's
+/// text format, as [`fit_fold`] fitted it): the same candidates, features
+/// and scores as the fitting run's test output for the same inputs.
+///
+/// # Errors
+/// [`Error::Level2`] for inconsistent input, a model with another feature
+/// count, or a LightGBM failure.
+pub fn predict_test(input: &TestInput<'_>, cfg: &Level2Config, model: &str) -> Result<Vec<f32>> {
+    let c = input.classes;
+    cfg.validate(Some(c)).map_err(|m| bad(m.join("; ")))?;
+    check_members("test", &input.members, input.test_ids, c)?;
+    let nt = input.test_ids.len();
+    if input.blend.len() != nt * c || input.groups.len() != c || input.labels.class_count() != c {
+        return Err(bad(format!("test input of {nt} images x {c} classes has a blend of {} values, {} groups and labels over {} classes", input.blend.len(), input.groups.len(), input.labels.class_count())));
+    }
+    let cand = Candidates::top_k(input.blend, c, cfg.top_k);
+    let settings = FeatureSettings { count_cutoffs: cfg.count_cutoffs.clone(), cooc_top_m: cfg.cooc_top_m };
+    let all = features::LabelStats::of_rows(input.labels, 0..input.labels.len());
+    let members = named(&input.members);
+    let split = Split { members: &members, blend: input.blend, rows: nt, classes: c };
+    let table = features::build(split, &cand, input.groups, |_| &all, &settings);
+    let model = learner::Model::from_text(model)?;
+    if model.features() != table.features() {
+        return Err(bad(format!("the saved model takes {} features per pair but these inputs give {}: it was fitted with other members or settings", model.features(), table.features())));
+    }
+    let p = model.predict(&table.values)?;
+    if p.len() != nt * cfg.top_k {
+        return Err(bad(format!("the saved model scored {} pairs of {}: it was fitted with other features ({})", p.len(), nt * cfg.top_k, table.features())));
+    }
+    // As the fitting run's test output of one model: sum in f64, divided by 1.
+    let pairs: Vec<f32> = p.into_iter().map(|v| (v as f64 / 1.0) as f32).collect();
+    Ok(cand.scatter(&pairs, c))
 }
 
 #[cfg(test)]
@@ -493,6 +551,19 @@ mod tests {
         let m = learner::train(&table.values, &y, table.features(), &cfg).unwrap();
         let seen = metrics::auc(&m.predict(&table.values).unwrap(), &y);
         assert!(seen > 0.9, "a model scoring rows it saw reaches AUC {seen}, so the honest check above can fail");
+    }
+
+    #[test]
+    fn a_saved_fold_model_scores_the_test_images_as_the_fitting_run_did() {
+        let t = toy(300, false);
+        let out = fit_fold(&t.input(), &small(), 2).unwrap();
+        let (fold, text) = &out.models[0];
+        assert_eq!((*fold, out.models.len()), (2, 1));
+        let input = TestInput { classes: C, groups: &t.groups, labels: &t.labels, test_ids: &t.test_ids, members: t.input().test_members, blend: &t.test_blend };
+        assert_eq!(predict_test(&input, &small(), text).unwrap(), out.test, "the same bits as the fitting run's test output");
+        let one_member = TestInput { members: t.input().test_members[..1].to_vec(), ..input.clone() };
+        let err = predict_test(&one_member, &small(), text).unwrap_err().to_string();
+        assert!(err.contains("features per pair"), "{err}");
     }
 
     #[test]

@@ -10,3 +10,4 @@ pub mod show;
 pub mod slurm;
 pub mod k8s;
 pub mod batch;
+pub mod package;

@@ -51,6 +51,11 @@ pub struct PredictJob {
     pub channels_last: bool,
     /// Read the images by id from the experiment's shard sets.
     pub shards: Option<ShardReads>,
+    /// Also predict the fold's validation images (`oof.parquet`); `false`
+    /// for test-time inference (`[inference] oof = false`): test images
+    /// only, reading neither `train.csv`, `folds.parquet` nor a training
+    /// image, and the weights checked against the train job's manifest.
+    pub oof: bool,
 }
 
 impl PredictJob {
@@ -133,36 +138,61 @@ async fn run_inner(store: &Store, job: &PredictJob) -> Result<PredictOutcome> {
 async fn predict(store: &Store, job: &PredictJob) -> Result<((usize, usize, usize), Vec<OutputEntry>)> {
     let f = &job.fold;
     let (exp, scope, model, fold) = (&f.experiment, f.scope(), &f.model, f.fold);
-    let trained = keys::trained(scope, model, fold);
-    let Some(trained) = Manifest::committed(store, &trained, &f.spec_hash).await? else {
-        return Err(Error::Predict {
-            job: f.label(),
-            message: format!(
-                "`{trained}` is missing: the fold model is not trained for this spec; run `imet train --spec <spec> --model {model} --fold {}` first",
-                fold.0
-            ),
-        });
+    let trained_key = keys::trained(scope, model, fold);
+    let not_trained = || Error::Predict {
+        job: f.label(),
+        message: format!(
+            "`{trained_key}` is missing: the fold model is not trained for this spec; run `imet train --spec <spec> --model {model} --fold {}` first",
+            fold.0
+        ),
     };
-    let data = fold_inputs(store, f).await?;
-    let classes = data.inputs.vocab.len();
-    let mut test = data.test;
+    let weights_key = keys::weights(scope, model, fold);
+    // The train job's outputs, listed again in this job's manifest: all of
+    // them, or for test-time inference (a package holds no checkpoints)
+    // the weights alone, which must be the bytes the train job committed.
+    let (mut outputs, vocab, valid, mut test, weights) = if job.oof {
+        let trained = Manifest::committed(store, &trained_key, &f.spec_hash).await?.ok_or_else(not_trained)?;
+        let data = fold_inputs(store, f).await?;
+        let weights = store.get(&weights_key).await?;
+        (trained.outputs, data.inputs.vocab, Some(data.valid), data.test, weights)
+    } else {
+        let trained = Manifest::load(store, &trained_key).await?.ok_or_else(not_trained)?;
+        if trained.spec_hash != f.spec_hash {
+            return Err(Error::SpecChanged { key: trained_key.clone(), expected: f.spec_hash.clone(), found: trained.spec_hash });
+        }
+        let weights = store.get(&weights_key).await?;
+        let entry = OutputEntry::of_bytes(&weights_key, &weights);
+        if !trained.outputs.contains(&entry) {
+            return Err(Error::Predict {
+                job: f.label(),
+                message: format!(
+                    "`{weights_key}` ({} bytes, sha256 {}) is not the file `{trained_key}` lists; the copy is damaged: package the run again",
+                    entry.size, entry.sha256
+                ),
+            });
+        }
+        let (vocab, ids) = crate::data::load_test_inputs(store).await?;
+        let test = ids.ids.iter().map(|id| Item::new(keys::image(Split::Test, id), id.clone(), Vec::<crate::ids::AttributeId>::new())).collect();
+        (vec![entry], vocab, None, test, weights)
+    };
+    let classes = vocab.len();
     if let Some(limit) = job.limit_images {
         test.truncate(limit);
     }
-    let weights_key = keys::weights(scope, model, fold);
-    let weights = store.get(&weights_key).await?;
     let weights_file = format!("{}/{}", store.url().trim_end_matches('/'), weights_key);
     let (mut oof_source, mut test_source) = (None, None);
     if let Some(reads) = &job.shards {
         let images = FoldImages::open(store, exp, reads, &[Split::Train, Split::Test]).await?;
-        oof_source = images.by_id(Split::Train, &data.valid)?;
+        if let Some(valid) = &valid {
+            oof_source = images.by_id(Split::Train, valid)?;
+        }
         test_source = images.by_id(Split::Test, &test)?;
     }
-    let ctx = Ctx { job: job.clone(), classes, store: store.clone(), oof: data.valid, test, oof_source, test_source, handle: tokio::runtime::Handle::current() };
+    let ctx = Ctx { job: job.clone(), classes, store: store.clone(), oof: valid, test, oof_source, test_source, handle: tokio::runtime::Handle::current() };
     let span = tracing::Span::current();
     let (oof, test, stats) = tokio::task::spawn_blocking(move || span.in_scope(|| predict_blocking(ctx, &weights_file, &weights))).await??;
 
-    let vocabulary_hash = data.inputs.vocab.hash();
+    let vocabulary_hash = vocab.hash();
     let meta = |kind| PredictionMeta {
         experiment: exp.clone(),
         model: model.clone(),
@@ -173,11 +203,12 @@ async fn predict(store: &Store, job: &PredictJob) -> Result<((usize, usize, usiz
         class_count: classes,
         vocabulary_hash: vocabulary_hash.clone(),
     };
-    let (oof_n, test_n) = (oof.0.len(), test.0.len());
-    // The weights and history, as the train job committed them.
-    let mut outputs = trained.outputs;
-    let oof_preds = Arc::new(Predictions { ids: oof.0, probs: oof.1, meta: meta(PredictionKind::Oof) });
-    outputs.push(write_predictions_owned(store, &keys::oof(scope, model, fold), oof_preds).await?);
+    let oof_n = oof.as_ref().map_or(0, |o| o.0.len());
+    let test_n = test.0.len();
+    if let Some(oof) = oof {
+        let oof_preds = Arc::new(Predictions { ids: oof.0, probs: oof.1, meta: meta(PredictionKind::Oof) });
+        outputs.push(write_predictions_owned(store, &keys::oof(scope, model, fold), oof_preds).await?);
+    }
     let test_preds = Arc::new(Predictions { ids: test.0, probs: test.1, meta: meta(PredictionKind::Test) });
     outputs.push(write_predictions_owned(store, &keys::test_predictions(scope, model, fold), test_preds).await?);
     let stats_key = keys::predict_stats(scope, model, fold);
@@ -192,7 +223,8 @@ struct Ctx {
     job: PredictJob,
     classes: usize,
     store: Store,
-    oof: Vec<Item>,
+    /// The fold's validation images (none for test-time inference).
+    oof: Option<Vec<Item>>,
     test: Vec<Item>,
     /// Where the OOF and test images are read from (objects when `None`).
     oof_source: Option<Arc<dyn Source>>,
@@ -202,7 +234,7 @@ struct Ctx {
 
 type Probs = (Vec<ImageId>, Vec<f32>);
 
-fn predict_blocking(ctx: Ctx, weights_file: &str, weights: &[u8]) -> Result<(Probs, Probs, PredictStats)> {
+fn predict_blocking(ctx: Ctx, weights_file: &str, weights: &[u8]) -> Result<(Option<Probs>, Probs, PredictStats)> {
     let job = &ctx.job;
     let device = device();
     let dev = DeviceSetup::new(device, job.precision, job.channels_last);
@@ -213,7 +245,8 @@ fn predict_blocking(ctx: Ctx, weights_file: &str, weights: &[u8]) -> Result<(Pro
     let views = tta::views(&job.eval, job.size, &job.tta);
     let output = dev.loader_output();
     let started = std::time::Instant::now();
-    let _job = crate::telemetry::JobProgress::start(format!("predict {}", job.fold.label()), ((ctx.oof.len() + ctx.test.len()) * views.len()) as u64);
+    let oof_len = ctx.oof.as_ref().map_or(0, Vec::len);
+    let _job = crate::telemetry::JobProgress::start(format!("predict {}", job.fold.label()), ((oof_len + ctx.test.len()) * views.len()) as u64);
     let mut run_set = |items: &[Item], set: &str, source: Option<&Arc<dyn Source>>| -> Result<Probs> {
         let ids: Vec<ImageId> = items.iter().map(|i| i.id.clone()).collect();
         let loader = {
@@ -229,10 +262,13 @@ fn predict_blocking(ctx: Ctx, weights_file: &str, weights: &[u8]) -> Result<(Pro
         let (probs, _) = predict_views(&mut net, &dev, loader.epoch(0), items.len(), ctx.classes, &progress)?;
         Ok((ids, probs))
     };
-    let oof = run_set(&ctx.oof, "oof", ctx.oof_source.as_ref())?;
+    let oof = match &ctx.oof {
+        Some(items) => Some(run_set(items, "oof", ctx.oof_source.as_ref())?),
+        None => None,
+    };
     let test = run_set(&ctx.test, "test", ctx.test_source.as_ref())?;
     let seconds = started.elapsed().as_secs_f64();
-    let images = ctx.oof.len() + ctx.test.len();
+    let images = oof_len + ctx.test.len();
     let stats = PredictStats {
         images: images as u64,
         views: views.len() as u64,

@@ -21,6 +21,7 @@ mod layers;
 mod metric_parity;
 mod model_parity;
 mod model_weights;
+mod offline_package;
 mod progress;
 mod recipes;
 mod render;
