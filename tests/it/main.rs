@@ -11,6 +11,7 @@ mod cli;
 mod cli_docs;
 mod data_cli;
 mod ensemble_end_to_end;
+mod failure_records;
 mod fault_proxy;
 mod folds_real;
 mod full_disk;
