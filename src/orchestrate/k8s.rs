@@ -379,7 +379,7 @@ name = "r18"
 arch = "resnet18"
 size = 64
 train = { batch_size = 8, phases = [{ epochs = 1, optimizer = { kind = "sgd", lr = 0.1 } }] }
-resources = { gpus = 2, cpus = 6, memory_gb = 40, time_limit = "90m", predict_time_limit = "30m" }
+resources = { gpus = 1, cpus = 6, memory_gb = 40, time_limit = "90m", predict_time_limit = "30m" }
 [ensemble]
 members = ["r18"]
 [cluster]
@@ -406,7 +406,7 @@ parallelism = 2
             "completionMode: \"Indexed\"",
             "completions: 3",
             "parallelism: 2",
-            "nvidia.com/gpu: \"2\"",
+            "nvidia.com/gpu: \"1\"",
             "memory: \"40Gi\"",
             "secretRef:\n",
             "name: \"imet-s3\"",

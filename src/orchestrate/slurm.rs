@@ -336,7 +336,7 @@ name = "a"
 arch = "resnet18"
 size = 64
 train = { batch_size = 8, phases = [{ epochs = 1, optimizer = { kind = "sgd", lr = 0.1 } }] }
-resources = { gpus = 2, cpus = 6, memory_gb = 40, time_limit = "90m", predict_time_limit = "30m" }
+resources = { gpus = 1, cpus = 6, memory_gb = 40, time_limit = "90m", predict_time_limit = "30m" }
 [[models]]
 name = "b"
 arch = "resnet18"
@@ -371,7 +371,7 @@ sbatch_extra = ["--qos=long"]
         let a = &b[1].text;
         for line in [
             "#SBATCH --array=0-2\n",
-            "#SBATCH --gres=gpu:2\n",
+            "#SBATCH --gres=gpu:1\n",
             "#SBATCH --cpus-per-task=6\n",
             "#SBATCH --mem=40G\n",
             "#SBATCH --time=0-02:00:00\n",

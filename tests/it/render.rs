@@ -20,7 +20,7 @@ name = "r34.gpu"
 arch = "resnet34"
 size = 64
 train = { batch_size = 8, phases = [{ epochs = 1, optimizer = { kind = "sgd", lr = 0.1 } }] }
-resources = { gpus = 2, cpus = 6, memory_gb = 40, time_limit = "90m", predict_time_limit = "30m" }
+resources = { gpus = 1, cpus = 6, memory_gb = 40, time_limit = "90m", predict_time_limit = "30m" }
 [[models]]
 name = "r18"
 arch = "resnet18"
@@ -96,7 +96,7 @@ fn kubernetes_manifests_validate_against_the_official_schemas() {
     assert_eq!(n.trim(), "5", "ConfigMap, folds Job, two model Jobs, ensemble Job");
 
     let gpu = std::fs::read_to_string(out.join("02-model-r34-gpu.yaml")).unwrap();
-    for needle in ["completionMode: \"Indexed\"", "completions: 3", "parallelism: 2", "nvidia.com/gpu: \"2\"", "name: \"imet-s3\"", "serviceAccountName: \"imet-runner\""] {
+    for needle in ["completionMode: \"Indexed\"", "completions: 3", "parallelism: 2", "nvidia.com/gpu: \"1\"", "name: \"imet-s3\"", "serviceAccountName: \"imet-runner\""] {
         assert!(gpu.contains(needle), "{needle} missing:\n{gpu}");
     }
     let cpu = std::fs::read_to_string(out.join("02-model-r18.yaml")).unwrap();
