@@ -33,7 +33,55 @@ fn is_system(soname: &str) -> bool {
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     println!("cargo:rerun-if-env-changed=IMET_LINK_CUDA");
-    let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else { return };
+    println!("cargo:rustc-env=IMET_SOURCE_COMMIT={}", source_commit());
+    let flavour = link();
+    println!("cargo:rustc-env=IMET_LIBTORCH_FLAVOUR={flavour}");
+}
+
+/// The commit the crate is built from, for every manifest:
+/// `IMET_SOURCE_COMMIT` when set (a packaged build), else `git rev-parse
+/// HEAD`, else `unknown` (a source tarball, no git). The script reruns when
+/// HEAD moves.
+fn source_commit() -> String {
+    println!("cargo:rerun-if-env-changed=IMET_SOURCE_COMMIT");
+    if let Ok(c) = std::env::var("IMET_SOURCE_COMMIT") {
+        if !c.trim().is_empty() {
+            return c.trim().to_string();
+        }
+    }
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .filter(|s| !s.is_empty())
+    };
+    // Only this crate's own repository: a tarball unpacked inside another
+    // repository is not that repository's commit.
+    let top = git(&["rev-parse", "--show-toplevel"]).and_then(|t| std::fs::canonicalize(t).ok());
+    let here = std::env::var("CARGO_MANIFEST_DIR").ok().and_then(|d| std::fs::canonicalize(d).ok());
+    if top.is_none() || top != here {
+        return "unknown".into();
+    }
+    let Some(commit) = git(&["rev-parse", "HEAD"]) else { return "unknown".into() };
+    // HEAD and the branch it points at (a worktree has its own HEAD).
+    if let Some(head) = git(&["rev-parse", "--git-path", "HEAD"]) {
+        println!("cargo:rerun-if-changed={head}");
+    }
+    if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]).and_then(|r| git(&["rev-parse", "--git-path", &r])) {
+        println!("cargo:rerun-if-changed={branch}");
+    }
+    if let Some(packed) = git(&["rev-parse", "--git-common-dir"]) {
+        println!("cargo:rerun-if-changed={packed}/packed-refs");
+    }
+    commit
+}
+
+/// Links libtorch; `cuda` when its CUDA part is linked, `cpu` otherwise.
+fn link() -> &'static str {
+    let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else { return "cpu" };
     let lib = PathBuf::from(lib);
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
 
@@ -55,7 +103,7 @@ fn main() {
     let force = std::env::var("IMET_LINK_CUDA").ok();
     if !cuda.exists() || force.as_deref() == Some("0") {
         println!("cargo:warning=libtorch at {} has no usable CUDA part; imet will run on CPU only", lib.display());
-        return;
+        return "cpu";
     }
     // Everything libtorch_cuda needs, transitively, outside the system.
     let mut seen = BTreeSet::new();
@@ -80,7 +128,7 @@ fn main() {
             lib.display(),
             missing.join(", ")
         );
-        return;
+        return "cpu";
     }
     let mut rpaths = BTreeSet::new();
     for p in &link {
@@ -100,4 +148,5 @@ fn main() {
         println!("cargo:rustc-link-arg=-l:{name}");
     }
     println!("cargo:rustc-link-arg=-Wl,--as-needed");
+    "cuda"
 }

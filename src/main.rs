@@ -20,7 +20,7 @@ struct Cli {
 
 /// The environment variables the program reads (names, meaning), listed
 /// by `imet --help` and the man page.
-const ENVIRONMENT: [(&str, &str); 11] = [
+const ENVIRONMENT: [(&str, &str); 12] = [
     ("IMET_ROOT", "Store root used instead of the spec storage.root (file:///abs/path, s3://bucket/prefix, or a path)"),
     ("IMET_DEVICE", "`cpu` runs jobs on the CPU; otherwise CUDA when available"),
     ("IMET_LOG_FORMAT", "Log lines on stderr: `text` (default) or `json` (as --log-format)"),
@@ -32,6 +32,7 @@ const ENVIRONMENT: [(&str, &str); 11] = [
     ("AWS_*", "Any other setting of the S3 client (AWS_ALLOW_HTTP, AWS_WEB_IDENTITY_TOKEN_FILE, ...)"),
     ("SLURM_ARRAY_TASK_ID, JOB_COMPLETION_INDEX, AWS_BATCH_JOB_ARRAY_INDEX", "The fold of `--fold env` (a batch engine's array index)"),
     ("OMP_NUM_THREADS, RAYON_NUM_THREADS", "Threads per job; `imet run` sets them to share the cores unless set"),
+    ("IMET_GPUS", "GPUs `imet run` gives jobs, one each (as --gpus); CUDA_VISIBLE_DEVICES of each job is set from it"),
 ];
 
 /// [`ENVIRONMENT`] as a help section.
@@ -198,6 +199,9 @@ enum Command {
         /// Jobs at a time.
         #[arg(long, default_value_t = 1)]
         parallel: usize,
+        /// GPUs to give jobs, one each: a count (`2`) or ids (`0,2,3`) [default: the GPUs libtorch sees].
+        #[arg(long, env = "IMET_GPUS", value_name = "N|IDS")]
+        gpus: Option<String>,
         /// Run the spec's smoke version instead: sample data, tiny inputs, one epoch per phase, under out/smoke/.
         #[arg(long)]
         smoke: bool,
@@ -570,8 +574,9 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             let (spec, fold) = job.resolve()?;
             predict_fold(&spec, job.stage.as_deref(), &job.model, fold).await
         }
-        Command::Run { spec, parallel, smoke, log_dir, json, program, rerun_stale } => {
-            let mut options = imet::orchestrate::local::RunOptions { parallel, log_dir, rerun_stale, ..imet::orchestrate::local::RunOptions::current_exe()? };
+        Command::Run { spec, parallel, gpus, smoke, log_dir, json, program, rerun_stale } => {
+            let gpus = gpus.map(|g| imet::orchestrate::gpus::parse(&g)).transpose()?;
+            let mut options = imet::orchestrate::local::RunOptions { parallel, log_dir, rerun_stale, gpus, ..imet::orchestrate::local::RunOptions::current_exe()? };
             if let Some(p) = program {
                 options.program = p;
             }

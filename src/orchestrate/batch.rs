@@ -13,7 +13,7 @@
 use super::k8s::{container_image, container_root, write_files, Rendered};
 use super::plan::{shell_quote, JobResources, Plan};
 use crate::fold_job::FOLDS_ENV;
-use crate::error::{Error, Result};
+use crate::error::{Error, ExitKind, Result};
 use crate::spec::{JobSpec, SpecSource};
 use serde_json::{json, Value};
 use std::fmt::Write as _;
@@ -107,7 +107,7 @@ pub fn requests(spec: &JobSpec) -> Result<Vec<(String, String, String)>> {
             "type": "container",
             "platformCapabilities": ["EC2"],
             "containerProperties": container,
-            "retryStrategy": { "attempts": a.attempts },
+            "retryStrategy": retry_strategy(a.attempts),
             "timeout": { "attemptDurationSeconds": r.time_limit_s.max(60) },
             "tags": { "imet:experiment": exp },
             "propagateTags": true,
@@ -144,6 +144,26 @@ pub fn requests(spec: &JobSpec) -> Result<Vec<(String, String, String)>> {
     files.push(("submit-jobs.json".into(), serde_json::to_string_pretty(&submits)? + "\n", format!("{} SubmitJob requests", submits.len())));
     files.push(("submit.sh".into(), submit_script(exp, &submits)?, "registers the definitions and submits the jobs in order".into()));
     Ok(files)
+}
+
+/// Which failed attempts AWS Batch runs again, by imet's exit status
+/// (`ExitKind`), up to `attempts` in all: a transient fault (75) and a lost
+/// host (a Spot reclaim or a terminated instance: status reason `Host
+/// EC2*`) are retried; a wrong spec or command (2), a bad input (3) or a
+/// failed computation (4) end the job at once. AWS Batch retries an
+/// attempt no entry matches, and allows at most five entries.
+pub fn retry_strategy(attempts: u32) -> Value {
+    let exit = |k: ExitKind| json!({ "onExitCode": k.code().to_string(), "action": "EXIT" });
+    json!({
+        "attempts": attempts,
+        "evaluateOnExit": [
+            { "onExitCode": ExitKind::Transient.code().to_string(), "action": "RETRY" },
+            { "onStatusReason": "Host EC2*", "action": "RETRY" },
+            exit(ExitKind::Usage),
+            exit(ExitKind::BadInput),
+            exit(ExitKind::Job),
+        ],
+    })
 }
 
 /// The stand-in for a job's id in `dependsOn` until it is submitted.
@@ -226,6 +246,14 @@ secrets = [{ name = "AWS_SECRET_ACCESS_KEY", value_from = "arn:aws:secretsmanage
         assert!(env.iter().all(|e| e["name"] != "AWS_SECRET_ACCESS_KEY"), "secrets stay out of the environment");
         let spec_env = env.iter().find(|e| e["name"] == SPEC_ENV).unwrap()["value"].as_str().unwrap();
         assert_eq!(JobSpec::parse("env", spec_env).unwrap(), spec, "the spec travels whole");
+        let retry = &def["retryStrategy"];
+        assert_eq!(retry["attempts"], 2);
+        let on = retry["evaluateOnExit"].as_array().unwrap();
+        assert!(on.len() <= 5, "AWS Batch allows five entries");
+        assert!(on.contains(&json!({ "onExitCode": "75", "action": "RETRY" })) && on.contains(&json!({ "onStatusReason": "Host EC2*", "action": "RETRY" })));
+        for code in ["2", "3", "4"] {
+            assert!(on.contains(&json!({ "onExitCode": code, "action": "EXIT" })), "{code}: {on:?}");
+        }
         let folds = json_file(&files, "job-definitions/imet-e-1-folds.json");
         assert!(!folds["containerProperties"]["resourceRequirements"].to_string().contains("GPU"));
     }

@@ -10,7 +10,7 @@
 use super::plan::{short_name, Group, JobResources, Plan};
 use crate::fold_job::FOLDS_ENV;
 use std::collections::HashMap;
-use crate::error::{Error, Result};
+use crate::error::{Error, ExitKind, Result};
 use crate::spec::{JobSpec, SpecSource};
 use serde_json::{json, Value};
 use std::fmt::Write as _;
@@ -175,7 +175,10 @@ pub fn manifests(spec: &JobSpec) -> Result<Vec<(String, String, String)>> {
         json!({ "metadata": { "labels": labels(component) }, "spec": pod })
     };
     let job_object = |name: &str, component: &str, template: Value, extra: Value| {
-        let mut spec = json!({ "backoffLimit": k.backoff_limit, "template": template });
+        // An Indexed Job retries each fold on its own (`backoffLimitPerIndex`),
+        // so one fold's failures do not use up the others' retries.
+        let retries = if extra.get("completionMode").is_some() { "backoffLimitPerIndex" } else { "backoffLimit" };
+        let mut spec = json!({ retries: k.backoff_limit, "podFailurePolicy": pod_failure_policy(), "template": template });
         if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
             s.extend(e.clone());
         }
@@ -220,6 +223,26 @@ pub fn manifests(spec: &JobSpec) -> Result<Vec<(String, String, String)>> {
     Ok(files)
 }
 
+/// The oldest Kubernetes release the manifests run on: `backoffLimitPerIndex`
+/// is on by default from 1.29 (beta; GA in 1.33), `podFailurePolicy` from
+/// 1.26 (GA in 1.31).
+pub const MIN_KUBERNETES: &str = "1.29";
+
+/// How a Job treats a failed pod, by imet's exit status (`ExitKind`): a
+/// wrong spec or command (2), a bad input (3) or a failed computation (4)
+/// fails the Job at once, since a retry would fail the same way; a pod
+/// evicted, preempted or deleted with its node (`DisruptionTarget`) is
+/// retried without counting; a transient fault (75) and anything else
+/// counts against the retries (`backoff_limit`).
+pub fn pod_failure_policy() -> Value {
+    let codes = |kinds: &[ExitKind]| kinds.iter().map(|k| k.code()).collect::<Vec<u8>>();
+    json!({ "rules": [
+        { "action": "FailJob", "onExitCodes": { "containerName": "imet", "operator": "In", "values": codes(&[ExitKind::Usage, ExitKind::BadInput, ExitKind::Job]) } },
+        { "action": "Ignore", "onPodConditions": [{ "type": "DisruptionTarget", "status": "True" }] },
+        { "action": "Count", "onExitCodes": { "containerName": "imet", "operator": "In", "values": codes(&[ExitKind::Transient]) } },
+    ] })
+}
+
 /// The `app.kubernetes.io/component` label of a group's pods.
 fn component_of(g: &Group) -> String {
     match g.kind {
@@ -236,12 +259,34 @@ fn label_value(s: &str) -> String {
 /// complete (models are applied together and waited for together).
 fn submit_script(experiment: &str, namespace: &str, order: &[(String, String, u64)]) -> String {
     let mut s = format!(
-        "#!/bin/sh\n# Runs experiment `{experiment}` on Kubernetes; written by `imet render --engine k8s`.\n\
+        "#!/bin/sh\n# Runs experiment `{experiment}` on Kubernetes (1.{min} or later); written by `imet render --engine k8s`.\n\
          # Jobs already run are deleted and applied again: imet skips work already committed in the store.\n\
+         # Each stage waits until all its Jobs complete, and stops at the first that fails.\n\
          set -eu\ncd \"$(dirname \"$0\")\"\nNS={namespace}\n\
          run() {{ kubectl -n \"$NS\" delete job \"$2\" --ignore-not-found; kubectl apply -f \"$1\"; }}\n\
-         wait_for() {{ kubectl -n \"$NS\" wait --for=condition=complete --timeout=\"$2s\" \"job/$1\"; }}\n\
-         kubectl apply -f 00-spec.yaml\n"
+         # wait_all SECONDS JOB...: polls the Jobs' Complete and Failed conditions.\n\
+         wait_all() {{\n\
+         \x20 limit=$1; shift; waited=0\n\
+         \x20 while :; do\n\
+         \x20   pending=''\n\
+         \x20   for job in \"$@\"; do\n\
+         \x20     state=$(kubectl -n \"$NS\" get job \"$job\" -o jsonpath='{{range .status.conditions[?(@.status==\"True\")]}}{{.type}} {{end}}')\n\
+         \x20     case \" $state \" in\n\
+         \x20       *\" Complete \"*) ;;\n\
+         \x20       *\" Failed \"*)\n\
+         \x20         echo \"job $job failed: $(kubectl -n \"$NS\" get job \"$job\" -o jsonpath='{{.status.conditions[?(@.type==\"Failed\")].message}}')\" >&2\n\
+         \x20         echo \"its pods' logs: kubectl -n $NS logs -l job-name=$job; why each failed job stopped: imet status --spec SPEC\" >&2\n\
+         \x20         exit 1 ;;\n\
+         \x20       *) pending=\"$pending $job\" ;;\n\
+         \x20     esac\n\
+         \x20   done\n\
+         \x20   [ -z \"$pending\" ] && return 0\n\
+         \x20   if [ \"$waited\" -ge \"$limit\" ]; then echo \"timed out after ${{limit}}s waiting for:$pending\" >&2; exit 1; fi\n\
+         \x20   sleep \"${{IMET_POLL_SECS:-10}}\"; waited=$((waited + ${{IMET_POLL_SECS:-10}}))\n\
+         \x20 done\n\
+         }}\n\
+         kubectl apply -f 00-spec.yaml\n",
+        min = MIN_KUBERNETES.trim_start_matches("1."),
     );
     let stage = |f: &str| f.split('-').next().unwrap_or("").to_string();
     let mut i = 0;
@@ -251,9 +296,9 @@ fn submit_script(experiment: &str, namespace: &str, order: &[(String, String, u6
         for (file, name, _) in &group {
             let _ = writeln!(s, "run {file} {name}");
         }
-        for (_, name, timeout) in &group {
-            let _ = writeln!(s, "wait_for {name} {timeout}");
-        }
+        let timeout = group.iter().map(|g| g.2).max().unwrap_or(0);
+        let names: Vec<&str> = group.iter().map(|g| g.1.as_str()).collect();
+        let _ = writeln!(s, "wait_all {timeout} {}", names.join(" "));
         i += group.len();
     }
     let _ = writeln!(s, "echo \"experiment {experiment}: every job completed\"");
@@ -334,7 +379,7 @@ name = "r18"
 arch = "resnet18"
 size = 64
 train = { batch_size = 8, phases = [{ epochs = 1, optimizer = { kind = "sgd", lr = 0.1 } }] }
-resources = { gpus = 2, cpus = 6, memory_gb = 40, time_limit = "90m", predict_time_limit = "30m" }
+resources = { gpus = 1, cpus = 6, memory_gb = 40, time_limit = "90m", predict_time_limit = "30m" }
 [ensemble]
 members = ["r18"]
 [cluster]
@@ -361,7 +406,7 @@ parallelism = 2
             "completionMode: \"Indexed\"",
             "completions: 3",
             "parallelism: 2",
-            "nvidia.com/gpu: \"2\"",
+            "nvidia.com/gpu: \"1\"",
             "memory: \"40Gi\"",
             "secretRef:\n",
             "name: \"imet-s3\"",
@@ -373,8 +418,17 @@ parallelism = 2
         }
         assert!(!file(&files, "01-folds.yaml").contains("nvidia.com/gpu"));
         let s = file(&files, "submit.sh");
-        let (folds, model, ens) = (s.find("wait_for imet-e-1-folds").unwrap(), s.find("run 02-model").unwrap(), s.find("run 03-ensemble").unwrap());
-        assert!(folds < model && s.find("wait_for imet-e-1-r18").unwrap() < ens, "{s}");
+        let (folds, model, ens) = (s.find("wait_all 7200 imet-e-1-folds").unwrap(), s.find("run 02-model").unwrap(), s.find("run 03-ensemble").unwrap());
+        assert!(folds < model && s.find("imet-e-1-r18\n").unwrap() < ens, "{s}");
+        // Each fold retries on its own; spec and input errors fail the Job at once.
+        assert!(m.contains("backoffLimitPerIndex: 2\n") && !m.contains("backoffLimit: "), "{m}");
+        let folds_job = file(&files, "01-folds.yaml");
+        assert!(folds_job.contains("backoffLimit: 2\n") && !folds_job.contains("PerIndex"), "{folds_job}");
+        for job in [m, folds_job] {
+            for needle in ["action: \"FailJob\"", "- 2\n", "- 3\n", "- 4\n", "type: \"DisruptionTarget\"", "action: \"Ignore\"", "action: \"Count\"", "- 75\n"] {
+                assert!(job.contains(needle), "{needle:?} missing from\n{job}");
+            }
+        }
     }
 
     #[test]

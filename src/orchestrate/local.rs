@@ -6,6 +6,7 @@
 //! asks for one, and one log file per job on the local disk. Every job
 //! resumes itself, so a killed run that is started again finishes the rest.
 
+use super::gpus::{GpuPool, VISIBLE_ENV};
 use super::plan::{Job, JobKind, Plan};
 use crate::data;
 use crate::ids::Fold;
@@ -36,6 +37,9 @@ pub struct RunOptions {
     /// were committed again since, run again (their manifest is kept
     /// beside as `_SUCCESS.json.stale-{time}`) instead of failing.
     pub rerun_stale: bool,
+    /// GPU ids jobs are given one each (`--gpus`, `IMET_GPUS`); detected
+    /// when unset ([`super::gpus::detect`]).
+    pub gpus: Option<Vec<String>>,
 }
 
 impl RunOptions {
@@ -45,7 +49,7 @@ impl RunOptions {
     /// [`Error::Io`] when the running executable cannot be found.
     pub fn current_exe() -> Result<RunOptions> {
         let program = std::env::current_exe().map_err(|source| Error::Io { path: PathBuf::from("/proc/self/exe"), source })?;
-        Ok(RunOptions { program, parallel: 1, log_dir: None, rerun_stale: false })
+        Ok(RunOptions { program, parallel: 1, log_dir: None, rerun_stale: false, gpus: None })
     }
 }
 
@@ -269,7 +273,8 @@ pub async fn run_path(source: &SpecSource, smoke: bool, options: &RunOptions) ->
 /// Runs `spec` (loaded from `spec_path`) on this machine: writes the
 /// resolved spec, generates the synthetic sample when asked and absent,
 /// then runs every job of [`Plan::new`] as `{program} {job.args}`,
-/// `parallel` at a time. A job whose manifest is committed is skipped; a
+/// `parallel` at a time, each GPU job on a GPU of its own
+/// ([`super::gpus`]). A job whose manifest is committed is skipped; a
 /// failed job's log tail is printed and its dependents are blocked while
 /// independent jobs still run. On Ctrl-C (SIGINT) no new job starts, the
 /// running ones get the signal, and the run waits for them.
@@ -348,10 +353,11 @@ pub async fn ensemble_f2(store: &Store, experiment: impl std::fmt::Display) -> R
     Ok((oof, cv))
 }
 
-/// A job in flight: its index in the plan and when it started.
+/// A job in flight: its index in the plan, when it started, its GPU.
 struct Running {
     index: usize,
     started: Instant,
+    gpu: Option<String>,
 }
 
 /// Runs the plan's jobs; returns one outcome per job in plan order and
@@ -399,6 +405,8 @@ struct Executor<'a> {
     interrupted: bool,
     /// Jobs settled (skipped, done, failed, blocked): a bar, or log lines.
     progress: Progress,
+    /// GPUs free and in use.
+    gpus: GpuPool,
 }
 
 impl<'a> Executor<'a> {
@@ -416,6 +424,7 @@ impl<'a> Executor<'a> {
             set: JoinSet::new(),
             interrupted: false,
             progress: Progress::with_unit(format!("run {}", plan.experiment), plan.jobs.len() as u64, "jobs"),
+            gpus: GpuPool::new(options.gpus.clone().unwrap_or_else(super::gpus::detect)),
         }
     }
 
@@ -491,19 +500,29 @@ impl<'a> Executor<'a> {
             if !ready {
                 continue;
             }
+            // A GPU job waits for a GPU of its own; later jobs may still start.
+            let Some(gpu) = self.gpus.take(job.resources.gpus) else { continue };
+            let visible = self.gpus.visible(gpu.as_deref());
             let log = log_file(self.log_dir, &job.id);
-            match spawn(&self.options.program, job, &log, self.threads) {
+            match spawn(&self.options.program, job, &log, self.threads, visible.as_deref()) {
                 Ok(mut child) => {
                     let Some(pid) = child.id() else {
                         self.state[i] = JobState::Failed;
                         self.outcomes[i].output = format!("exited before it could be watched; see {}", log.display());
+                        if let Some(g) = gpu {
+                            self.gpus.give_back(g);
+                        }
                         continue;
                     };
-                    self.say("started", i, &format!("log {}", log.display()));
-                    self.running.insert(pid, Running { index: i, started: Instant::now() });
+                    let on = gpu.as_deref().map(|g| format!(" on GPU {g}")).unwrap_or_default();
+                    self.say("started", i, &format!("log {}{on}", log.display()));
+                    self.running.insert(pid, Running { index: i, started: Instant::now(), gpu });
                     self.set.spawn(async move { (pid, child.wait().await) });
                 }
                 Err(e) => {
+                    if let Some(g) = gpu {
+                        self.gpus.give_back(g);
+                    }
                     self.state[i] = JobState::Failed;
                     self.outcomes[i].output = e.to_string();
                     self.say("failed", i, &e.to_string());
@@ -515,6 +534,9 @@ impl<'a> Executor<'a> {
     /// Records the exit of the job running as `pid`.
     fn finished(&mut self, pid: u32, status: std::io::Result<std::process::ExitStatus>) {
         let Some(r) = self.running.remove(&pid) else { return };
+        if let Some(g) = r.gpu {
+            self.gpus.give_back(g);
+        }
         let i = r.index;
         let job = &self.plan.jobs[i];
         let seconds = r.started.elapsed().as_secs_f64();
@@ -604,17 +626,21 @@ pub fn threads_per_job(parallel: usize) -> usize {
 /// Unless the caller set them, `OMP_NUM_THREADS` (libtorch's intra-op
 /// threads) and `RAYON_NUM_THREADS` (decoding) are `threads`, so parallel
 /// jobs share the cores instead of each taking all of them.
-fn spawn(program: &Path, job: &Job, log: &Path, threads: usize) -> Result<tokio::process::Child> {
+fn spawn(program: &Path, job: &Job, log: &Path, threads: usize, visible: Option<&str>) -> Result<tokio::process::Child> {
     let io = |source| Error::Io { path: log.to_path_buf(), source };
     let mut file = std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(io)?;
+    let gpus = visible.map(|v| format!("{VISIBLE_ENV}={v:?} ")).unwrap_or_default();
     {
         use std::io::Write;
         let stamp = chrono::Utc::now().to_rfc3339();
-        writeln!(file, "=== {stamp} {}", job.command_line(&program.display().to_string())).map_err(io)?;
+        writeln!(file, "=== {stamp} {gpus}{}", job.command_line(&program.display().to_string())).map_err(io)?;
     }
     let err = file.try_clone().map_err(io)?;
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(&job.args).stdin(std::process::Stdio::null()).stdout(file).stderr(err);
+    if let Some(v) = visible {
+        cmd.env(VISIBLE_ENV, v);
+    }
     for var in ["OMP_NUM_THREADS", "RAYON_NUM_THREADS"] {
         if std::env::var_os(var).is_none() {
             cmd.env(var, threads.to_string());

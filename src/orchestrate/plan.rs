@@ -462,7 +462,7 @@ name = "a"
 arch = "resnet18"
 size = 64
 train = { batch_size = 8, phases = [{ epochs = 1, optimizer = { kind = "sgd", lr = 0.1 } }] }
-resources = { gpus = 2, time_limit = "90m" }
+resources = { gpus = 1, time_limit = "90m" }
 [[models]]
 name = "b"
 arch = "resnet34"
@@ -496,7 +496,7 @@ groups = { culture = "main" }
         let t = plan.job("train/a/2").unwrap();
         assert_eq!(t.deps, ["folds"]);
         assert_eq!(t.command_line("imet"), "imet train --spec jobs/s.toml --model a --fold 2");
-        assert_eq!(t.resources, JobResources { gpus: 2, cpus: 8, memory_gb: 32, time_limit_s: 5400 });
+        assert_eq!(t.resources, JobResources { gpus: 1, cpus: 8, memory_gb: 32, time_limit_s: 5400 });
         assert_eq!(plan.job("predict/b/0").unwrap().deps, ["train/b/0"]);
         let e = plan.job("ensemble").unwrap();
         assert_eq!(e.deps, ["predict/a/0", "predict/a/1", "predict/a/2"]);

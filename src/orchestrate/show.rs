@@ -207,7 +207,7 @@ name = "a"
 arch = "resnet18"
 size = 64
 train = { batch_size = 8, phases = [{ epochs = 1, optimizer = { kind = "sgd", lr = 0.1 } }] }
-resources = { gpus = 2, memory_gb = 48, time_limit = "90m" }
+resources = { gpus = 1, memory_gb = 48, time_limit = "90m" }
 [ensemble]
 members = ["a"]
 "#,
@@ -217,7 +217,7 @@ members = ["a"]
         let t = table(&plan, "imet");
         assert_eq!(t.lines().count(), 2 + plan.jobs.len() + 1, "{t}");
         let row = t.lines().find(|l| l.starts_with("train/a/1")).unwrap();
-        for cell in ["folds", " 2 ", "48G", "1h30m", "imet train --spec jobs/s.toml --model a --fold 1"] {
+        for cell in ["folds", " 1 ", "48G", "1h30m", "imet train --spec jobs/s.toml --model a --fold 1"] {
             assert!(row.contains(cell), "{cell} missing in {row}");
         }
         assert!(t.lines().any(|l| l.starts_with("ensemble") && l.contains("predict/a/{0-1}")), "{t}");

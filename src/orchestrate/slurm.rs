@@ -8,7 +8,7 @@
 
 use super::plan::{shell_quote, JobResources, Plan};
 use super::show::ranges;
-use crate::error::{Error, Result};
+use crate::error::{Error, ExitKind, Result};
 use crate::spec::{ClusterSection, SpecSource};
 use serde::Serialize;
 use std::collections::HashSet;
@@ -199,6 +199,11 @@ fn script(b: &Batch, cluster: &ClusterSection, ctx: &Context, r: &JobResources, 
     }
     let log = ctx.dir.join("logs").join(format!("{}-{}.log", b.key.replace('/', "-"), if b.array.is_some() { "%A_%a" } else { "%j" }));
     opt(format!("--output={}", log.display()));
+    // A requeued job appends to its log, so the first attempt's stays.
+    opt("--open-mode=append".into());
+    if cluster.slurm.requeues > 0 {
+        opt("--requeue".into());
+    }
     opt(format!("--chdir={}", ctx.workdir.display()));
     opt("--nodes=1".into());
     opt("--ntasks=1".into());
@@ -218,10 +223,31 @@ fn script(b: &Batch, cluster: &ClusterSection, ctx: &Context, r: &JobResources, 
         opt(extra.clone());
     }
     let _ = writeln!(s, "# {}: {}", b.key, b.jobs.join(" "));
-    s.push_str("set -euo pipefail\n");
+    s.push_str("set -uo pipefail\n");
     let _ = writeln!(s, "export {}={}", crate::storage::config::ROOT_ENV, shell_quote(&ctx.root));
-    let _ = writeln!(s, "{command}");
+    let _ = writeln!(s, "status=0\n{{ {command}; }} || status=$?");
+    s.push_str(&requeue_on_transient(cluster.slurm.requeues));
+    s.push_str("exit \"$status\"\n");
     s
+}
+
+/// The script's tail after the job's commands: on the transient exit
+/// status (75) the job requeues itself, at most `requeues` times counted by
+/// `SLURM_RESTART_COUNT`; every other status ends the job as it is, so a
+/// spec or input error (2, 3, 4) fails it at once and its dependents with it.
+fn requeue_on_transient(requeues: u32) -> String {
+    if requeues == 0 {
+        return String::new();
+    }
+    let transient = ExitKind::Transient.code();
+    format!(
+        "# Exit {transient}: a transient fault outlasted imet's retries; requeue (Slurm starts a\n\
+         # requeued job after its credential lifetime, 120 s by default).\n\
+         if [ \"$status\" -eq {transient} ] && [ \"${{SLURM_RESTART_COUNT:-0}}\" -lt {requeues} ]; then\n\
+         \x20 echo \"imet: exit {transient} (transient fault); requeueing, restart $(( ${{SLURM_RESTART_COUNT:-0}} + 1 )) of {requeues}\" >&2\n\
+         \x20 scontrol requeue \"$SLURM_JOB_ID\" || echo \"imet: scontrol requeue failed; the job ends with exit {transient}\" >&2\n\
+         fi\n"
+    )
 }
 
 /// A bash script that submits the same batches again (what `--dry-run`
@@ -310,7 +336,7 @@ name = "a"
 arch = "resnet18"
 size = 64
 train = { batch_size = 8, phases = [{ epochs = 1, optimizer = { kind = "sgd", lr = 0.1 } }] }
-resources = { gpus = 2, cpus = 6, memory_gb = 40, time_limit = "90m", predict_time_limit = "30m" }
+resources = { gpus = 1, cpus = 6, memory_gb = 40, time_limit = "90m", predict_time_limit = "30m" }
 [[models]]
 name = "b"
 arch = "resnet18"
@@ -345,7 +371,7 @@ sbatch_extra = ["--qos=long"]
         let a = &b[1].text;
         for line in [
             "#SBATCH --array=0-2\n",
-            "#SBATCH --gres=gpu:2\n",
+            "#SBATCH --gres=gpu:1\n",
             "#SBATCH --cpus-per-task=6\n",
             "#SBATCH --mem=40G\n",
             "#SBATCH --time=0-02:00:00\n",
@@ -354,13 +380,18 @@ sbatch_extra = ["--qos=long"]
             "#SBATCH --chdir=/w\n",
             "#SBATCH --output=/w/.imet/slurm/e/logs/model-a-%A_%a.log\n",
             "export IMET_ROOT=file:///w/out\n",
-            "/opt/imet train --spec /w/s.toml --model a --fold env && /opt/imet predict --spec /w/s.toml --model a --fold env\n",
+            "{ /opt/imet train --spec /w/s.toml --model a --fold env && /opt/imet predict --spec /w/s.toml --model a --fold env; } || status=$?\n",
+            "#SBATCH --requeue\n",
+            "#SBATCH --open-mode=append\n",
+            "if [ \"$status\" -eq 75 ] && [ \"${SLURM_RESTART_COUNT:-0}\" -lt 2 ]; then\n",
+            "  scontrol requeue \"$SLURM_JOB_ID\"",
+            "exit \"$status\"\n",
         ] {
             assert!(a.contains(line), "{line:?} missing from\n{a}");
         }
         assert!(!b[2].text.contains("--gres"), "a CPU model asks for no GPU:\n{}", b[2].text);
-        assert!(b[0].text.contains("/opt/imet folds --spec /w/s.toml\n"));
-        assert!(b[3].text.contains("/opt/imet ensemble --spec /w/s.toml\n"));
+        assert!(b[0].text.contains("{ /opt/imet folds --spec /w/s.toml; } || status=$?\n"));
+        assert!(b[3].text.contains("{ /opt/imet ensemble --spec /w/s.toml; } || status=$?\n"));
     }
 
     #[test]
@@ -388,6 +419,15 @@ sbatch_extra = ["--qos=long"]
         assert!(s.contains("job_folds=$(sbatch --parsable folds.sbatch | cut -d';' -f1)"), "{s}");
         assert!(s.contains("job_model_a=$(sbatch --parsable --kill-on-invalid-dep=yes --dependency=afterok:$job_folds model-a.sbatch"), "{s}");
         assert!(s.contains("--dependency=afterok:$job_model_a:$job_model_b ensemble.sbatch"), "{s}");
+    }
+
+    #[test]
+    fn requeues_zero_leaves_out_the_requeue_and_the_status_still_passes_through() {
+        let (mut spec, plan, ctx) = setup();
+        spec.cluster.slurm.requeues = 0;
+        let b = batches(&plan, &spec.cluster, &HashSet::new(), &ctx);
+        assert!(!b[0].text.contains("requeue"), "{}", b[0].text);
+        assert!(b[0].text.ends_with("exit \"$status\"\n"), "{}", b[0].text);
     }
 
     #[test]

@@ -1,12 +1,14 @@
 //! Experiment status (orchestrate stage): where an experiment stands, from
 //! the store only, whichever executor ran it (local, Slurm, Kubernetes,
 //! AWS Batch). Reads the jobs' manifests, the train jobs' checkpoint
-//! listings and the ensemble's `report.json`; writes nothing.
+//! listings, the failure records of jobs not done (why their latest
+//! attempt failed) and the ensemble's `report.json`; writes nothing.
 
 use super::plan::{JobKind, Plan};
 use crate::ids::Fold;
 use crate::error::{Error, Result};
 use crate::spec::JobSpec;
+use crate::storage::failure::FailureRecord;
 use crate::storage::{keys, Store};
 use serde::Serialize;
 use std::path::Path;
@@ -16,7 +18,8 @@ use std::path::Path;
 pub struct JobStatus {
     pub job: String,
     pub kind: JobKind,
-    /// `done` (manifest committed for this spec), `pending`, or `stale`
+    /// `done` (manifest committed for this spec), `failed` (not done, and
+    /// its latest attempt failed: see `failure`), `pending`, or `stale`
     /// (committed by a different spec).
     pub state: String,
     /// Train jobs: the latest checkpoint's epoch in the store.
@@ -25,6 +28,10 @@ pub struct JobStatus {
     /// Train jobs: epochs over all phases.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub epochs: Option<u32>,
+    /// Why its latest attempt failed, for a job not done whose failure
+    /// record (`_FAILED.json`) has this spec's hash.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<FailureRecord>,
 }
 
 /// Where the experiment stands.
@@ -54,6 +61,9 @@ impl StatusReport {
                 _ => String::new(),
             };
             out.push_str(&format!("{:<width$}  {:<8} {progress}\n", j.job, j.state));
+            if let Some(f) = &j.failure {
+                out.push_str(&format!("{:<width$}    {}\n", "", f.summary()));
+            }
         }
         out.push_str(&format!("{}/{} jobs done\n", self.done, self.total));
         if let Some(f2) = self.oof_f2 {
@@ -76,9 +86,13 @@ pub async fn status(spec: &JobSpec) -> Result<StatusReport> {
     let plan = Plan::new(spec, Path::new("spec.toml"))?;
     let mut jobs = Vec::with_capacity(plan.jobs.len());
     for job in &plan.jobs {
+        let mut failure = None;
         let state = match job.committed(&store).await {
             Ok(true) => "done",
-            Ok(false) => "pending",
+            Ok(false) => {
+                failure = FailureRecord::load(&store, &job.manifest).await?.filter(|f| f.spec_hash == job.spec_hash);
+                if failure.is_some() { "failed" } else { "pending" }
+            }
             Err(Error::SpecChanged { .. } | Error::Stale { .. }) => "stale",
             Err(e) => return Err(e),
         };
@@ -89,7 +103,7 @@ pub async fn status(spec: &JobSpec) -> Result<StatusReport> {
             let scope = crate::storage::keys::Scope { experiment: &spec.experiment, stage: job.stage.as_deref() };
             checkpoint_epoch = latest_checkpoint(&store, scope, model, Fold(fold)).await?;
         }
-        jobs.push(JobStatus { job: job.id.clone(), kind: job.kind, state: state.into(), checkpoint_epoch, epochs });
+        jobs.push(JobStatus { job: job.id.clone(), kind: job.kind, state: state.into(), checkpoint_epoch, epochs, failure });
     }
     let (_, oof_f2, cv_f2) = super::local::stages_f2(&store, spec).await?;
     let done = jobs.iter().filter(|j| j.state == "done").count();

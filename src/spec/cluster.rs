@@ -45,7 +45,7 @@ pub struct ClusterSection {
 }
 
 /// `[cluster.slurm]`.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SlurmSettings {
     /// `--partition` of every job; the cluster's default when unset.
@@ -57,6 +57,12 @@ pub struct SlurmSettings {
     /// Extra `#SBATCH` lines, without the prefix, e.g. `"--qos=long"`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sbatch_extra: Vec<String>,
+    /// Times a job that ends with exit status 75 (a transient fault that
+    /// outlasted the retries) requeues itself with `scontrol requeue`,
+    /// counted by `SLURM_RESTART_COUNT`; 0 never requeues. Other failures
+    /// are never requeued.
+    #[serde(default = "default_retries")]
+    pub requeues: u32,
 }
 
 /// `[cluster.kubernetes]`.
@@ -121,6 +127,12 @@ fn default_pull_policy() -> String {
 }
 fn default_attempts() -> u32 {
     2
+}
+
+impl Default for SlurmSettings {
+    fn default() -> Self {
+        SlurmSettings { partition: None, account: None, sbatch_extra: Vec::new(), requeues: default_retries() }
+    }
 }
 
 impl Default for KubernetesSettings {
@@ -205,6 +217,9 @@ impl ClusterSection {
             if !line.starts_with('-') || line.contains('\n') {
                 return Err(format!("`cluster.slurm.sbatch_extra` line {line:?}: write one sbatch option per line, e.g. \"--qos=long\" (no `#SBATCH` prefix)"));
             }
+        }
+        if self.slurm.requeues > 20 {
+            return Err(format!("`cluster.slurm.requeues` = {}: at most 20", self.slurm.requeues));
         }
         let k = &self.kubernetes;
         if !is_dns_label(&k.namespace) {

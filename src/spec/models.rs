@@ -98,6 +98,7 @@ impl FoldItem {
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Resources {
+    /// GPUs one train or predict job uses: 1, or 0 to run on CPUs.
     #[serde(default = "one_u32")]
     pub gpus: u32,
     #[serde(default = "cpus")]
@@ -249,8 +250,15 @@ impl ModelSpec {
 
 impl Resources {
     fn validate(&self, at: &dyn Fn(&str) -> String) -> Result<(), String> {
-        if self.cpus == 0 || self.memory_gb == 0 || self.gpus > 16 {
-            return Err(format!("{}: cpus and memory_gb must be at least 1, gpus at most 16", at("resources")));
+        if self.cpus == 0 || self.memory_gb == 0 {
+            return Err(format!("{}: cpus and memory_gb must be at least 1", at("resources")));
+        }
+        if self.gpus > 1 {
+            return Err(format!(
+                "{} = {}: a train or predict job uses one GPU (data-parallel training over several is not built); set 0 or 1, and run more folds at once instead (`imet run --parallel`, the engines' arrays)",
+                at("resources.gpus"),
+                self.gpus
+            ));
         }
         parse_duration(&self.time_limit).map_err(|e| format!("{}: {e}", at("resources.time_limit")))?;
         parse_duration(&self.predict_time_limit).map_err(|e| format!("{}: {e}", at("resources.predict_time_limit")))?;

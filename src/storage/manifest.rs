@@ -70,6 +70,23 @@ pub struct Manifest {
     /// RFC 3339 time of the commit.
     pub created_at: String,
     pub imet_version: String,
+    /// The git commit imet was built from (`unknown` outside git).
+    #[serde(default = "unknown")]
+    pub source_commit: String,
+    /// The libtorch build linked: `cpu` or `cuda`.
+    #[serde(default = "unknown")]
+    pub libtorch: String,
+    /// The device the job's torch work used (`cpu`, `cuda:0 of N ...`).
+    #[serde(default = "unknown")]
+    pub device: String,
+    /// The host the job ran on.
+    #[serde(default = "unknown")]
+    pub host: String,
+}
+
+/// What manifests written before a field existed read as.
+fn unknown() -> String {
+    "unknown".into()
 }
 
 /// An upstream job a job read from.
@@ -94,13 +111,18 @@ pub enum CommitOutcome {
 
 impl Manifest {
     pub fn new(job: JobId, spec_hash: impl Into<String>, outputs: Vec<OutputEntry>) -> Manifest {
+        let build = super::provenance::Build::current();
         Manifest {
             job,
             spec_hash: spec_hash.into(),
             outputs,
             inputs: Vec::new(),
             created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            imet_version: env!("CARGO_PKG_VERSION").to_string(),
+            imet_version: build.imet_version,
+            source_commit: build.source_commit,
+            libtorch: build.libtorch,
+            device: build.device,
+            host: super::provenance::host(),
         }
     }
 
@@ -299,12 +321,23 @@ impl JobRef {
             tracing::info!(key = %self.manifest, job = %self.id, "already committed for this spec; skipping");
             return Ok(Ran::Skipped(done));
         }
-        let inputs = self.read_inputs(store).await?;
-        let (outcome, outputs) = work().await?;
-        let mut manifest = Manifest::new(self.id.clone(), self.spec_hash.clone(), outputs);
-        manifest.inputs = inputs;
-        let commit = manifest.commit(store, &self.manifest).await?;
-        crate::fault::point("job.committed");
+        let ran = async {
+            let inputs = self.read_inputs(store).await?;
+            let (outcome, outputs) = work().await?;
+            let mut manifest = Manifest::new(self.id.clone(), self.spec_hash.clone(), outputs);
+            manifest.inputs = inputs;
+            let commit = manifest.commit(store, &self.manifest).await?;
+            crate::fault::point("job.committed");
+            Ok::<_, Error>((outcome, manifest, commit))
+        }
+        .await;
+        let (outcome, manifest, commit) = match ran {
+            Ok(done) => done,
+            Err(e) => {
+                super::failure::record(store, self, &e).await;
+                return Err(e);
+            }
+        };
         if let CommitOutcome::AlreadyCommitted(_) = &commit {
             tracing::info!(key = %self.manifest, job = %self.id, "another run committed the same job first");
         }

@@ -1,13 +1,16 @@
 //! Storage stage: object stores from URLs with retries, the key layout,
 //! atomic and conditional writes, job manifests, Parquet reading and writing
 //! of every data product, TensorBoard event files of training histories,
-//! and a read-through local disk cache for inputs.
+//! a read-through local disk cache for inputs, and the failure record a
+//! failed job leaves beside its manifest.
 
 pub mod cache;
 pub mod config;
+pub mod failure;
 pub mod keys;
 pub mod manifest;
 pub mod parquet;
+pub mod provenance;
 pub mod store;
 pub mod tensorboard;
 

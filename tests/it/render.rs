@@ -20,7 +20,7 @@ name = "r34.gpu"
 arch = "resnet34"
 size = 64
 train = { batch_size = 8, phases = [{ epochs = 1, optimizer = { kind = "sgd", lr = 0.1 } }] }
-resources = { gpus = 2, cpus = 6, memory_gb = 40, time_limit = "90m", predict_time_limit = "30m" }
+resources = { gpus = 1, cpus = 6, memory_gb = 40, time_limit = "90m", predict_time_limit = "30m" }
 [[models]]
 name = "r18"
 arch = "resnet18"
@@ -61,11 +61,18 @@ docs = []
 for f in sorted(glob.glob(sys.argv[1] + "/*.yaml")):
     with open(f) as fh:
         docs += [(f, d) for d in yaml.safe_load_all(fh) if d]
-for version in ["1.27.0", kubernetes_validate.latest_version()]:
+# The oldest release imet supports (MIN_KUBERNETES) and the newest known.
+for version in [sys.argv[2] + ".0", kubernetes_validate.latest_version()]:
     for f, d in docs:
         kubernetes_validate.validate(d, version, strict=True)
-# The check can fail: a misspelt field and a wrong type are caught.
 job = next(d for f, d in docs if d["kind"] == "Job" and d["spec"].get("completionMode") == "Indexed")
+# Indexed Jobs need backoffLimitPerIndex, which 1.27 lacks: the minimum is real.
+try:
+    kubernetes_validate.validate(job, "1.27.0", strict=True)
+    sys.exit("an Indexed Job with backoffLimitPerIndex validated against 1.27")
+except kubernetes_validate.ValidationError:
+    pass
+# The check can fail: a misspelt field and a wrong type are caught.
 for breakage in ["typo", "type"]:
     bad = copy.deepcopy(job)
     if breakage == "typo":
@@ -85,11 +92,11 @@ fn kubernetes_manifests_validate_against_the_official_schemas() {
     let tmp = tempfile::tempdir().unwrap();
     render("k8s", tmp.path());
     let out = tmp.path().join("out");
-    let n = common::run_python(K8S_CHECK, &[out.to_str().unwrap()]);
+    let n = common::run_python(K8S_CHECK, &[out.to_str().unwrap(), imet::orchestrate::k8s::MIN_KUBERNETES]);
     assert_eq!(n.trim(), "5", "ConfigMap, folds Job, two model Jobs, ensemble Job");
 
     let gpu = std::fs::read_to_string(out.join("02-model-r34-gpu.yaml")).unwrap();
-    for needle in ["completionMode: \"Indexed\"", "completions: 3", "parallelism: 2", "nvidia.com/gpu: \"2\"", "name: \"imet-s3\"", "serviceAccountName: \"imet-runner\""] {
+    for needle in ["completionMode: \"Indexed\"", "completions: 3", "parallelism: 2", "nvidia.com/gpu: \"1\"", "name: \"imet-s3\"", "serviceAccountName: \"imet-runner\""] {
         assert!(gpu.contains(needle), "{needle} missing:\n{gpu}");
     }
     let cpu = std::fs::read_to_string(out.join("02-model-r18.yaml")).unwrap();
@@ -99,30 +106,55 @@ fn kubernetes_manifests_validate_against_the_official_schemas() {
     assert!(!(all + &gpu).contains("secretKeyRef") && !SPEC.contains("AWS_ACCESS_KEY_ID"), "credentials come only from the named Secret");
 }
 
-#[test]
-fn kubernetes_submit_script_applies_each_stage_after_the_previous_one_completes() {
+/// Runs the rendered k8s `submit.sh` against a stand-in `kubectl` that
+/// records its calls and reports every Job Complete, except `failing`
+/// (Failed from its second poll on); (exit status, stderr, calls).
+fn run_k8s_submit(failing: &str) -> (std::process::ExitStatus, String, String) {
     let tmp = tempfile::tempdir().unwrap();
     render("k8s", tmp.path());
     let bin = tmp.path().join("bin");
     std::fs::create_dir(&bin).unwrap();
     let log = tmp.path().join("kubectl.log");
-    let fake = format!("#!/bin/sh\necho \"$*\" >> {}\n", log.display());
+    let polls = tmp.path().join("polls");
+    let fake = format!(
+        "#!/bin/sh\necho \"$*\" >> {log}\ncase \"$*\" in\n  *\" get job {failing} \"*message*) echo \"Pod imet-0 has condition FailJob matching rule at index 0\" ;;\n  \
+         *\" get job {failing} \"*) n=$(($(cat {polls} 2>/dev/null || echo 0) + 1)); echo $n > {polls}; if [ $n -ge 2 ]; then echo \"FailureTarget Failed \"; fi ;;\n  \
+         *\" get job \"*) echo \"Complete \" ;;\nesac\n",
+        log = log.display(),
+        polls = polls.display(),
+    );
     std::fs::write(bin.join("kubectl"), fake).unwrap();
     Command::new("chmod").arg("+x").arg(bin.join("kubectl")).status().unwrap();
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
-    let out = Command::new("sh").arg(tmp.path().join("out/submit.sh")).env("PATH", path).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let calls = std::fs::read_to_string(&log).unwrap();
+    let out = Command::new("sh").arg(tmp.path().join("out/submit.sh")).env("PATH", path).env("IMET_POLL_SECS", "0").output().unwrap();
+    (out.status, String::from_utf8_lossy(&out.stderr).to_string(), std::fs::read_to_string(&log).unwrap())
+}
+
+#[test]
+fn kubernetes_submit_script_applies_each_stage_after_the_previous_one_completes() {
+    let (status, stderr, calls) = run_k8s_submit("none");
+    assert!(status.success(), "{stderr}");
     let pos = |needle: &str| calls.find(needle).unwrap_or_else(|| panic!("{needle:?} not called:\n{calls}"));
     assert!(pos("apply -f 00-spec.yaml") < pos("apply -f 01-folds.yaml"));
-    assert!(pos("apply -f 01-folds.yaml") < pos("wait --for=condition=complete --timeout=7200s job/imet-render-test-folds"));
-    let folds_done = pos("job/imet-render-test-folds");
+    assert!(pos("apply -f 01-folds.yaml") < pos("get job imet-render-test-folds -o jsonpath="));
+    let folds_done = pos("get job imet-render-test-folds");
     for model in ["imet-render-test-r34-gpu", "imet-render-test-r18"] {
         assert!(folds_done < pos(&format!("delete job {model} --ignore-not-found")));
-        assert!(pos(&format!("job/{model}")) < pos("apply -f 03-ensemble.yaml"), "{calls}");
+        assert!(pos(&format!("get job {model} ")) < pos("apply -f 03-ensemble.yaml"), "{calls}");
     }
-    assert!(pos("apply -f 03-ensemble.yaml") < pos("job/imet-render-test-ensemble"));
-    assert!(calls.lines().all(|l| !l.contains(" wait ") || l.starts_with("-n ml ")), "{calls}");
+    assert!(pos("apply -f 03-ensemble.yaml") < pos("get job imet-render-test-ensemble"));
+    assert!(calls.lines().all(|l| !l.contains(" get job ") || l.starts_with("-n ml ")), "{calls}");
+}
+
+#[test]
+fn kubernetes_submit_script_stops_at_the_first_failed_job_instead_of_waiting_out_its_timeout() {
+    let started = std::time::Instant::now();
+    let (status, stderr, calls) = run_k8s_submit("imet-render-test-r18");
+    assert!(!status.success(), "a failed Job fails submit.sh:\n{calls}");
+    assert!(stderr.contains("job imet-render-test-r18 failed: Pod imet-0 has condition FailJob"), "{stderr}");
+    assert!(stderr.contains("imet status"), "{stderr}");
+    assert!(!calls.contains("apply -f 03-ensemble.yaml"), "nothing after the failed stage is applied:\n{calls}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(60), "stopped at once, not after the 90-minute timeout");
 }
 
 const BATCH_CHECK: &str = r#"

@@ -42,7 +42,7 @@ impl Fixture {
         self.calls().iter().filter_map(|l| l.strip_prefix("start ")).map(|l| l.split(' ').next().unwrap().to_string()).collect()
     }
     fn options(&self, parallel: usize) -> RunOptions {
-        RunOptions { program: self.program.clone(), parallel, log_dir: None, rerun_stale: false }
+        RunOptions { program: self.program.clone(), parallel, log_dir: None, rerun_stale: false, gpus: None }
     }
 }
 

@@ -225,3 +225,104 @@ imet = {:?}
     let logs: Vec<String> = std::fs::read_dir(dir.join("logs")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
     assert!(logs.iter().any(|l| l.starts_with("model-r18-") && l.ends_with("_1.log")), "array task 1 logged: {logs:?}");
 }
+
+/// `scontrol show job ID` as `Key=Value` pairs (the job stays visible for
+/// MinJobAge after it ends).
+fn job_fields(conf: &str, id: &str) -> std::collections::HashMap<String, String> {
+    let out = Command::new("scontrol").env("SLURM_CONF", conf).args(["show", "job", id]).output().expect("scontrol runs");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Waits until job `id` has ended; its final fields. A job requeued and
+/// held back by its begin time (Slurm delays a requeued job by the
+/// credential lifetime, 120 s) is released at once, which is all the test
+/// changes of what Slurm does.
+fn wait_ended(conf: &str, id: &str, log: &Path, limit: Duration) -> std::collections::HashMap<String, String> {
+    let start = Instant::now();
+    loop {
+        let f = job_fields(conf, id);
+        match f.get("JobState").map(String::as_str) {
+            Some("COMPLETED" | "FAILED" | "CANCELLED" | "TIMEOUT" | "NODE_FAIL" | "OUT_OF_MEMORY") => return f,
+            Some("PENDING") if f.get("Reason").map(String::as_str) == Some("BeginTime") => {
+                let _ = Command::new("scontrol").env("SLURM_CONF", conf).args(["update", &format!("jobid={id}"), "StartTime=now"]).output();
+            }
+            _ => {}
+        }
+        if start.elapsed() > limit {
+            let _ = Command::new("scancel").env("SLURM_CONF", conf).arg(id).output();
+            panic!("job {id} not ended after {limit:?}: {f:?}\nlog:\n{}", std::fs::read_to_string(log).unwrap_or_default());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// A spec whose `cluster.imet` is `wrapper`, a script standing in for imet
+/// that counts its calls in `calls` and then does what `body` says.
+fn wrapped_spec(dir: &Path, experiment: &str, body: &str) -> PathBuf {
+    let wrapper = dir.join("imet-wrapper.sh");
+    let calls = dir.join("calls");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nn=$(($(cat {c} 2>/dev/null || echo 0) + 1)); echo $n > {c}\necho \"attempt $n restart ${{SLURM_RESTART_COUNT:-0}}\"\n{body}\n",
+            c = calls.display()
+        ),
+    )
+    .unwrap();
+    Command::new("chmod").arg("+x").arg(&wrapper).status().unwrap();
+    let spec = format!(
+        "experiment = {experiment:?}\n[storage]\nroot = {:?}\n[data.sample]\ntrain = 40\ntest = 8\nclasses = 6\n[folds]\nk = 3\n[cluster]\nimet = {:?}\n",
+        dir.join("root").display().to_string(),
+        wrapper.display().to_string()
+    );
+    std::fs::write(dir.join("spec.toml"), spec).unwrap();
+    calls
+}
+
+fn submitted_id(text: &str, key: &str) -> String {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|rest| rest.split_whitespace().next()).filter(|id| id.bytes().all(|b| b.is_ascii_digit())))
+        .unwrap_or_else(|| panic!("no job id for {key} in:\n{text}"))
+        .to_string()
+}
+
+#[test]
+fn a_job_that_exits_75_requeues_itself_and_passes_on_its_second_attempt() {
+    let cluster = Cluster::up();
+    let tmp = tempfile::tempdir().unwrap();
+    // The first attempt ends as a transient fault that outlasted imet's
+    // retries would; the second runs the real imet.
+    let calls = wrapped_spec(tmp.path(), "slurm-requeue", &format!("[ $n -ge 2 ] || exit 75\nexec {:?} \"$@\"", env!("CARGO_BIN_EXE_imet")));
+    let _cancel = CancelOnDrop { conf: &cluster.conf, experiment: "slurm-requeue", keys: &["folds"] };
+    let text = ok(imet(tmp.path(), &cluster.conf).args(["submit", "--spec", "spec.toml", "--engine", "slurm"]).output().unwrap(), "imet submit");
+    let id = submitted_id(&text, "folds ");
+    let log = tmp.path().join(format!(".imet/slurm/slurm-requeue/logs/folds-{id}.log"));
+    let f = wait_ended(&cluster.conf, &id, &log, Duration::from_secs(120));
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!((f["JobState"].as_str(), f["ExitCode"].as_str(), f["Restarts"].as_str()), ("COMPLETED", "0:0", "1"), "{f:?}\n{log_text}");
+    assert_eq!(std::fs::read_to_string(&calls).unwrap().trim(), "2");
+    assert!(tmp.path().join("root/runs/slurm-requeue/_FOLDS_SUCCESS.json").exists(), "{log_text}");
+    // The log keeps both attempts (--open-mode=append).
+    assert!(log_text.contains("attempt 1 restart 0") && log_text.contains("requeueing, restart 1 of 2") && log_text.contains("attempt 2 restart 1"), "{log_text}");
+}
+
+#[test]
+fn a_job_that_exits_2_fails_at_once_and_is_not_requeued() {
+    let cluster = Cluster::up();
+    let tmp = tempfile::tempdir().unwrap();
+    // The real imet, called with an argument it does not know: exit 2.
+    let calls = wrapped_spec(tmp.path(), "slurm-usage", &format!("exec {:?} --no-such-option \"$@\"", env!("CARGO_BIN_EXE_imet")));
+    let _cancel = CancelOnDrop { conf: &cluster.conf, experiment: "slurm-usage", keys: &["folds"] };
+    let text = ok(imet(tmp.path(), &cluster.conf).args(["submit", "--spec", "spec.toml", "--engine", "slurm"]).output().unwrap(), "imet submit");
+    let id = submitted_id(&text, "folds ");
+    let log = tmp.path().join(format!(".imet/slurm/slurm-usage/logs/folds-{id}.log"));
+    let f = wait_ended(&cluster.conf, &id, &log, Duration::from_secs(60));
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!((f["JobState"].as_str(), f["ExitCode"].as_str(), f["Restarts"].as_str()), ("FAILED", "2:0", "0"), "{f:?}\n{log_text}");
+    assert_eq!(std::fs::read_to_string(&calls).unwrap().trim(), "1", "{log_text}");
+    assert!(!log_text.contains("requeueing"), "{log_text}");
+}
