@@ -8,6 +8,7 @@
 //! runs/{experiment}/models/{model}/fold={k}/checkpoints/epoch={e}.safetensors
 //! runs/{experiment}/models/{model}/fold={k}/{model.safetensors,history.parquet,oof.parquet,test.parquet}
 //! runs/{experiment}/models/{model}/fold={k}/_SUCCESS.json
+//! {manifest}.lease/{generation:010}.json   a job's lease, beside its manifest
 //! runs/{experiment}/models/{model}/fold={k}/tensorboard/events.out.tfevents.0000000000.{experiment}.{model}.fold{k}
 //! runs/{experiment}/ensemble/...
 //! runs/{experiment}/stages/{stage}/...   a later stage: models/, ensemble/, data/ as above
@@ -235,6 +236,16 @@ pub fn stage_data(scope: impl Display, name: &str) -> String {
 /// The manifest of a stage's data edits.
 pub fn stage_data_success(scope: impl Display) -> String {
     stage_data(scope, "_SUCCESS.json")
+}
+
+/// The folder of the lease of the job committed by `manifest`.
+pub fn lease_dir(manifest: &str) -> String {
+    format!("{manifest}.lease")
+}
+
+/// One generation of a job's lease: `{manifest}.lease/{generation:010}.json`.
+pub fn lease(manifest: &str, generation: u64) -> String {
+    format!("{}/{generation:010}.json", lease_dir(manifest))
 }
 
 #[cfg(test)]
