@@ -1,7 +1,8 @@
 //! Garbage collection (orchestrate stage, `imet gc`): what an experiment's
 //! store holds that its current spec no longer needs, listed (dry run) or
 //! deleted (`--delete`). Reads the spec's plan, every object under
-//! `runs/{experiment}/` and the manifests and leases there; with
+//! `runs/{experiment}/` and `leases/runs/{experiment}/`, and the manifests
+//! and leases there; with
 //! `--delete`, deletes what it listed and nothing else.
 //!
 //! Garbage, by reason:
@@ -78,7 +79,8 @@ pub struct GcReport {
     pub items: Vec<GcItem>,
     /// Total bytes of `items`.
     pub bytes: u64,
-    /// Objects under `runs/{experiment}/` looked at.
+    /// Objects under `runs/{experiment}/` and `leases/runs/{experiment}/`
+    /// looked at.
     pub scanned: usize,
     /// Whether the items were deleted.
     pub deleted: bool,
@@ -123,7 +125,9 @@ pub async fn gc(spec: &JobSpec, delete: bool) -> Result<GcReport> {
     let store = spec.open_store()?;
     let plan = Plan::new(spec, Path::new("spec.toml"))?;
     let exp = &spec.experiment;
-    let objects = store.list(&format!("{}/", keys::run(exp))).await?;
+    let mut objects = store.list(&format!("{}/", keys::run(exp))).await?;
+    let lease_root = format!("{}/", keys::lease_dir(&keys::run(exp)));
+    objects.extend(store.list(&lease_root).await?);
     let sizes: BTreeMap<&str, u64> = objects.iter().map(|o| (o.key.as_str(), o.size)).collect();
     let mut items: BTreeMap<String, GcItem> = BTreeMap::new();
     let mut add = |key: &str, reason: GcReason| {
@@ -231,9 +235,12 @@ pub async fn gc(spec: &JobSpec, delete: bool) -> Result<GcReport> {
     let policy = store.lease_policy().clone();
     let mut lease_dirs: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for o in &objects {
-        if let Some((manifest, _)) = o.key.split_once(".lease/") {
-            lease_dirs.entry(manifest).or_default().push(o.key.as_str());
+        if !o.key.starts_with(&lease_root) {
+            continue;
         }
+        // `leases/{manifest}/{generation}.json`
+        let Some((_, manifest)) = o.key.rsplit_once('/').and_then(|(dir, _)| dir.split_once('/')) else { continue };
+        lease_dirs.entry(manifest).or_default().push(o.key.as_str());
     }
     for (manifest, gens) in &lease_dirs {
         let done = committed_manifests.contains(manifest) || store.exists(manifest).await?;

@@ -2,8 +2,9 @@
 //! many `imet run` processes, batch-queue retries or hand-started jobs share
 //! a store.
 //!
-//! A lease is a numbered series of small JSON objects beside the job's
-//! manifest, `{manifest}.lease/{generation:010}.json`. A runner takes the
+//! A lease is a numbered series of small JSON objects named by the job's
+//! manifest, `leases/{manifest}/{generation:010}.json` (apart from the
+//! job's outputs, so listing them never shows a lease). A runner takes the
 //! lease by creating the next generation with a conditional create (the
 //! same primitive as the manifest commit: `If-None-Match: *` on S3, a hard
 //! link on a local folder), so of two runners that find a generation dead
@@ -312,10 +313,17 @@ where
         let gens = generations(store, manifest).await?;
         let next = match gens.last() {
             None => 0,
-            Some((g, key)) => match read(store, key).await? {
+            Some((g, key)) => match read(store, key).await {
                 // Deleted between the listing and the read: look again.
-                None => continue,
-                Some(rec) => {
+                Ok(None) => continue,
+                // A damaged record (a torn write on a store without atomic
+                // puts, an edit by hand): nobody can be holding it.
+                Err(e @ Error::Format { .. }) => {
+                    warn!(key = %key, error = %e, "a damaged lease record; taking the job over");
+                    g + 1
+                }
+                Err(e) => return Err(e),
+                Ok(Some(rec)) => {
                     let seen = (rec.generation, rec.beats);
                     let since = match watched {
                         Some((g0, b0, t)) if (g0, b0) == seen => t,
@@ -584,7 +592,7 @@ mod tests {
     async fn a_second_taker_waits_for_a_live_lease_and_takes_it_when_released() {
         let store = store(fast());
         let first = held(&store).await;
-        assert_eq!(first.key(), "j/_SUCCESS.json.lease/0000000000.json");
+        assert_eq!(first.key(), "leases/j/_SUCCESS.json/0000000000.json");
         let s2 = store.clone();
         let second = tokio::spawn(async move { held(&s2).await });
         // Renewed by its heartbeat, the first lease outlives its ttl.
@@ -593,7 +601,7 @@ mod tests {
         first.ensure_held().await.unwrap();
         first.release().await;
         let second = tokio::time::timeout(Duration::from_secs(5), second).await.unwrap().unwrap();
-        assert_eq!(second.key(), "j/_SUCCESS.json.lease/0000000001.json");
+        assert_eq!(second.key(), "leases/j/_SUCCESS.json/0000000001.json");
         second.finish_committed().await.unwrap();
         assert!(generations(&store, "j/_SUCCESS.json").await.unwrap().is_empty());
     }
@@ -621,7 +629,7 @@ mod tests {
         let t = Instant::now();
         let second = held(&store).await;
         assert!(t.elapsed() >= Duration::from_secs(2), "taken after ttl_s: {:?}", t.elapsed());
-        assert_eq!(second.key(), "j/_SUCCESS.json.lease/0000000001.json");
+        assert_eq!(second.key(), "leases/j/_SUCCESS.json/0000000001.json");
         // The stalled holder asks the store before writing, and stops.
         tokio::time::sleep(Duration::from_millis(1_100)).await;
         let err = first.ensure_held().await.unwrap_err();

@@ -95,7 +95,7 @@ fn two_runners_and_one(dir: &Path, root: &str, ref_root: &str, env: &[(&str, Str
     let objects = rt.block_on(store.list(&keys::run(EXP))).unwrap();
     let manifests: Vec<&str> = objects.iter().map(|o| o.key.as_str()).filter(|k| plan.jobs.iter().any(|j| j.manifest == *k)).collect();
     assert_eq!(manifests.len(), plan.jobs.len(), "one manifest per job: {manifests:?}");
-    let leases: Vec<&str> = objects.iter().map(|o| o.key.as_str()).filter(|k| k.contains(".lease/")).collect();
+    let leases: Vec<String> = rt.block_on(store.list(keys::LEASES)).unwrap().into_iter().map(|o| o.key).collect();
     assert!(leases.is_empty(), "every lease is deleted once its job commits: {leases:?}");
 
     let logs = [dir.join("logs-a"), dir.join("logs-b")];
@@ -245,7 +245,7 @@ fn leases_of_gone_runners_are_taken_over() {
     assert!(train0_log.contains("generation=4") && !train0_log.contains("waiting"), "{train0_log}");
     let train1_log = std::fs::read_to_string(dir.path().join("logs/train_r18_1.log")).unwrap();
     assert!(train1_log.contains("generation=1") && train1_log.contains("another-machine"), "{train1_log}");
-    let left = rt.block_on(store.list(&keys::run(EXP))).unwrap().into_iter().filter(|o| o.key.contains(".lease/")).count();
+    let left = rt.block_on(store.list(keys::LEASES)).unwrap().len();
     assert_eq!(left, 0, "the planted generations are deleted with the commit");
     println!("runners: 2 planted leases taken over (gone pid at once, silent runner after ttl_s = 6 s); run {seconds:.1} s");
 }
