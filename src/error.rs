@@ -127,6 +127,10 @@ pub enum Error {
     #[error("optimiser state: {message}")]
     OptimizerState { message: String },
 
+    // ---- storage: job leases ----------------------------------------------
+    #[error("job lease `{key}` was taken over by another runner (this one stopped renewing it in time); this run stopped writing the job's outputs. Run the same command again: it skips the job once the other runner commits it")]
+    LeaseLost { key: String },
+
     // ---- orchestrate: local runner ----------------------------------------
     #[error("experiment `{experiment}`: job(s) {failed:?} failed (logs in {log_dir}); fix the cause and run the same command again: committed jobs are skipped")]
     JobsFailed { experiment: String, failed: Vec<String>, log_dir: String },
@@ -227,6 +231,7 @@ impl Error {
         use Error as E;
         match self {
             E::Store { .. } if self.is_transient() => ExitKind::Transient,
+            E::LeaseLost { .. } => ExitKind::Transient,
             E::Store { .. } | E::Cache { .. } | E::Io { .. } => ExitKind::Storage,
             E::StoreUrl { .. } | E::Spec { .. } | E::Usage(_) | E::Stale { .. } | E::SpecChanged { .. } | E::AlreadyExists { .. } => ExitKind::Usage,
             E::NotFound { .. }

@@ -218,6 +218,17 @@ enum Command {
         #[arg(long)]
         rerun_stale: bool,
     },
+    /// List (or with --delete remove) what the store holds that the spec no longer needs: stale jobs, superseded checkpoints, dead leases, staging files.
+    Gc {
+        #[command(flatten)]
+        spec: SpecArg,
+        /// Delete what is listed (the default is a dry run).
+        #[arg(long)]
+        delete: bool,
+        /// Print the list as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Where an experiment stands, from its store: jobs done and pending, train checkpoints, the OOF F2.
     Status {
         #[command(flatten)]
@@ -583,6 +594,11 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             let summary = imet::orchestrate::local::run_path(&spec.source(), smoke, &options).await?;
             print_report(&summary, json, |s| s.render())?;
             Ok(summary.outcome()?)
+        }
+        Command::Gc { spec, delete, json } => {
+            let spec = spec.load()?;
+            let r = imet::orchestrate::gc::gc(&spec, delete).await.with_context(|| format!("collecting the garbage of experiment `{}`", spec.experiment))?;
+            print_report(&r, json, |r| r.render())
         }
         Command::Status { spec, json } => {
             let spec = spec.load()?;

@@ -2,6 +2,7 @@
 //! them. Reads the spec, calls every earlier stage, writes what they write.
 
 pub mod budget;
+pub mod gc;
 pub mod gpus;
 pub mod local;
 pub mod plan;

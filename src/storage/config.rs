@@ -3,6 +3,7 @@
 //! of a single file named by path or URL.
 
 use super::cache::CacheOptions;
+use super::lease::LeasePolicy;
 use super::store::{RetryPolicy, Store, StoreOptions};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -25,6 +26,14 @@ pub struct StorageSection {
     pub cache_dir: Option<PathBuf>,
     #[serde(default = "default_cache_max_gb")]
     pub cache_max_gb: f64,
+    /// How jobs lease their work so that concurrent runners never work on
+    /// one job at once (`[storage.lease]`).
+    #[serde(default, skip_serializing_if = "is_default_lease")]
+    pub lease: LeasePolicy,
+}
+
+fn is_default_lease(p: &LeasePolicy) -> bool {
+    *p == LeasePolicy::default()
 }
 
 fn default_cache_max_gb() -> f64 {
@@ -37,7 +46,7 @@ impl StorageSection {
         if !(self.cache_max_gb > 0.0) {
             return Err(format!("`storage.cache_max_gb` = {}: must be positive", self.cache_max_gb));
         }
-        Ok(())
+        self.lease.validate()
     }
 
     /// The root as written in the spec, or `IMET_ROOT` when set.
@@ -60,7 +69,7 @@ impl StorageSection {
     /// [`Error::StoreUrl`] for an unusable root; cache errors.
     pub fn open(&self) -> Result<Store> {
         let cache = self.cache_dir.as_ref().map(|dir| CacheOptions { dir: dir.clone(), max_bytes: (self.cache_max_gb * 1e9) as u64 });
-        Store::open_with(&self.root_url()?, StoreOptions { retry: self.retry.clone(), cache, s3_config: Vec::new() })
+        Ok(Store::open_with(&self.root_url()?, StoreOptions { retry: self.retry.clone(), cache, s3_config: Vec::new() })?.with_lease_policy(self.lease.clone()))
     }
 }
 

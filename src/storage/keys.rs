@@ -8,6 +8,7 @@
 //! runs/{experiment}/models/{model}/fold={k}/checkpoints/epoch={e}.safetensors
 //! runs/{experiment}/models/{model}/fold={k}/{model.safetensors,history.parquet,oof.parquet,test.parquet}
 //! runs/{experiment}/models/{model}/fold={k}/_SUCCESS.json
+//! leases/{manifest}/{generation:010}.json   a running job's lease, named by its manifest
 //! runs/{experiment}/models/{model}/fold={k}/tensorboard/events.out.tfevents.0000000000.{experiment}.{model}.fold{k}
 //! runs/{experiment}/ensemble/...
 //! runs/{experiment}/stages/{stage}/...   a later stage: models/, ensemble/, data/ as above
@@ -235,6 +236,21 @@ pub fn stage_data(scope: impl Display, name: &str) -> String {
 /// The manifest of a stage's data edits.
 pub fn stage_data_success(scope: impl Display) -> String {
     stage_data(scope, "_SUCCESS.json")
+}
+
+/// Where leases are: `leases/`, apart from every job's outputs (a folder
+/// listing of a job's outputs never shows a lease).
+pub const LEASES: &str = "leases";
+
+/// The folder of the lease of the job committed by `manifest`:
+/// `leases/{manifest}`.
+pub fn lease_dir(manifest: &str) -> String {
+    format!("{LEASES}/{manifest}")
+}
+
+/// One generation of a job's lease: `leases/{manifest}/{generation:010}.json`.
+pub fn lease(manifest: &str, generation: u64) -> String {
+    format!("{}/{generation:010}.json", lease_dir(manifest))
 }
 
 #[cfg(test)]

@@ -305,13 +305,17 @@ impl JobRef {
         Ok(out)
     }
 
-    /// Skips the job when it is committed for this spec; otherwise runs
+    /// Skips the job when it is committed for this spec; otherwise takes
+    /// the job's lease ([`super::lease`]: waiting while another live runner
+    /// holds it, and skipping the job if that runner commits it), runs
     /// `work`, which returns its outcome and every output it wrote, and
-    /// commits those outputs. Nothing is committed when `work` fails.
+    /// commits those outputs. Nothing is committed when `work` fails, or
+    /// when the lease was lost meanwhile; the lease is deleted after the
+    /// commit and released after a failure.
     ///
     /// # Errors
     /// `work`'s error; [`Error::SpecChanged`] when the job was committed by
-    /// another spec; storage errors.
+    /// another spec; [`Error::LeaseLost`]; storage errors.
     pub async fn run_once<T, F, Fut>(&self, store: &Store, work: F) -> Result<Ran<T>>
     where
         F: FnOnce() -> Fut,
@@ -321,25 +325,52 @@ impl JobRef {
             tracing::info!(key = %self.manifest, job = %self.id, "already committed for this spec; skipping");
             return Ok(Ran::Skipped(done));
         }
-        let ran = async {
-            let inputs = self.read_inputs(store).await?;
-            let (outcome, outputs) = work().await?;
-            let mut manifest = Manifest::new(self.id.clone(), self.spec_hash.clone(), outputs);
-            manifest.inputs = inputs;
-            let commit = manifest.commit(store, &self.manifest).await?;
-            crate::fault::point("job.committed");
-            Ok::<_, Error>((outcome, manifest, commit))
-        }
-        .await;
-        let (outcome, manifest, commit) = match ran {
-            Ok(done) => done,
-            Err(e) => {
-                super::failure::record(store, self, &e).await;
-                return Err(e);
+        // One live runner per job: wait while another holds the job's lease.
+        let lease = match super::lease::acquire(store, &self.id, &self.manifest, || async { Ok(self.committed(store).await?.is_some()) }).await? {
+            super::lease::Taken::Held(lease) => lease,
+            super::lease::Taken::Committed => {
+                tracing::info!(key = %self.manifest, job = %self.id, "committed by another runner while this one waited; skipping");
+                let done = self.committed(store).await?.ok_or_else(|| Error::Format { key: self.manifest.clone(), what: "job manifest", reason: "vanished right after it was found".into() })?;
+                return Ok(Ran::Skipped(done));
             }
         };
-        if let CommitOutcome::AlreadyCommitted(_) = &commit {
-            tracing::info!(key = %self.manifest, job = %self.id, "another run committed the same job first");
+        let _stop = lease.stop_on_drop();
+        let ran = self.run_leased(store, &lease, work).await;
+        match &ran {
+            Ok(_) => {
+                if let Err(e) = lease.finish_committed().await {
+                    tracing::warn!(key = %lease.key(), error = %e, "could not delete the committed job's lease (`imet gc --delete` removes it)");
+                }
+            }
+            Err(e) => {
+                super::failure::record(store, self, e).await;
+                lease.release().await
+            }
+        }
+        ran
+    }
+
+    /// [`JobRef::run_once`] once this process holds the job's lease.
+    async fn run_leased<T, F, Fut>(&self, store: &Store, lease: &super::lease::Lease, work: F) -> Result<Ran<T>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<(T, Vec<OutputEntry>)>>,
+    {
+        // Committed between the first look and the lease.
+        if let Some(done) = self.committed(store).await? {
+            tracing::info!(key = %self.manifest, job = %self.id, "already committed for this spec; skipping");
+            return Ok(Ran::Skipped(done));
+        }
+        let inputs = self.read_inputs(store).await?;
+        let (outcome, outputs) = lease.scope(work()).await?;
+        lease.ensure_held().await?;
+        let mut manifest = Manifest::new(self.id.clone(), self.spec_hash.clone(), outputs);
+        manifest.inputs = inputs;
+        let commit = manifest.commit(store, &self.manifest).await?;
+        crate::fault::point("job.committed");
+        match &commit {
+            CommitOutcome::Committed => tracing::info!(key = %self.manifest, job = %self.id, "job committed"),
+            CommitOutcome::AlreadyCommitted(_) => tracing::info!(key = %self.manifest, job = %self.id, "another run committed the same job first"),
         }
         Ok(Ran::Done { outcome, manifest, commit })
     }

@@ -103,6 +103,7 @@ pub struct Store {
     url: String,
     retry: RetryPolicy,
     cache: Option<Arc<Cache>>,
+    lease: super::lease::LeasePolicy,
 }
 
 impl Store {
@@ -170,7 +171,7 @@ impl Store {
             Some(c) => Some(Arc::new(Cache::open(c)?)),
             None => None,
         };
-        Ok(Store { inner, prefix, url: url.to_string(), retry: opts.retry, cache })
+        Ok(Store { inner, prefix, url: url.to_string(), retry: opts.retry, cache, lease: Default::default() })
     }
 
     /// A fresh in-memory store (tests, doctests).
@@ -185,6 +186,17 @@ impl Store {
 
     pub fn retry_policy(&self) -> &RetryPolicy {
         &self.retry
+    }
+
+    /// How jobs on this store lease their work ([`super::lease`]).
+    pub fn lease_policy(&self) -> &super::lease::LeasePolicy {
+        &self.lease
+    }
+
+    /// This store with jobs leased by `policy`.
+    pub fn with_lease_policy(mut self, policy: super::lease::LeasePolicy) -> Store {
+        self.lease = policy;
+        self
     }
 
     /// The underlying object store and the full path of `key` (for

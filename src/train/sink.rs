@@ -58,10 +58,17 @@ impl Sink {
     pub fn start(store: Store, job: FoldJob, policy: CheckpointPolicy) -> Sink {
         let (tx, mut rx) = mpsc::channel::<EpochDone>(1);
         let span = tracing::Span::current();
+        // The job's lease (when it runs under one): checked before each
+        // write, so a runner that lost the job never prunes the new
+        // holder's checkpoints.
+        let lease = crate::storage::Lease::current();
         let task = tokio::spawn(
             async move {
                 let mut history_entry = None;
                 while let Some(done) = rx.recv().await {
+                    if let Some(lease) = &lease {
+                        lease.ensure_held().await?;
+                    }
                     history_entry = Some(write_epoch(&store, &job, policy, done).await?);
                 }
                 Ok(history_entry)

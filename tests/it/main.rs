@@ -30,6 +30,7 @@ mod render;
 mod repo_paths;
 mod report;
 mod run_local;
+mod runners;
 mod sample_learnable;
 mod sample_run;
 mod schemas;
