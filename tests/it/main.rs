@@ -9,6 +9,7 @@ mod model_support;
 
 mod cli;
 mod cli_docs;
+mod container_image;
 mod data_cli;
 mod ensemble_end_to_end;
 mod fault_proxy;
