@@ -11,6 +11,7 @@ bash ci/setup-lightgbm.sh
 bash ci/setup-python.sh
 bash ci/setup-s3.sh
 bash ci/setup-slurm.sh install || echo "Slurm could not be installed; tests/slurm.rs will fail and say why"
+bash ci/setup-image-tools.sh || echo "the image tools (buildah, patchelf, busybox-static) could not be installed; tests/it/container_image.rs will fail and say why"
 if [ -f ci/setup-torch-python.sh ]; then bash ci/setup-torch-python.sh; fi
 export IMET_PYTHON="$IMET_VENV/bin/python"
 export IMET_S3S_FS="$IMET_DEPS_DIR/bin/s3s-fs"

@@ -10,6 +10,7 @@ mod model_support;
 mod chaos;
 mod cli;
 mod cli_docs;
+mod container_image;
 mod data_cli;
 mod ensemble_end_to_end;
 mod failure_records;
