@@ -183,7 +183,7 @@ for so in "${!libs[@]}"; do
 done
 
 # Licences of the wheels the libraries come from (torch and nvidia-*).
-site="$(cd "$torch_lib/../.." && pwd)"
+site="$(cd "$(dirname "$(dirname "$torch_lib")")" && pwd)"
 for d in "$site"/torch-*.dist-info "$site"/nvidia_*.dist-info; do
   [ -d "$d" ] || continue
   dist="$(basename "$d" .dist-info)"

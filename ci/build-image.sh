@@ -11,9 +11,9 @@
 #                              Batch manifests run their commands with (`sh -c`)
 #     /etc/ssl/certs/ca-certificates.crt, /etc/passwd, /etc/group (user imet,
 #     uid/gid 10001), /etc/imet (writable by imet: AWS Batch jobs write the
-#     spec there), /home/imet, /tmp
+#     spec there), /var/lib/imet, /tmp
 #     /usr/bin/imet-entrypoint   the entry point (below)
-#   PATH=/opt/imet/bin:/usr/bin, USER 10001:10001, WORKDIR /home/imet
+#   PATH=/opt/imet/bin:/usr/bin, USER 10001:10001, WORKDIR /var/lib/imet
 #   labels org.opencontainers.image.{version,revision,source,created,title}
 #   (revision: the commit the binary was built from, from BUILD_INFO.json;
 #   source: $IMET_IMAGE_SOURCE, else the git remote `origin`),
@@ -88,7 +88,7 @@ cleanup() {
 }
 trap cleanup EXIT
 root="$tmp/root"
-mkdir -p "$root"/{opt,etc/ssl/certs,etc/ld.so.conf.d,etc/imet,home/imet,tmp,usr/bin,usr/lib/x86_64-linux-gnu,usr/lib64}
+mkdir -p "$root"/{opt,etc/ssl/certs,etc/ld.so.conf.d,etc/imet,var/lib/imet,tmp,usr/bin,usr/lib/x86_64-linux-gnu,usr/lib64}
 # Debian's merged /usr: the paths binaries name (/lib64/ld-linux-x86-64.so.2,
 # /bin/sh) resolve as on the build machine.
 ln -s usr/bin "$root/bin"
@@ -157,7 +157,7 @@ real="$(readlink -f "$interp")"
 cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
 cat > "$root/etc/passwd" <<'EOF'
 root:x:0:0:root:/root:/usr/sbin/nologin
-imet:x:10001:10001:imet:/home/imet:/bin/sh
+imet:x:10001:10001:imet:/var/lib/imet:/bin/sh
 nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin
 EOF
 cat > "$root/etc/group" <<'EOF'
@@ -169,7 +169,7 @@ echo 'hosts: files dns' > "$root/etc/nsswitch.conf"
 echo 'include /etc/ld.so.conf.d/*.conf' > "$root/etc/ld.so.conf"
 echo '/usr/lib/x86_64-linux-gnu' > "$root/etc/ld.so.conf.d/x86_64-linux-gnu.conf"
 ldconfig -r "$root"
-chown -R 10001:10001 "$root/home/imet" "$root/etc/imet"
+chown -R 10001:10001 "$root/var/lib/imet" "$root/etc/imet"
 chmod 1777 "$root/tmp"
 
 container="$(bh from --name "imet-build-$$" scratch)"
@@ -181,10 +181,10 @@ created="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 config=(
   --os linux --arch amd64
   --env PATH=/opt/imet/bin:/usr/bin:/bin
-  --env HOME=/home/imet
+  --env HOME=/var/lib/imet
   --env SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
   --user 10001:10001
-  --workingdir /home/imet
+  --workingdir /var/lib/imet
   --label org.opencontainers.image.title=imet
   --label "org.opencontainers.image.version=$version"
   --label "org.opencontainers.image.revision=$commit"

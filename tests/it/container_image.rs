@@ -361,6 +361,8 @@ fn manifest_without_timing(bytes: &[u8]) -> serde_json::Value {
         i["digest"] = serde_json::json!("(upstream timing)");
     }
     m["created_at"] = serde_json::json!("(time)");
+    // The machine that ran the job: the container has a host name of its own.
+    m["host"] = serde_json::json!("(host)");
     m
 }
 
@@ -521,7 +523,8 @@ fn the_image_runs_the_same_job_as_the_host_binary_byte_for_byte() {
     // - tensorboard/: wall times, and the speed and epoch-time scalars;
     // - predict_stats.json: `seconds` and `images_per_sec`;
     // - manifests (_*.json): `created_at`, the sha256 and size they list for
-    //   the files above, and their upstream manifests' digests (over those).
+    //   the files above, and their upstream manifests' digests (over those);
+    //   also `host`, the name of the machine that ran the job.
     let mut differ = Vec::new();
     let mut timed = Vec::new();
     for (key, h) in &host {

@@ -111,8 +111,9 @@ fn each_gpu_job_runs_on_its_own_gpu_and_no_more_run_at_once_than_there_are_gpus(
         }
     }
     assert_eq!(most, 2, "two GPUs: two GPU jobs at once, never more (--parallel 4): {calls:?}");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains(" on GPU 1") && stdout.contains(" on GPU 3"), "{stdout}");
+    // The runner's job lines go to stderr.
+    let text = common::output_text(&out);
+    assert!(text.contains(" on GPU 1") && text.contains(" on GPU 3"), "{text}");
     let log = std::fs::read_to_string(tmp.path().join("root/logs/gpus/train_a_0.log")).unwrap();
     assert!(log.contains("CUDA_VISIBLE_DEVICES=\"1\"") || log.contains("CUDA_VISIBLE_DEVICES=\"3\""), "{log}");
 }
