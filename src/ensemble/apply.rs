@@ -143,22 +143,8 @@ async fn take_groups(store: &Store, job: &EnsembleJob, vocab: &crate::data::Voca
     for (group, stage) in job.config.groups.sources() {
         let scope = Scope { experiment: &job.experiment, stage: Some(stage).filter(|s| *s != MAIN_STAGE) };
         let columns: Vec<usize> = (0..c).filter(|&k| vocab.groups()[k] == group).collect();
-        let key = keys::ensemble_test(scope);
-        let other = pq::read_predictions(store, &key).await?;
-        if other.classes() != c || other.meta.vocabulary_hash != vocab.hash() {
-            return Err(Error::Member { key, message: "was made with another data/labels.csv; rerun that stage".into() });
-        }
-        let row: std::collections::HashMap<&crate::ids::ImageId, usize> = other.ids.iter().enumerate().map(|(r, id)| (id, r)).collect();
-        for (i, id) in ids.iter().enumerate() {
-            let &r = row.get(id).ok_or_else(|| Error::Member {
-                key: key.clone(),
-                message: format!("has no row for `{id}`, which this stage's blend has; both stages must predict the same images"),
-            })?;
-            let src = other.row(r);
-            for &k in &columns {
-                blend[i * c + k] = src[k];
-            }
-        }
+        let own_ids: Vec<&crate::ids::ImageId> = ids.iter().collect();
+        super::take_columns(store, keys::ensemble_test(scope), vocab, &own_ids, &columns, blend).await?;
         info!(group = group.as_str(), from = %scope, "group columns taken from another stage's blend");
     }
     Ok(())

@@ -155,23 +155,42 @@ async fn take_groups(store: &Store, job: &EnsembleJob, inputs: &inputs::Inputs, 
             (keys::ensemble_oof(scope), own_oof_ids, &mut blended.oof),
             (keys::ensemble_test(scope), inputs.test.ids.iter().collect(), &mut blended.test),
         ] {
-            let other = crate::storage::parquet::read_predictions(store, &key).await?;
-            if other.classes() != c || other.meta.vocabulary_hash != inputs.vocab.hash() {
-                return Err(Error::Member { key, message: "was made with another data/labels.csv; rerun that stage".into() });
-            }
-            let row: std::collections::HashMap<&crate::ids::ImageId, usize> = other.ids.iter().enumerate().map(|(r, id)| (id, r)).collect();
-            for (i, id) in own_ids.iter().enumerate() {
-                let &r = row.get(id).ok_or_else(|| Error::Member {
-                    key: key.clone(),
-                    message: format!("has no row for `{id}`, which this stage's blend has; both stages must predict the same images"),
-                })?;
-                let src = other.row(r);
-                for &k in &columns {
-                    own[i * c + k] = src[k];
-                }
-            }
+            take_columns(store, key, &inputs.vocab, &own_ids, &columns, own).await?;
         }
         info!(group = group.as_str(), from = %scope, "group columns taken from another stage's blend");
+    }
+    Ok(())
+}
+
+/// Overwrites `columns` of `own` (rows `own_ids`, the vocabulary's width)
+/// with the same rows and columns of the blend at `key`, another stage's.
+///
+/// # Errors
+/// [`Error::Member`] naming `key` when it was made with another vocabulary
+/// or lacks one of `own_ids`; read errors.
+pub(crate) async fn take_columns(
+    store: &Store,
+    key: String,
+    vocab: &crate::data::Vocabulary,
+    own_ids: &[&crate::ids::ImageId],
+    columns: &[usize],
+    own: &mut [f32],
+) -> Result<()> {
+    let c = vocab.len();
+    let other = crate::storage::parquet::read_predictions(store, &key).await?;
+    if other.classes() != c || other.meta.vocabulary_hash != vocab.hash() {
+        return Err(Error::Member { key, message: "was made with another data/labels.csv; rerun that stage".into() });
+    }
+    let row: std::collections::HashMap<&crate::ids::ImageId, usize> = other.ids.iter().enumerate().map(|(r, id)| (id, r)).collect();
+    for (i, id) in own_ids.iter().enumerate() {
+        let &r = row.get(id).ok_or_else(|| Error::Member {
+            key: key.clone(),
+            message: format!("has no row for `{id}`, which this stage's blend has; both stages must predict the same images"),
+        })?;
+        let src = other.row(r);
+        for &k in columns {
+            own[i * c + k] = src[k];
+        }
     }
     Ok(())
 }
