@@ -10,14 +10,12 @@ use crate::model::Network;
 use crate::telemetry::Progress;
 use tch::{Device, Kind, Reduction, Tensor};
 
-/// The variable that forces the CPU (`IMET_DEVICE=cpu`).
-pub const DEVICE_ENV: &str = "IMET_DEVICE";
-
 /// The device jobs run on: CUDA when available, unless `IMET_DEVICE=cpu`.
 pub fn device() -> Device {
-    match std::env::var(DEVICE_ENV).as_deref() {
-        Ok("cpu") => Device::Cpu,
-        _ => Device::cuda_if_available(),
+    if crate::storage::provenance::cpu_forced() {
+        Device::Cpu
+    } else {
+        Device::cuda_if_available()
     }
 }
 

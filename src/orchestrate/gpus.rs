@@ -42,7 +42,7 @@ pub fn parse(text: &str) -> Result<Vec<String>> {
 /// `IMET_DEVICE=cpu`; else `device_count` of them, named by the runner's
 /// `CUDA_VISIBLE_DEVICES` when set (UUIDs and indices alike), `0..n` when not.
 pub fn detect() -> Vec<String> {
-    if std::env::var("IMET_DEVICE").as_deref() == Ok("cpu") {
+    if crate::storage::provenance::cpu_forced() {
         return Vec::new();
     }
     let n = usize::try_from(tch::Cuda::device_count()).unwrap_or(0);

@@ -16,14 +16,21 @@ pub const SOURCE_COMMIT: &str = env!("IMET_SOURCE_COMMIT");
 /// `cpu` otherwise.
 pub const LIBTORCH: &str = env!("IMET_LIBTORCH_FLAVOUR");
 
-/// The variable that forces torch work onto the CPU (as `fold_job::device`).
-const DEVICE_ENV: &str = "IMET_DEVICE";
+/// The variable that forces torch work onto the CPU (`IMET_DEVICE=cpu`):
+/// the one definition the fold jobs' device, the local runner's GPU count
+/// and the manifests' device all read.
+pub const DEVICE_ENV: &str = "IMET_DEVICE";
+
+/// Whether `IMET_DEVICE=cpu` forces the CPU.
+pub fn cpu_forced() -> bool {
+    std::env::var(DEVICE_ENV).as_deref() == Ok("cpu")
+}
 
 /// The device this process's torch work uses: `cpu`, or `cuda` with the
 /// GPUs it sees (`CUDA_VISIBLE_DEVICES` when set), e.g. `cuda:0 of 1
 /// (CUDA_VISIBLE_DEVICES=3)`.
 pub fn device() -> String {
-    if std::env::var(DEVICE_ENV).as_deref() == Ok("cpu") || !tch::Cuda::is_available() {
+    if cpu_forced() || !tch::Cuda::is_available() {
         return "cpu".into();
     }
     let n = tch::Cuda::device_count();
