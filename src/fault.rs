@@ -29,7 +29,7 @@
 //! | --- | --- |
 //! | `store.get` | before any object read (the runner's manifest reads too) |
 //! | `train.step` | right after an optimiser step, mid-epoch |
-//! | `checkpoint.write` | an epoch done, its checkpoint not yet written |
+//! | `checkpoint.write` | a checkpoint (an epoch's, or one inside an epoch) about to be written |
 //! | `parquet.upload` | a Parquet upload under way: its first chunk sent, the rest not |
 //! | `manifest.commit` | a job's outputs written, its manifest not |
 //! | `job.committed` | a job's manifest written, the process not yet exited |

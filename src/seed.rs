@@ -39,11 +39,12 @@ pub fn torch_init(job: u64) -> i64 {
     splitmix(job ^ 0x1417) as i64
 }
 
-/// libtorch's global seed at the start of epoch `epoch` (0-based): dropout
-/// and other torch randomness restart here, so a resumed epoch draws what
-/// the uninterrupted one drew.
-pub fn torch_epoch(job: u64, epoch: u32) -> i64 {
-    splitmix(job ^ splitmix(epoch as u64 + 1)) as i64
+/// libtorch's global seed before optimiser step `step` (0-based within the
+/// epoch) of epoch `epoch` (0-based): dropout and other torch randomness
+/// restart at every step, so a job resumed at any step (tch cannot save the
+/// generator's state) draws what the uninterrupted one drew.
+pub fn torch_step(job: u64, epoch: u32, step: usize) -> i64 {
+    splitmix(job ^ splitmix(epoch as u64 + 1) ^ splitmix(0x7374_6570_0000 + step as u64)) as i64
 }
 
 /// The order of an epoch's images (shuffling and weighted sampling).
@@ -61,9 +62,11 @@ pub fn hard_examples(job: u64, epoch: u64) -> u64 {
     splitmix(job ^ 0x6861_7264 ^ splitmix(epoch))
 }
 
-/// MixUp's partner and mixing-weight draws of an epoch.
-pub fn mixup(job: u64, epoch: u32) -> u64 {
-    splitmix(job ^ 0x6d69_7875_70 ^ splitmix(epoch as u64))
+/// MixUp's partner and mixing-weight draws of the batch at `position`
+/// (0-based) of epoch `epoch`: a pure function of the batch's place, so a
+/// job resumed mid-epoch draws what the uninterrupted one drew.
+pub fn mixup(job: u64, epoch: u32, position: usize) -> u64 {
+    splitmix(job ^ 0x6d69_7875_70 ^ splitmix(epoch as u64) ^ splitmix(0x6261_7463_6800 + position as u64))
 }
 
 /// The draws of a shard-set epoch: `stage` 0 orders the shards, 1 the
@@ -93,7 +96,7 @@ mod tests {
     #[test]
     fn streams_of_one_job_differ() {
         let j = fold_job(7, "m", 2);
-        let all = [epoch_order(j, 0), hard_examples(j, 0), mixup(j, 0), augment(j, 0, 0), torch_init(j) as u64, torch_epoch(j, 0) as u64];
+        let all = [epoch_order(j, 0), hard_examples(j, 0), mixup(j, 0, 0), augment(j, 0, 0), torch_init(j) as u64, torch_step(j, 0, 0) as u64];
         let distinct: std::collections::HashSet<_> = all.iter().collect();
         assert_eq!(distinct.len(), all.len());
     }

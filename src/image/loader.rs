@@ -177,6 +177,9 @@ pub struct Batch {
     /// The further views of a loader with several ([`Loader::with_views`]),
     /// each shaped as `images`; empty otherwise.
     pub views: Vec<Tensor>,
+    /// The batch's place in the epoch (0-based, counting batches whose
+    /// images were all skipped): [`Loader::epoch_from`] resumes after it.
+    pub position: usize,
 }
 
 /// Normalises a u8 batch where it lives (e.g. on the GPU).
@@ -215,6 +218,7 @@ pub struct Loader {
 
 /// Raw batch as the decode thread builds it (one image buffer per view).
 struct RawBatch {
+    position: usize,
     indices: Vec<usize>,
     images_f32: Vec<Vec<f32>>,
     images_u8: Vec<Vec<u8>>,
@@ -308,13 +312,24 @@ impl Loader {
     /// The batches of epoch `epoch`. Dropping the iterator stops the
     /// background threads.
     pub fn epoch(&self, epoch: u64) -> Epoch {
+        self.epoch_from(epoch, 0)
+    }
+
+    /// The batches of epoch `epoch` from batch `start` on (0-based): the
+    /// rest of an epoch a resumed job had begun. The epoch's order and each
+    /// image's augmentation depend only on the seed, the epoch and the
+    /// image, so these are the batches the whole epoch yields after its
+    /// first `start`; the images before are neither read nor decoded.
+    pub fn epoch_from(&self, epoch: u64, start: usize) -> Epoch {
         let order = self.sampler.order(epoch, self.items.len());
         let bs = self.opts.batch_size;
-        let mut chunks: Vec<Vec<usize>> = order.chunks(bs).map(|c| c.to_vec()).collect();
-        if self.opts.drop_last && chunks.last().is_some_and(|c| c.len() < bs) {
+        let mut chunks: Vec<(usize, Vec<usize>)> = order.chunks(bs).map(|c| c.to_vec()).enumerate().collect();
+        if self.opts.drop_last && chunks.last().is_some_and(|(_, c)| c.len() < bs) {
             chunks.pop();
         }
-        let (fetch_tx, fetch_rx) = sync_channel::<Result<(Vec<usize>, Vec<Result<Bytes>>)>>(self.opts.prefetch);
+        let chunks: Vec<(usize, Vec<usize>)> = chunks.into_iter().skip(start).collect();
+        let first_image = (start * bs).min(order.len());
+        let (fetch_tx, fetch_rx) = sync_channel::<Result<(usize, Vec<usize>, Vec<Result<Bytes>>)>>(self.opts.prefetch);
         let (batch_tx, batch_rx) = sync_channel::<Result<RawBatch>>(self.opts.prefetch);
 
         // Fetch thread: the source's reads, one batch at a time.
@@ -322,17 +337,17 @@ impl Loader {
             let (source, items, handle) = (self.source.clone(), self.items.clone(), self.handle.clone());
             std::thread::spawn(move || {
                 let _rt = handle.enter();
-                let mut reads = match source.open(epoch, items, &order) {
+                let mut reads = match source.open(epoch, items, &order, first_image) {
                     Ok(r) => r,
                     Err(e) => {
                         let _ = fetch_tx.send(Err(e));
                         return;
                     }
                 };
-                for chunk in chunks {
+                for (position, chunk) in chunks {
                     let got = handle.block_on(reads.read(&chunk));
                     let stop = got.is_err();
-                    if fetch_tx.send(got.map(|g| (chunk, g))).is_err() || stop {
+                    if fetch_tx.send(got.map(|g| (position, chunk, g))).is_err() || stop {
                         return;
                     }
                 }
@@ -345,7 +360,7 @@ impl Loader {
                 (self.items.clone(), self.views.clone(), self.opts.clone(), self.pool.clone(), self.skipped.clone(), self.size);
             std::thread::spawn(move || {
                 for msg in fetch_rx {
-                    let out = msg.and_then(|(chunk, bytes)| assemble(&items, &views, &opts, &pool, &skipped, size, epoch, chunk, bytes));
+                    let out = msg.and_then(|(position, chunk, bytes)| assemble(&items, &views, &opts, &pool, &skipped, size, epoch, position, chunk, bytes));
                     match out {
                         Ok(None) => continue,
                         Ok(Some(raw)) => {
@@ -374,6 +389,7 @@ fn assemble(
     skipped: &Mutex<Vec<Skipped>>,
     size: u32,
     epoch: u64,
+    position: usize,
     chunk: Vec<usize>,
     bytes: Vec<Result<Bytes>>,
 ) -> Result<Option<RawBatch>> {
@@ -416,7 +432,7 @@ fn assemble(
         return Ok(None);
     }
     let n = kept.len();
-    let mut raw = RawBatch { indices: kept.iter().map(|(i, _)| *i).collect(), images_f32: Vec::new(), images_u8: Vec::new(), targets: vec![0.0; n * opts.classes] };
+    let mut raw = RawBatch { position, indices: kept.iter().map(|(i, _)| *i).collect(), images_f32: Vec::new(), images_u8: Vec::new(), targets: vec![0.0; n * opts.classes] };
     for (r, (i, _)) in kept.iter().enumerate() {
         let row = &mut raw.targets[r * opts.classes..(r + 1) * opts.classes];
         match &items[*i].soft {
@@ -478,7 +494,7 @@ impl Iterator for Epoch {
         let images = views.remove(0);
         let targets = Tensor::from_slice(&raw.targets).view([n, self.classes]);
         let ids = raw.indices.iter().map(|&i| self.items[i].id.clone()).collect();
-        Some(Ok(Batch { indices: raw.indices, ids, images, targets, views }))
+        Some(Ok(Batch { indices: raw.indices, ids, images, targets, views, position: raw.position }))
     }
 }
 

@@ -146,11 +146,12 @@ impl ShardsSection {
 /// ([`EpochReads::read`], the chunks of that order in turn).
 pub trait Source: Send + Sync {
     /// The reads of one epoch whose batches visit `order` (indices into
-    /// `items`), chunk after chunk.
+    /// `items`), chunk after chunk, from position `start` of `order` on
+    /// (the images a resumed epoch already trained on are not read).
     ///
     /// # Errors
     /// When the epoch cannot be read at all (an image the source lacks).
-    fn open(&self, epoch: u64, items: Arc<Vec<Item>>, order: &[usize]) -> Result<Box<dyn EpochReads>>;
+    fn open(&self, epoch: u64, items: Arc<Vec<Item>>, order: &[usize], start: usize) -> Result<Box<dyn EpochReads>>;
 
     /// A short description for logs (`objects`, `shards (sequential) ...`).
     fn describe(&self) -> String;
@@ -174,7 +175,7 @@ pub struct Objects {
 }
 
 impl Source for Objects {
-    fn open(&self, _epoch: u64, items: Arc<Vec<Item>>, _order: &[usize]) -> Result<Box<dyn EpochReads>> {
+    fn open(&self, _epoch: u64, items: Arc<Vec<Item>>, _order: &[usize], _start: usize) -> Result<Box<dyn EpochReads>> {
         Ok(Box::new(ObjectReads { store: self.store.clone(), concurrency: self.concurrency.max(1), items }))
     }
 

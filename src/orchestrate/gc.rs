@@ -14,7 +14,8 @@
 //! - `not_in_spec`: the prefixes of models, folds and stages the spec no
 //!   longer has;
 //! - `superseded_checkpoint`: checkpoints of committed train jobs beyond
-//!   what `train.checkpoints.after_commit` keeps;
+//!   what `train.checkpoints.after_commit` keeps, and their in-epoch
+//!   checkpoint left by a stop just before it was deleted;
 //! - `dead_lease`: lease generations of committed jobs, and leases whose
 //!   holder is gone (`storage::lease::dead_now`); a live lease is kept;
 //! - `staging_file`: a local store's half-written upload files
@@ -153,7 +154,9 @@ pub async fn gc(spec: &JobSpec, delete: bool) -> Result<GcReport> {
                     if let Some(keep) = m.train.checkpoints.after_commit(m.epochs()) {
                         let scope = keys::Scope { experiment: exp, stage: job.stage.as_deref() };
                         for key in checkpoint_keys(&objects, &keys::checkpoints(scope, model, Fold(fold))) {
-                            if super::status::checkpoint_epoch(key).is_some_and(|e| !keep.contains(&e)) {
+                            // An in-epoch checkpoint is never needed once the job is committed.
+                            let in_epoch = key.ends_with(keys::IN_EPOCH_CHECKPOINT);
+                            if in_epoch || super::status::checkpoint_epoch(key).is_some_and(|e| !keep.contains(&e)) {
                                 add(key, GcReason::SupersededCheckpoint);
                             }
                         }
@@ -369,12 +372,15 @@ mod tests {
         let now = spec(dir.path(), &["a"]);
         let lease_key = keys::lease(&keys::trained("e", "a", Fold(0)), 0);
         store.put(&lease_key, "{}").await.unwrap();
+        // And an in-epoch checkpoint a stop left behind.
+        store.put(&keys::checkpoint_in_epoch("e", "a", Fold(0)), "ck").await.unwrap();
         let dry = gc(&now, false).await.unwrap();
         let reasons: BTreeMap<&str, GcReason> = dry.items.iter().map(|i| (i.key.as_str(), i.reason)).collect();
         assert_eq!(reasons.get(keys::weights("e", "b", Fold(1)).as_str()), Some(&GcReason::NotInSpec), "{}", dry.render());
         assert_eq!(reasons.get(keys::checkpoint("e", "a", Fold(0), 1).as_str()), Some(&GcReason::SupersededCheckpoint));
         assert_eq!(reasons.get(keys::checkpoint("e", "a", Fold(0), 2).as_str()), Some(&GcReason::SupersededCheckpoint));
         assert!(!reasons.contains_key(keys::checkpoint("e", "a", Fold(0), 3).as_str()), "after_commit = last keeps the last");
+        assert_eq!(reasons.get(keys::checkpoint_in_epoch("e", "a", Fold(0)).as_str()), Some(&GcReason::SupersededCheckpoint));
         assert_eq!(reasons.get(lease_key.as_str()), Some(&GcReason::DeadLease));
         for k in [keys::weights("e", "a", Fold(0)), keys::trained("e", "a", Fold(1))] {
             assert!(!reasons.contains_key(k.as_str()), "{k} is a committed output");

@@ -11,11 +11,11 @@
 //! ranged reads ([`ShardSet::fetch_many`]): validation and prediction, whose
 //! order is the items' own.
 //!
-//! An epoch is read from its beginning (`start = 0`): the train loop
-//! checkpoints after each epoch and a resumed job restarts the next epoch
-//! from its first image, so what must hold, and does, is that an epoch's
-//! order depends only on `(seed, epoch)` and the set, never on what was
-//! read before or on timing.
+//! A resumed job restarts an epoch at the image after the last one its
+//! checkpoint trained on ([`crate::image::Source::open`]'s `start`; the
+//! sequential reader skips the shards and ranges before it unread), so what
+//! must hold, and does, is that an epoch's order depends only on
+//! `(seed, epoch)` and the set, never on what was read before or on timing.
 
 use super::read::{plan_epoch, EpochOptions, EpochReader, ShardSet};
 use super::ShardError;
@@ -103,9 +103,9 @@ impl Sequential {
 }
 
 impl Source for Sequential {
-    fn open(&self, epoch: u64, items: Arc<Vec<Item>>, _order: &[usize]) -> Result<Box<dyn EpochReads>> {
+    fn open(&self, epoch: u64, items: Arc<Vec<Item>>, _order: &[usize], start: usize) -> Result<Box<dyn EpochReads>> {
         let opts = EpochOptions { epoch, ..self.order.opts.clone() };
-        let reader = self.set.epoch(Some(&self.order.filter), &opts, 0)?;
+        let reader = self.set.epoch(Some(&self.order.filter), &opts, start as u64)?;
         Ok(Box::new(SequentialReads { reader, items, index: self.set.index().key() }))
     }
 
@@ -173,7 +173,7 @@ impl ById {
 }
 
 impl Source for ById {
-    fn open(&self, _epoch: u64, items: Arc<Vec<Item>>, _order: &[usize]) -> Result<Box<dyn EpochReads>> {
+    fn open(&self, _epoch: u64, items: Arc<Vec<Item>>, _order: &[usize], _start: usize) -> Result<Box<dyn EpochReads>> {
         Ok(Box::new(ByIdReads { set: self.set.clone(), items }))
     }
 

@@ -118,6 +118,15 @@ pub fn checkpoint(scope: impl Display, model: &str, fold: Fold, epoch: u32) -> S
     format!("{}/checkpoints/epoch={epoch}.safetensors", fold_dir(scope, model, fold))
 }
 
+/// The checkpoint written inside an epoch (`train.checkpoints.every_steps`,
+/// `every_minutes`): one object, overwritten.
+pub fn checkpoint_in_epoch(scope: impl Display, model: &str, fold: Fold) -> String {
+    format!("{}/checkpoints/{IN_EPOCH_CHECKPOINT}", fold_dir(scope, model, fold))
+}
+
+/// The file name of [`checkpoint_in_epoch`].
+pub const IN_EPOCH_CHECKPOINT: &str = "in-epoch.safetensors";
+
 pub fn checkpoints(scope: impl Display, model: &str, fold: Fold) -> String {
     format!("{}/checkpoints", fold_dir(scope, model, fold))
 }

@@ -5,8 +5,13 @@
 //! killed at any moment resumes from the latest complete file with the same
 //! result. Files are written with one atomic put, the previous one is only
 //! pruned after the new one is in place, and an unreadable newest file falls
-//! back to the one before. Reads and writes
-//! `runs/{exp}/models/{model}/fold={k}/checkpoints/epoch={e}.safetensors`.
+//! back to the one before. With `train.checkpoints.every_steps` or
+//! `every_minutes` the loop also checkpoints inside an epoch: the same file,
+//! with [`InEpoch`] in its loop state (where in the epoch, and the epoch's
+//! running totals), resumed from when it is ahead of the newest epoch's.
+//! Reads and writes
+//! `runs/{exp}/models/{model}/fold={k}/checkpoints/epoch={e}.safetensors` and
+//! `.../checkpoints/in-epoch.safetensors`.
 
 use crate::error::{Error, Result};
 use crate::storage::parquet::EpochRecord;
@@ -47,6 +52,35 @@ pub struct LoopState {
     /// Spec hash of the job that wrote it; another spec's checkpoint is
     /// never resumed.
     pub spec_hash: String,
+    /// Set in a checkpoint written inside epoch `epochs_done` (0-based):
+    /// how far into it the loop was. `phase`, `optim_steps` and the scaler
+    /// then describe that moment, not the end of the previous epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_epoch: Option<InEpoch>,
+}
+
+/// Where inside an epoch a checkpoint was written, with the epoch's running
+/// totals so far, so the resumed epoch ends with the record the whole epoch
+/// would have had. Floats are kept as their bits: JSON must not round them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InEpoch {
+    /// Batches of the epoch done: the next batch's position.
+    pub batches: usize,
+    /// Optimiser steps of the epoch done.
+    pub steps: usize,
+    /// Sum of the batches' mean loss times their images, as `f64` bits.
+    pub loss_sum: u64,
+    pub images: usize,
+    /// Steps the grad scaler skipped.
+    pub skipped_steps: usize,
+    /// Learning rate of the last step, as `f64` bits.
+    pub lr: u64,
+    /// Training seconds spent in the epoch so far.
+    pub seconds: f64,
+    /// `(item, loss as f32 bits)` of every image trained on (hard negative
+    /// mining only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub item_losses: Vec<(usize, u32)>,
 }
 
 impl LoopState {
@@ -63,6 +97,7 @@ impl LoopState {
             history: Vec::new(),
             hard: Vec::new(),
             spec_hash: spec_hash.to_string(),
+            in_epoch: None,
         }
     }
 }
@@ -211,6 +246,30 @@ pub async fn latest(store: &Store, prefix: &str, key_of: impl Fn(u32) -> String,
     Ok(None)
 }
 
+/// The checkpoint at `key` written inside epoch `epochs_done` (0-based) by
+/// the job of `spec_hash`: what a rerun resumes from when the newest epoch
+/// checkpoint has `epochs_done` epochs. `None` when there is none, when it
+/// belongs to another epoch (left over by a stop between writing an epoch's
+/// checkpoint and deleting it) or when it is unreadable (with a warning:
+/// the epoch checkpoint is used).
+///
+/// # Errors
+/// Store errors, and [`Error::SpecChanged`] for another spec's checkpoint.
+pub async fn in_epoch(store: &Store, key: &str, spec_hash: &str, epochs_done: u32) -> Result<Option<Checkpoint>> {
+    let Some(bytes) = store.get_opt(key).await? else { return Ok(None) };
+    let ck = match decode(key, &bytes) {
+        Ok(ck) => ck,
+        Err(e) => {
+            warn!(key = %key, error = %e, "skipping an unreadable in-epoch checkpoint");
+            return Ok(None);
+        }
+    };
+    if ck.state.spec_hash != spec_hash {
+        return Err(Error::SpecChanged { key: key.to_string(), found: ck.state.spec_hash, expected: spec_hash.to_string() });
+    }
+    Ok((ck.state.in_epoch.is_some() && ck.state.epochs_done == epochs_done).then_some(ck))
+}
+
 /// Deletes the checkpoints under `prefix` except the epochs in `keep`.
 ///
 /// # Errors
@@ -260,6 +319,7 @@ mod tests {
             history: vec![],
             hard: vec![3, 1],
             spec_hash: "h".into(),
+            in_epoch: None,
         }
     }
 
@@ -304,6 +364,32 @@ mod tests {
         assert!(matches!(latest(&store, "c", key_of, "other").await, Err(Error::SpecChanged { .. })));
         prune(&store, "c", key_of, &[1, 3]).await.unwrap();
         assert_eq!(list(&store, "c").await.unwrap(), [1, 3]);
+    }
+
+    #[tokio::test]
+    async fn an_in_epoch_checkpoint_is_used_only_inside_the_epoch_after_the_newest_and_keeps_its_floats_exact() {
+        let store = Store::memory();
+        let key = "c/in-epoch.safetensors";
+        assert!(in_epoch(&store, key, "h", 2).await.unwrap().is_none(), "none written");
+        let at = InEpoch {
+            batches: 7,
+            steps: 3,
+            loss_sum: (0.1f64 + 0.2).to_bits(),
+            images: 56,
+            skipped_steps: 1,
+            lr: 3e-4f64.to_bits(),
+            seconds: 1.5,
+            item_losses: vec![(4, 0.3f32.to_bits())],
+        };
+        let st = LoopState { in_epoch: Some(at.clone()), ..state(2) };
+        store.put(key, encode(&st, &[], &[]).unwrap()).await.unwrap();
+        let ck = in_epoch(&store, key, "h", 2).await.unwrap().expect("inside epoch 2");
+        assert_eq!(ck.state.in_epoch.as_ref(), Some(&at));
+        assert_eq!(f64::from_bits(ck.state.in_epoch.unwrap().loss_sum), 0.1 + 0.2);
+        assert!(in_epoch(&store, key, "h", 3).await.unwrap().is_none(), "left over from an earlier epoch");
+        assert!(matches!(in_epoch(&store, key, "other", 2).await, Err(Error::SpecChanged { .. })));
+        store.put(key, b"torn".to_vec()).await.unwrap();
+        assert!(in_epoch(&store, key, "h", 2).await.unwrap().is_none(), "unreadable: the epoch checkpoint is used");
     }
 
     #[test]

@@ -64,10 +64,11 @@ pub struct TrainSection {
     pub checkpoints: CheckpointPolicy,
 }
 
-/// The retention policy of a train job's epoch checkpoints.
+/// The retention policy of a train job's epoch checkpoints, and how often
+/// it checkpoints inside an epoch.
 ///
 /// ```toml
-/// checkpoints = { keep = "last_and_best", after_commit = "none" }
+/// checkpoints = { keep = "last_and_best", after_commit = "none", every_minutes = 10 }
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -80,6 +81,18 @@ pub struct CheckpointPolicy {
     /// `none` (the committed `model.safetensors` is all that stays) or `all`.
     #[serde(default)]
     pub after_commit: KeepAfterCommit,
+    /// Also checkpoint inside an epoch, after every this many optimiser
+    /// steps: a preempted job resumes at that step, not at the epoch's
+    /// start. One `checkpoints/in-epoch.safetensors` is overwritten each
+    /// time and deleted once the epoch's own checkpoint is written. Results
+    /// are the same whether and where the job was stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every_steps: Option<u32>,
+    /// Also checkpoint inside an epoch once this many minutes have passed
+    /// since the last checkpoint (spot instances: a reclaimed node costs at
+    /// most this much training). With `every_steps`, whichever comes first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every_minutes: Option<u32>,
 }
 
 /// Checkpoints kept while a job trains.
@@ -104,6 +117,20 @@ pub enum KeepAfterCommit {
 impl CheckpointPolicy {
     fn is_default(&self) -> bool {
         *self == CheckpointPolicy::default()
+    }
+
+    /// Whether the job checkpoints inside epochs at all.
+    pub fn in_epoch(&self) -> bool {
+        self.every_steps.is_some() || self.every_minutes.is_some()
+    }
+
+    fn validate(&self, at: &dyn Fn(&str) -> String) -> Result<(), String> {
+        for (name, v) in [("every_steps", self.every_steps), ("every_minutes", self.every_minutes)] {
+            if v == Some(0) {
+                return Err(format!("{} = 0: must be at least 1 (leave it out to checkpoint after each epoch only)", at(&format!("checkpoints.{name}"))));
+            }
+        }
+        Ok(())
     }
 
     /// Epochs whose checkpoints stay after epoch `done` (1-based) with the
@@ -355,6 +382,7 @@ impl TrainSection {
         if self.limit_images == Some(0) {
             return Err(format!("{}: limit_images must be at least 1", at("limit_images")));
         }
+        self.checkpoints.validate(at)?;
         self.validate_data_edits(at)
     }
 

@@ -4,6 +4,7 @@
 //! Works on tensors and the loader; reads and writes no store keys.
 
 use super::amp::GradScaler;
+use super::checkpoint::InEpoch;
 use super::loss::{loss, per_image};
 use super::optim::{clip_grad_norm, Optimizer};
 use super::schedule::lr_factor;
@@ -63,13 +64,32 @@ pub struct Position<'a> {
     pub seed: u64,
 }
 
+/// What writes checkpoints inside an epoch ([`super::fit`] implements it
+/// over the job's sink).
+pub trait StepCheckpoints {
+    /// Whether a checkpoint is due after this optimiser step.
+    fn due(&mut self) -> bool;
+    /// Writes one: the network, optimiser and scaler as they are after the
+    /// step, and where in the epoch that is.
+    ///
+    /// # Errors
+    /// Encoding errors; a stopped writer.
+    fn write(&mut self, net: &Network, optimizer: &Optimizer, scaler: &GradScaler, at: InEpoch) -> Result<()>;
+}
+
 /// Trains one epoch over `batches` (of which there are `batch_count`,
 /// holding `images` images), showing its progress (images/s, running
-/// loss, ETAs).
+/// loss, ETAs). With `resume`, `batches` are the rest of an epoch begun
+/// before ([`crate::image::loader::Loader::epoch_from`]) and the totals go
+/// on from the checkpoint's. `checkpoints` is asked after every optimiser
+/// step but the epoch's last. Randomness is a function of the batch's
+/// place (MixUp) and of the step (libtorch's generator is reseeded before
+/// each), so the epoch is the same whether and where it was interrupted.
 ///
 /// # Errors
 /// Loader errors; [`Error::Train`] when the loss is NaN or infinite (the
 /// previous checkpoint is kept).
+#[allow(clippy::too_many_arguments)]
 pub fn train_epoch(
     net: &mut Network,
     dev: &DeviceSetup,
@@ -80,25 +100,37 @@ pub fn train_epoch(
     batch_count: usize,
     images_total: usize,
     pos: &Position<'_>,
+    resume: Option<&InEpoch>,
+    mut checkpoints: Option<&mut dyn StepCheckpoints>,
 ) -> Result<TrainTotals> {
     let start = std::time::Instant::now();
-    let progress = Progress::with_unit(format!("train {} epoch {}/{}", pos.job, pos.epoch + 1, pos.epochs), images_total as u64, "images");
+    let rest = images_total.saturating_sub(resume.map_or(0, |r| r.images));
+    let progress = Progress::with_unit(format!("train {} epoch {}/{}", pos.job, pos.epoch + 1, pos.epochs), rest as u64, "images");
     let steps_per_epoch = batch_count.div_ceil(setup.accumulation).max(1);
     let base_lr = setup.phase.optimizer.lr();
-    let mut rng = ChaCha8Rng::seed_from_u64(crate::seed::mixup(pos.seed, pos.epoch));
     let (mut loss_sum, mut images, mut micro, mut step, mut skipped) = (0.0f64, 0usize, 0usize, 0usize, 0usize);
     let mut lr = base_lr;
     let mut item_losses = Vec::new();
+    let mut seconds_before = 0.0;
+    if let Some(r) = resume {
+        (loss_sum, images, step, skipped, lr, seconds_before) = (f64::from_bits(r.loss_sum), r.images, r.steps, r.skipped_steps, f64::from_bits(r.lr), r.seconds);
+        item_losses = r.item_losses.iter().map(|&(i, l)| (i, f32::from_bits(l))).collect();
+    }
     optimizer.zero_grad();
-    for (b, batch) in batches.enumerate() {
+    for batch in batches {
         let batch = batch?;
+        let b = batch.position;
         let n = batch.ids.len();
+        if micro == 0 {
+            tch::manual_seed(crate::seed::torch_step(pos.seed, pos.epoch, step));
+        }
         let mut xs = dev.images(&batch.images);
         let mut ys = batch.targets.to_device(dev.device);
         if setup.label_smoothing > 0.0 {
             ys = smooth_labels(&ys, setup.label_smoothing);
         }
         if let Some(m) = setup.mixup {
+            let mut rng = ChaCha8Rng::seed_from_u64(crate::seed::mixup(pos.seed, pos.epoch, b));
             let mix_seed: u64 = rng.random();
             if rng.random::<f64>() < m.p {
                 let (mx, my, _) = mixup(&xs, &ys, m.alpha, mix_seed);
@@ -121,7 +153,8 @@ pub fn train_epoch(
         images += n;
         progress.inc_loss(n as u64, value);
         micro += 1;
-        if micro == setup.accumulation || b + 1 == batch_count {
+        let last = b + 1 >= batch_count;
+        if micro == setup.accumulation || last {
             lr = base_lr * lr_factor(&setup.phase.schedule, setup.phase.epochs, pos.epoch_in_phase, step, steps_per_epoch);
             let finite = scaler.unscale(optimizer.params());
             if finite {
@@ -137,12 +170,27 @@ pub fn train_epoch(
             optimizer.zero_grad();
             micro = 0;
             step += 1;
+            if let Some(c) = checkpoints.as_deref_mut().filter(|_| !last) {
+                if c.due() {
+                    let at = InEpoch {
+                        batches: b + 1,
+                        steps: step,
+                        loss_sum: loss_sum.to_bits(),
+                        images,
+                        skipped_steps: skipped,
+                        lr: lr.to_bits(),
+                        seconds: seconds_before + start.elapsed().as_secs_f64(),
+                        item_losses: item_losses.iter().map(|&(i, l)| (i, l.to_bits())).collect(),
+                    };
+                    c.write(net, optimizer, scaler, at)?;
+                }
+            }
         }
     }
     Ok(TrainTotals {
         loss: loss_sum / images.max(1) as f64,
         images,
-        seconds: start.elapsed().as_secs_f64(),
+        seconds: seconds_before + start.elapsed().as_secs_f64(),
         lr,
         skipped_steps: skipped,
         item_losses,

@@ -28,6 +28,43 @@ use std::sync::Arc;
 use tch::{nn, Tensor};
 use tracing::{info, warn};
 
+/// Writes checkpoints inside an epoch through the job's sink, by
+/// `train.checkpoints.every_steps` / `every_minutes` (counted from the
+/// epoch's start or the last checkpoint).
+struct InEpochWriter<'a> {
+    every_steps: Option<u32>,
+    every: Option<std::time::Duration>,
+    /// Optimiser steps since the last checkpoint.
+    steps: u64,
+    last: std::time::Instant,
+    /// The loop state at the epoch's start.
+    base: LoopState,
+    phase: usize,
+    vs: &'a nn::VarStore,
+    sink: &'a SinkSender,
+    label: &'a str,
+}
+
+impl epoch::StepCheckpoints for InEpochWriter<'_> {
+    fn due(&mut self) -> bool {
+        self.steps += 1;
+        self.every_steps.is_some_and(|n| self.steps >= u64::from(n)) || self.every.is_some_and(|d| self.last.elapsed() >= d)
+    }
+
+    fn write(&mut self, net: &Network, optimizer: &Optimizer, scaler: &GradScaler, at: checkpoint::InEpoch) -> Result<()> {
+        let mut state = self.base.clone();
+        state.in_epoch = Some(at);
+        state.phase = self.phase;
+        state.optim_steps = optimizer.steps();
+        (state.scaler_scale, state.scaler_tracker) = scaler.state();
+        let bytes = checkpoint::encode(&state, &model_tensors(net, self.vs)?, &optimizer.state_tensors())?;
+        self.sink.send_in_epoch(bytes, self.label)?;
+        self.steps = 0;
+        self.last = std::time::Instant::now();
+        Ok(())
+    }
+}
+
 /// Variable holding a TorchScript module's bytes in checkpoints.
 const SCRIPT_MODULE: &str = "__torchscript_module__";
 
@@ -49,9 +86,21 @@ impl Resume {
         let f = &job.fold;
         let key_of = |e: u32| keys::checkpoint(f.scope(), &f.model, f.fold, e);
         let prefix = keys::checkpoints(f.scope(), &f.model, f.fold);
-        let Some((key, checkpoint)) = checkpoint::latest(store, &prefix, key_of, &f.spec_hash).await? else { return Ok(None) };
+        let latest = checkpoint::latest(store, &prefix, key_of, &f.spec_hash).await?;
+        let done = latest.as_ref().map_or(0, |(_, c)| c.state.epochs_done);
+        // A checkpoint from inside the next epoch is further on.
+        let in_epoch_key = keys::checkpoint_in_epoch(f.scope(), &f.model, f.fold);
+        let (key, checkpoint) = match checkpoint::in_epoch(store, &in_epoch_key, &f.spec_hash, done).await? {
+            Some(c) => (in_epoch_key, c),
+            None => match latest {
+                Some(l) => l,
+                None => return Ok(None),
+            },
+        };
         let s = &checkpoint.state;
-        let best = if s.best_epoch > 0 && s.best_epoch != s.epochs_done {
+        // An in-epoch checkpoint's weights are not an epoch's: the best
+        // epoch's are always read from its own file.
+        let best = if s.best_epoch > 0 && (s.best_epoch != s.epochs_done || s.in_epoch.is_some()) {
             let best_key = key_of(s.best_epoch);
             let bytes = store.get(&best_key).await?;
             Some((best_key.clone(), checkpoint::decode(&best_key, &bytes)?))
@@ -68,7 +117,7 @@ impl Resume {
         let s = &self.checkpoint.state;
         match self.best {
             Some(best) => Some(best),
-            None if s.best_epoch > 0 && s.best_epoch == s.epochs_done => Some((self.key, self.checkpoint)),
+            None if s.best_epoch > 0 && s.best_epoch == s.epochs_done && s.in_epoch.is_none() => Some((self.key, self.checkpoint)),
             None => None,
         }
     }
@@ -153,7 +202,11 @@ impl Fit {
         dev.place_weights(&vs);
         let mut state = match &resume {
             Some(r) => {
-                info!(key = %r.key, epochs_done = r.checkpoint.state.epochs_done, "resuming from checkpoint");
+                let s = &r.checkpoint.state;
+                match &s.in_epoch {
+                    Some(at) => info!(key = %r.key, epoch = s.epochs_done + 1, batches_done = at.batches, images_done = at.images, "resuming inside an epoch"),
+                    None => info!(key = %r.key, epochs_done = s.epochs_done, "resuming from checkpoint"),
+                }
                 r.checkpoint.state.clone()
             }
             None => LoopState::fresh(&self.job.fold.spec_hash),
@@ -179,7 +232,8 @@ impl Fit {
                 optimizer = Some((pi, self.start_phase(&net, &vs, phase, pi, e, epoch_in_phase, &state, resume.as_ref())?));
             }
             let (_, opt) = optimizer.as_mut().expect("set above");
-            let record = self.epoch(&mut net, &dev, &loaders, opt, &mut scaler, &mut state, (e, pi, epoch_in_phase), &label)?;
+            let record = self.epoch(&mut net, &dev, &loaders, opt, &mut scaler, &mut state, (e, pi, epoch_in_phase), &label, (&vs, &sink))?;
+            state.in_epoch = None;
             let improved = improves(&record, &state, phase.labels);
             state.history.push(record);
             if improved {
@@ -335,7 +389,11 @@ impl Fit {
         let params: Vec<(String, Tensor)> = sorted_variables(vs).into_iter().filter(|(_, t)| t.requires_grad()).collect();
         let mut opt = Optimizer::new(&phase.optimizer, params);
         if let Some(r) = resume {
-            if state.epochs_done == e && r.checkpoint.state.phase == pi && epoch_in_phase > 0 {
+            // The optimiser of an epoch-end checkpoint goes on in the same
+            // phase's next epoch; an in-epoch one's in its own epoch.
+            let at = &r.checkpoint.state;
+            let inside = at.in_epoch.is_some();
+            if state.epochs_done == e && at.phase == pi && (epoch_in_phase > 0 || inside) {
                 opt.load_state(&r.checkpoint.optim, r.checkpoint.state.optim_steps)
                     .map_err(|err| Error::Checkpoint { key: r.key.clone(), message: err.to_string() })?;
             }
@@ -356,6 +414,7 @@ impl Fit {
         state: &mut LoopState,
         (e, pi, epoch_in_phase): (u32, usize, u32),
         label: &str,
+        (vs, sink): (&nn::VarStore, &SinkSender),
     ) -> Result<EpochRecord> {
         let train = &self.job.train;
         let phase = &train.phases[pi];
@@ -371,15 +430,28 @@ impl Fit {
         };
         let pos = Position { job: label, epoch: e, epochs: train.epochs(), epoch_in_phase, last_checkpoint: (state.epochs_done > 0).then_some(state.epochs_done), seed: self.job.seed };
         let started = std::time::Instant::now();
-        // Dropout and other torch randomness restart from a per-epoch seed,
-        // so a resumed epoch draws what the uninterrupted one drew.
-        tch::manual_seed(crate::seed::torch_epoch(self.job.seed, e));
         if let Some(h) = &loaders.mining {
             h.set_hard(state.hard.clone());
         }
         let images = loaders.n_train + state.hard.len();
         let batch_count = images.div_ceil(train.batch_size);
-        let totals = epoch::train_epoch(net, dev, &setup, opt, scaler, loaders.train.epoch(e as u64), batch_count, images, &pos)?;
+        // The rest of the epoch a resumed checkpoint was written in.
+        let resume = state.in_epoch.take();
+        let batches = loaders.train.epoch_from(e as u64, resume.as_ref().map_or(0, |r| r.batches));
+        let policy = &train.checkpoints;
+        let mut writer = InEpochWriter {
+            every_steps: policy.every_steps,
+            every: policy.every_minutes.map(|m| std::time::Duration::from_secs(u64::from(m) * 60)),
+            steps: 0,
+            last: std::time::Instant::now(),
+            base: state.clone(),
+            phase: pi,
+            vs,
+            sink,
+            label,
+        };
+        let checkpoints: Option<&mut dyn epoch::StepCheckpoints> = if policy.in_epoch() { Some(&mut writer) } else { None };
+        let totals = epoch::train_epoch(net, dev, &setup, opt, scaler, batches, batch_count, images, &pos, resume.as_ref(), checkpoints)?;
         if let Some(fraction) = train.hard_negative_mining {
             state.hard = sampling::hardest(&totals.item_losses, fraction, loaders.n_train);
         }

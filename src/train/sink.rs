@@ -5,7 +5,12 @@
 //! the next epoch. At most one record waits, so storage never falls more
 //! than an epoch behind and memory stays bounded.
 //!
-//! Writes `checkpoints/epoch={e}.safetensors`, `history.parquet` and
+//! Checkpoints written inside an epoch go the same way: each overwrites
+//! `checkpoints/in-epoch.safetensors`, which the epoch's own checkpoint
+//! then makes obsolete and deletes.
+//!
+//! Writes `checkpoints/epoch={e}.safetensors`,
+//! `checkpoints/in-epoch.safetensors`, `history.parquet` and
 //! `tensorboard/events.out.tfevents.*` under the fold job's prefix.
 
 use super::checkpoint;
@@ -31,19 +36,38 @@ pub struct EpochDone {
     pub best_epoch: u32,
 }
 
+/// What the loop hands over.
+enum Record {
+    Epoch(EpochDone),
+    /// A checkpoint written inside an epoch ([`checkpoint::encode`]).
+    InEpoch(Vec<u8>),
+}
+
 /// The sending half, for the blocking loop.
 #[derive(Clone)]
-pub struct SinkSender(mpsc::Sender<EpochDone>);
+pub struct SinkSender(mpsc::Sender<Record>);
 
 impl SinkSender {
-    /// Hands an epoch over, waiting while the previous one is still being
-    /// written.
+    /// Hands an epoch over, waiting while the previous record is still
+    /// being written.
     ///
     /// # Errors
     /// [`Error::Train`] when the writer stopped (its own error is what the
     /// job reports).
     pub fn send(&self, done: EpochDone, job: &str) -> Result<()> {
-        self.0.blocking_send(done).map_err(|_| Error::Train { job: job.to_string(), message: "the checkpoint writer stopped".into() })
+        self.send_record(Record::Epoch(done), job)
+    }
+
+    /// Hands a checkpoint written inside an epoch over, as [`Self::send`].
+    ///
+    /// # Errors
+    /// As [`Self::send`].
+    pub fn send_in_epoch(&self, checkpoint: Vec<u8>, job: &str) -> Result<()> {
+        self.send_record(Record::InEpoch(checkpoint), job)
+    }
+
+    fn send_record(&self, record: Record, job: &str) -> Result<()> {
+        self.0.blocking_send(record).map_err(|_| Error::Train { job: job.to_string(), message: "the checkpoint writer stopped".into() })
     }
 }
 
@@ -56,7 +80,7 @@ pub struct Sink {
 impl Sink {
     /// Starts the writer for `job` on the current runtime.
     pub fn start(store: Store, job: FoldJob, policy: CheckpointPolicy) -> Sink {
-        let (tx, mut rx) = mpsc::channel::<EpochDone>(1);
+        let (tx, mut rx) = mpsc::channel::<Record>(1);
         let span = tracing::Span::current();
         // The job's lease (when it runs under one): checked before each
         // write, so a runner that lost the job never prunes the new
@@ -65,11 +89,17 @@ impl Sink {
         let task = tokio::spawn(
             async move {
                 let mut history_entry = None;
-                while let Some(done) = rx.recv().await {
+                while let Some(record) = rx.recv().await {
                     if let Some(lease) = &lease {
                         lease.ensure_held().await?;
                     }
-                    history_entry = Some(write_epoch(&store, &job, policy, done).await?);
+                    match record {
+                        Record::Epoch(done) => history_entry = Some(write_epoch(&store, &job, policy, done).await?),
+                        Record::InEpoch(bytes) => {
+                            crate::fault::point("checkpoint.write");
+                            store.put(&keys::checkpoint_in_epoch(job.scope(), &job.model, job.fold), bytes).await?;
+                        }
+                    }
                 }
                 Ok(history_entry)
             }
@@ -100,6 +130,7 @@ async fn write_epoch(store: &Store, job: &FoldJob, policy: CheckpointPolicy, don
     let (scope, model, fold) = (job.scope(), &job.model, job.fold);
     crate::fault::point("checkpoint.write");
     store.put(&keys::checkpoint(scope, model, fold, done.epoch), done.checkpoint).await?;
+    store.delete(&keys::checkpoint_in_epoch(scope, model, fold)).await?;
     let entry = write_history(store, &keys::history(scope, model, fold), &done.history, &job.experiment, model, fold, &job.spec_hash).await?;
     // The same records for TensorBoard (a whole small file, rewritten).
     store.put(&keys::tensorboard_events(scope, model, fold), crate::storage::tensorboard::events_from_history(&done.history)).await?;
@@ -109,11 +140,13 @@ async fn write_epoch(store: &Store, job: &FoldJob, policy: CheckpointPolicy, don
     Ok(entry)
 }
 
-/// Deletes every checkpoint of `job` but those of the epochs in `keep`.
+/// Deletes every checkpoint of `job` but those of the epochs in `keep`
+/// (an in-epoch checkpoint is never kept).
 ///
 /// # Errors
 /// Storage errors.
 pub async fn prune(store: &Store, job: &FoldJob, keep: &[u32]) -> Result<()> {
     let (scope, model, fold) = (job.scope(), &job.model, job.fold);
+    store.delete(&keys::checkpoint_in_epoch(scope, model, fold)).await?;
     checkpoint::prune(store, &keys::checkpoints(scope, model, fold), |e| keys::checkpoint(scope, model, fold, e), keep).await
 }

@@ -18,10 +18,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// The tiny experiment with two epochs, so that a killed train job has a
-/// checkpoint to resume from.
+/// The tiny experiment with two epochs and a checkpoint every two steps
+/// inside them, so that a killed train job has a checkpoint to resume from,
+/// at an epoch's start or inside one.
 fn spec(root: &Path) -> String {
-    common::tiny_spec("chaos", &root.display().to_string(), "").replace("phases = [{ epochs = 1,", "phases = [{ epochs = 2,")
+    let spec = common::tiny_spec("chaos", &root.display().to_string(), "").replace("phases = [{ epochs = 1,", "phases = [{ epochs = 2,");
+    assert!(spec.contains("[models.train]\n"), "the tiny spec has a [models.train] table");
+    spec.replace("[models.train]\n", "[models.train]\ncheckpoints = { every_steps = 2 }\n")
 }
 
 fn imet(dir: &Path) -> Command {

@@ -3,7 +3,10 @@
 //! epochs and predicts by id from the shards; `source = "shard_order"`
 //! (the same training order, every image read as its own object) ends with
 //! the same weights and predictions bit for bit, and `source = "objects"`
-//! trains on the same images per epoch. A truncated shard fails the fold
+//! trains on the same images per epoch; a run on shards with in-epoch
+//! checkpoints, killed inside an epoch and run again, resumes the shard
+//! epoch at the checkpoint's image and ends bit for bit the same. A
+//! truncated shard fails the fold
 //! job naming the shard; a fold job whose shard job has not run says what
 //! to run.
 
@@ -69,6 +72,33 @@ fn run_with(source: &str) -> (tempfile::TempDir, String) {
     (dir, all)
 }
 
+/// As [`run_with`] with `train` added to `[models.train]`, the first run
+/// SIGKILLed (once, by the first job to get there) at `fault`, then run
+/// again to the end; the logs of both.
+fn run_killed_then_resumed(source: &str, train: &str, fault: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let text = spec_text(&dir.path().join("store"), source).replace("[models.train]\n", &format!("[models.train]\n{train}\n"));
+    std::fs::write(dir.path().join("spec.toml"), text).unwrap();
+    let fired = dir.path().join("fired");
+    let first = std::process::Command::new(common::imet_bin())
+        .current_dir(dir.path())
+        .args(["run", "--spec", "spec.toml", "--parallel", "2"])
+        .env("RUST_LOG", "info")
+        .env("IMET_DEVICE", "cpu")
+        .env_remove("IMET_ROOT")
+        .env("IMET_FAULT", fault)
+        .env("IMET_FAULT_ONCE", &fired)
+        .output()
+        .unwrap();
+    assert!(fired.exists(), "the fault {fault} never fired:\n{}", common::output_text(&first));
+    let out = common::run_imet(dir.path(), &["run", "--spec", "spec.toml", "--parallel", "2"]);
+    let all = common::output_text(&out);
+    if !out.status.success() {
+        panic!("the rerun after {fault} failed:\n{all}\n{}", common::run_diagnosis(dir.path(), &dir.path().join("store/logs")));
+    }
+    (dir, format!("{}\n{all}", common::output_text(&first)))
+}
+
 fn store_of(dir: &Path) -> Store {
     Store::open(&format!("file://{}", dir.join("store").display())).unwrap()
 }
@@ -122,6 +152,19 @@ fn a_sample_experiment_on_shards_matches_its_order_check_bit_for_bit_and_trains_
         }
     }
     assert_eq!(submission(shards.path()), submission(order.path()));
+
+    // Killed inside an epoch, after in-epoch checkpoints: 30 training
+    // images in batches of 8 are 4 steps an epoch, checkpointed after steps
+    // 1-3; the 6th checkpoint write is the 2nd of epoch 2, so the rerun
+    // starts epoch 2's shard epoch at its 9th image.
+    let (resumed, _) = run_killed_then_resumed("shards", "checkpoints = { every_steps = 1 }", "checkpoint.write:6");
+    let resumed_logs = logs(resumed.path());
+    assert!(resumed_logs.contains("resuming inside an epoch") && resumed_logs.contains("batches_done=1"), "no in-epoch resume in the logs");
+    for f in 0..2u8 {
+        let w = |dir: &Path| tensors(&dir.join("store").join(keys::weights(EXP, "r18", Fold(f))));
+        assert!(w(shards.path()) == w(resumed.path()), "fold {f}: the weights differ after an in-epoch resume on shards");
+    }
+    assert_eq!(submission(shards.path()), submission(resumed.path()));
 
     // Objects in the sampler's order: other batches of the same images.
     let (objects, _) = run_with("objects");

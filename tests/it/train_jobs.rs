@@ -1,7 +1,9 @@
 //! Train and predict jobs through the binary on a tiny synthetic sample:
 //! a run killed with SIGKILL mid-epoch and restarted ends with the same
 //! weights and OOF predictions as an uninterrupted one (with hard negative
-//! mining, whose hard images travel in the checkpoint); a failed checkpoint
+//! mining, whose hard images travel in the checkpoint), and so does one
+//! killed after a checkpoint written inside an epoch, which resumes at that
+//! batch rather than at the epoch's start; a failed checkpoint
 //! write keeps the previous checkpoint; a head-only phase leaves the encoder
 //! untouched; bad inputs fail before any work with errors naming what to do.
 
@@ -140,6 +142,43 @@ fn a_run_killed_mid_epoch_resumes_to_the_same_weights_and_oof() {
     // A committed job is skipped.
     let again = ok(imet(b.path(), &["train", "--spec", "spec.toml", "--model", "r18", "--fold", "0"]).output().unwrap(), "rerun");
     assert!(again.contains("\"skipped\": true"), "{again}");
+}
+
+#[test]
+fn a_run_killed_after_an_in_epoch_checkpoint_resumes_at_that_batch_to_the_same_weights_and_oof() {
+    let (a, _) = setup("imet-inepoch-a", "", PHASES);
+    ok(imet(a.path(), &["train", "--spec", "spec.toml", "--model", "r18", "--fold", "0"]).output().unwrap(), "train");
+    ok(imet(a.path(), &["predict", "--spec", "spec.toml", "--model", "r18", "--fold", "0"]).output().unwrap(), "predict");
+
+    // 30 training images in batches of 8, two batches a step: 2 steps an
+    // epoch, a checkpoint after the first. Checkpoint writes: in-epoch 1,
+    // epoch 1, in-epoch 2, epoch 2, ...: the 4th write is killed, so epoch
+    // 2's in-epoch checkpoint is the newest.
+    let (b, _) = setup("imet-inepoch-b", "checkpoints = { every_steps = 1 }", PHASES);
+    let killed = imet(b.path(), &["train", "--spec", "spec.toml", "--model", "r18", "--fold", "0"]).env("IMET_FAULT", "checkpoint.write:4").output().unwrap();
+    assert!(!killed.status.success(), "the job was to be killed at its 4th checkpoint write");
+    let in_epoch = b.path().join("store").join(keys::checkpoint_in_epoch(EXP, "r18", Fold(0)));
+    let ck = imet::train::checkpoint::decode("in-epoch", &std::fs::read(&in_epoch).expect("an in-epoch checkpoint is left")).unwrap();
+    let at = ck.state.in_epoch.expect("written inside an epoch");
+    assert_eq!((ck.state.epochs_done, at.batches, at.steps), (1, 2, 1), "after the first step of epoch 2");
+
+    let resumed = imet(b.path(), &["train", "--spec", "spec.toml", "--model", "r18", "--fold", "0"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&resumed.stderr).to_string();
+    let out = ok(resumed, "resumed train");
+    assert!(stderr.contains("resuming inside an epoch") && stderr.contains("batches_done=2"), "{stderr}");
+    let outcome: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(outcome["resumed_from"], 1);
+    assert!(!in_epoch.exists(), "the epoch's own checkpoint made the in-epoch one obsolete");
+    ok(imet(b.path(), &["predict", "--spec", "spec.toml", "--model", "r18", "--fold", "0"]).output().unwrap(), "predict");
+
+    // Checkpointing inside epochs changes nothing the job computes.
+    let (wa, oa) = weights_and_oof(a.path());
+    let (wb, ob) = weights_and_oof(b.path());
+    assert!(wa == wb, "weights differ after a kill and an in-epoch resume");
+    assert_eq!(oa, ob, "OOF predictions differ after a kill and an in-epoch resume");
+    let history = |d: &Path| rt().block_on(read_history(&store_of(d), &keys::history(EXP, "r18", Fold(0)))).unwrap();
+    let (ha, hb) = (history(a.path()), history(b.path()));
+    assert_eq!(ha.iter().map(|r| (r.train_loss, r.valid_f2, r.lr)).collect::<Vec<_>>(), hb.iter().map(|r| (r.train_loss, r.valid_f2, r.lr)).collect::<Vec<_>>());
 }
 
 #[test]
