@@ -30,6 +30,19 @@ pub struct StorageSection {
     /// one job at once (`[storage.lease]`).
     #[serde(default, skip_serializing_if = "is_default_lease")]
     pub lease: LeasePolicy,
+    /// Check every whole-object read from S3 against the object's ETag
+    /// and read again when they disagree (a body corrupted on the way).
+    /// Turn off for buckets whose ETags are not content MD5s (SSE-KMS).
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
+    pub verify_etags: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_yes(b: &bool) -> bool {
+    *b
 }
 
 fn is_default_lease(p: &LeasePolicy) -> bool {
@@ -69,7 +82,7 @@ impl StorageSection {
     /// [`Error::StoreUrl`] for an unusable root; cache errors.
     pub fn open(&self) -> Result<Store> {
         let cache = self.cache_dir.as_ref().map(|dir| CacheOptions { dir: dir.clone(), max_bytes: (self.cache_max_gb * 1e9) as u64 });
-        Ok(Store::open_with(&self.root_url()?, StoreOptions { retry: self.retry.clone(), cache, s3_config: Vec::new() })?.with_lease_policy(self.lease.clone()))
+        Ok(Store::open_with(&self.root_url()?, StoreOptions { retry: self.retry.clone(), cache, s3_config: Vec::new(), no_etag_check: !self.verify_etags })?.with_lease_policy(self.lease.clone()))
     }
 }
 

@@ -85,6 +85,9 @@ pub struct StoreOptions {
     /// `(key, value)` pairs named like the variables in lower case
     /// (`aws_endpoint`, `aws_access_key_id`, ...).
     pub s3_config: Vec<(String, String)>,
+    /// Do not check S3 reads against ETags (`storage.verify_etags = false`:
+    /// buckets whose ETags are not content MD5s, such as SSE-KMS ones).
+    pub no_etag_check: bool,
 }
 
 /// One listed object.
@@ -104,6 +107,69 @@ pub struct Store {
     retry: RetryPolicy,
     cache: Option<Arc<Cache>>,
     lease: super::lease::LeasePolicy,
+    /// S3 only, unless turned off: reads are checked against ETags.
+    check_etags: bool,
+}
+
+/// Multipart part size of [`Store::writer`] (and so of every multipart
+/// upload this store makes): the ETag check recomputes S3's multipart
+/// ETag with it.
+const PART_BYTES: usize = 16 << 20;
+
+/// A body whose MD5 disagrees with the object's ETag: corrupted on the way
+/// (transient: the read is repeated).
+#[derive(Debug)]
+pub struct BodyMismatch {
+    pub etag: String,
+    pub found: String,
+    pub len: usize,
+    /// The same bytes came back before.
+    pub repeated: bool,
+}
+
+impl std::fmt::Display for BodyMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the body read ({} bytes, MD5 {}) does not match the object's ETag {}: corrupted in transit", self.len, self.found, self.etag)?;
+        if self.repeated {
+            write!(
+                f,
+                ", and the same bytes came back again: a fault on the way that repeats, or a bucket whose ETags are not content MD5s (SSE-KMS encryption); for the latter set `storage.verify_etags = false`"
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for BodyMismatch {}
+
+/// Whether `etag` is S3's ETag of `bytes`: the MD5 of the bytes, or for
+/// `…-N` the MD5 of the MD5s of `part`-sized parts, N of them. `None` when
+/// `etag` is neither form, or names another part count (another writer's
+/// part size): nothing to check.
+pub fn etag_matches(etag: &str, bytes: &[u8], part: usize) -> Option<std::result::Result<(), String>> {
+    use md5::{Digest, Md5};
+    let e = etag.trim_matches('"');
+    let (hex, parts) = match e.split_once('-') {
+        Some((h, n)) => (h, Some(n.parse::<usize>().ok()?)),
+        None => (e, None),
+    };
+    if hex.len() != 32 || !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    let found = match parts {
+        None => hex::encode(Md5::digest(bytes)),
+        Some(n) => {
+            if n == 0 || bytes.len().div_ceil(part) != n {
+                return None;
+            }
+            let mut digests = Vec::with_capacity(16 * n);
+            for c in bytes.chunks(part) {
+                digests.extend_from_slice(&Md5::digest(c));
+            }
+            format!("{}-{n}", hex::encode(Md5::digest(&digests)))
+        }
+    };
+    Some(if found.eq_ignore_ascii_case(e) { Ok(()) } else { Err(found) })
 }
 
 impl Store {
@@ -171,7 +237,8 @@ impl Store {
             Some(c) => Some(Arc::new(Cache::open(c)?)),
             None => None,
         };
-        Ok(Store { inner, prefix, url: url.to_string(), retry: opts.retry, cache, lease: Default::default() })
+        let check_etags = url.starts_with("s3://") && !opts.no_etag_check;
+        Ok(Store { inner, prefix, url: url.to_string(), retry: opts.retry, cache, lease: Default::default(), check_etags })
     }
 
     /// A fresh in-memory store (tests, doctests).
@@ -262,7 +329,28 @@ impl Store {
     pub async fn get(&self, key: &str) -> Result<Bytes> {
         crate::fault::point("store.get");
         let path = self.path(key);
-        self.with_retry("get", key, || async { self.inner.get(&path).await?.bytes().await }).await
+        // The MD5 of the last body that disagreed with its ETag.
+        let last_mismatch = std::sync::Mutex::new(None::<String>);
+        self.with_retry("get", key, || async {
+            let got = self.inner.get(&path).await?;
+            let etag = got.meta.e_tag.clone();
+            let bytes = got.bytes().await?;
+            self.check_body(etag.as_deref(), &bytes, &last_mismatch)?;
+            Ok(bytes)
+        })
+        .await
+    }
+
+    /// Checks a whole body read from S3 against its ETag (see the module
+    /// docs); `last_mismatch` holds the MD5 of the previous attempt's
+    /// mismatching body, for the error's advice.
+    fn check_body(&self, etag: Option<&str>, bytes: &[u8], last_mismatch: &std::sync::Mutex<Option<String>>) -> std::result::Result<(), object_store::Error> {
+        let Some(etag) = etag.filter(|_| self.check_etags) else { return Ok(()) };
+        let Some(Err(found)) = etag_matches(etag, bytes, PART_BYTES) else { return Ok(()) };
+        let mut last = last_mismatch.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let repeated = last.as_deref() == Some(found.as_str());
+        *last = Some(found.clone());
+        Err(object_store::Error::Generic { store: "S3", source: Box::new(BodyMismatch { etag: etag.to_string(), found, len: bytes.len(), repeated }) })
     }
 
     /// Like [`Store::get`], but `None` when the object does not exist.
@@ -371,12 +459,14 @@ impl Store {
     /// the writer is shut down successfully (`AsyncWriteExt::shutdown`).
     /// Retrying means writing again from the start: see [`Store::put_streamed`].
     pub fn writer(&self, key: &str) -> BufWriter {
-        BufWriter::with_capacity(self.inner.clone(), self.path(key), 16 << 20)
+        BufWriter::with_capacity(self.inner.clone(), self.path(key), PART_BYTES)
     }
 
     /// Streams an object produced by `produce` into `key`, restarting the
     /// whole upload on a transient fault. `produce` must write the same
-    /// bytes each time it is called.
+    /// bytes each time it is called. When completing the upload fails, the
+    /// object is looked up: one that appeared or changed since the attempt
+    /// began is this upload, whose answer was lost.
     pub async fn put_streamed<T, F, Fut>(&self, key: &str, mut produce: F) -> Result<T>
     where
         F: FnMut(BufWriter) -> Fut,
@@ -385,6 +475,9 @@ impl Store {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
+            // What was there before (unknown when the lookup fails: then a
+            // failed completion is never taken for a landed one).
+            let before = self.version(key).await.ok();
             let writer = self.writer(key);
             match produce(writer).await {
                 Ok((mut w, n)) => {
@@ -397,6 +490,12 @@ impl Store {
                             // `abort` is not allowed after `shutdown`).
                             drop(w);
                             let err = io_to_store(e);
+                            if let (Some(before), Ok(now @ Some(_))) = (&before, self.version(key).await) {
+                                if now != *before {
+                                    warn!(op = "put_streamed", key, attempt, error = %err, "the answer to completing the upload was lost, but the object is there, new: the upload landed");
+                                    return Ok(n);
+                                }
+                            }
                             if attempt <= self.retry.retries && is_transient(&err) {
                                 let pause = self.retry.backoff(attempt);
                                 warn!(op = "put_streamed", key, attempt, error = %err, "transient storage fault on completion; restarting upload");
@@ -414,6 +513,17 @@ impl Store {
                 }
                 Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// What identifies the object now at `key` (ETag, modification time,
+    /// size), or `None` when there is none.
+    async fn version(&self, key: &str) -> Result<Option<(Option<String>, chrono::DateTime<chrono::Utc>, u64)>> {
+        let path = self.path(key);
+        match self.with_retry("head", key, || self.inner.head(&path)).await {
+            Ok(m) => Ok(Some((m.e_tag, m.last_modified, m.size))),
+            Err(Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
         }
     }
 }
@@ -461,6 +571,25 @@ mod tests {
     fn rejects_relative_file_urls_and_unknown_schemes() {
         assert!(matches!(Store::open("file://relative/path"), Err(Error::StoreUrl { .. })));
         assert!(matches!(Store::open("gs://bucket"), Err(Error::StoreUrl { .. })));
+    }
+
+    #[test]
+    fn etags_of_one_request_and_multipart_uploads_are_recomputed() {
+        use md5::{Digest, Md5};
+        let body: Vec<u8> = (0..25u32).map(|i| i as u8).collect();
+        let single = format!("\"{}\"", hex::encode(Md5::digest(&body)));
+        assert_eq!(etag_matches(&single, &body, 10), Some(Ok(())));
+        let mut flipped = body.clone();
+        flipped[12] ^= 0xff;
+        assert!(matches!(etag_matches(&single, &flipped, 10), Some(Err(_))));
+        // Three parts of 10, 10 and 5 bytes.
+        let parts: Vec<u8> = body.chunks(10).flat_map(|c| Md5::digest(c).to_vec()).collect();
+        let multi = format!("{}-3", hex::encode(Md5::digest(&parts)));
+        assert_eq!(etag_matches(&multi, &body, 10), Some(Ok(())));
+        assert!(matches!(etag_matches(&multi, &flipped, 10), Some(Err(_))));
+        assert_eq!(etag_matches(&multi, &body, 20), None, "another part size: not checkable");
+        assert_eq!(etag_matches("1a2b-3c4d-5e", &body, 10), None, "a local file's ETag is no MD5");
+        assert_eq!(etag_matches("7", &body, 10), None);
     }
 
     #[test]

@@ -92,6 +92,7 @@ fn no_output_of_a_whole_s3_run_holds_the_credentials() {
             ("aws_secret_access_key".into(), SECRET.into()),
             ("aws_region".into(), "us-east-1".into()),
         ],
+        ..Default::default()
     };
     let store = Store::open_with("s3://imet/exp", opts).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

@@ -121,6 +121,7 @@ impl S3Server {
                 ("aws_secret_access_key".into(), SECRET_KEY.into()),
                 ("aws_region".into(), "us-east-1".into()),
             ],
+            ..Default::default()
         };
         Store::open_with(&format!("s3://{bucket}/{prefix}"), opts).unwrap()
     }
