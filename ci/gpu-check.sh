@@ -27,12 +27,20 @@
 #
 # Usage:
 #   ci/gpu-check.sh [--kit FILE | --imet PATH --checker PATH] [--python PY] [--out DIR]
-#                   [--only info,step,resume,loader,dag] [--deadline-s 450] [--cpu]
+#                   [--only info,step,resume,loader,dag] [--deadline-s 440]
+#                   [--torch-lib auto|python] [--cpu]
 #   ci/gpu-check.sh --pack FILE.tar.xz [--imet PATH --checker PATH]   # on the build machine
 #     (builds both in release mode unless given)
+# --out defaults to $OUT, else ./gpu-check-out. --deadline-s bounds all
+# checks together (each also has its own limit); a check that would start
+# past it is reported as skipped. --torch-lib python runs imet on the
+# Python torch's libraries even when its own load (how a kit runs on a GPU
+# machine; on a CPU machine with torch for Python, --cpu --torch-lib python
+# checks that a binary built here runs on those libraries).
 # --cpu runs every check on the CPU with tiny sizes (IMET_DEVICE=cpu): a
 # machine without a GPU checks the script itself this way (CI does not run
-# it; a run takes a few minutes on 2 cores).
+# it; a run takes about 5 minutes on 2 cores). Timings are not judged and
+# the CUDA assertions are not made in this mode.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 target="${CARGO_TARGET_DIR:-$repo/target}"

@@ -46,7 +46,7 @@ use tch::{Device, Kind, Tensor};
 
 /// `--flag value` pairs after the mode.
 fn flags(args: &[String]) -> anyhow::Result<Vec<(String, String)>> {
-    anyhow::ensure!(args.len() % 2 == 0, "flags come in `--flag value` pairs: {args:?}");
+    anyhow::ensure!(args.len().is_multiple_of(2), "flags come in `--flag value` pairs: {args:?}");
     Ok(args.chunks(2).map(|p| (p[0].clone(), p[1].clone())).collect())
 }
 
