@@ -72,6 +72,10 @@ class Ctx:
             self.env["IMET_DEVICE"] = "cpu"
         else:
             self.env.pop("IMET_DEVICE", None)
+        # The Python reference runs in this environment, without the
+        # LD_LIBRARY_PATH / LD_PRELOAD imet may be given: torch finds its
+        # own libraries.
+        self.python_env = dict(self.env)
         self.checker_env = self.env
         self.lib_mode = "as built"
         self.results = {}
@@ -129,6 +133,9 @@ def info_json(ctx, env):
     rc, out, err = run(ctx, [ctx.imet, "info"], 60, env=env, check=False)
     if rc != 0:
         return None, (err or out).strip()[-400:]
+    if "cannot be preloaded" in err:
+        # ld.so goes on without a preload it cannot load: say so.
+        return None, err.strip()[-400:]
     # `imet info` prints a version line, then the JSON object.
     return json.loads(out[out.index("{"):]), None
 
@@ -138,7 +145,7 @@ def torch_lib(ctx):
     if not hasattr(ctx, "torch_lib"):
         code = "import torch, os; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))"
         try:
-            p = subprocess.run([ctx.python, "-c", code], capture_output=True, text=True, timeout=120)
+            p = subprocess.run([ctx.python, "-c", code], env=ctx.python_env, capture_output=True, text=True, timeout=120)
             lib = p.stdout.strip()
             ctx.torch_lib = lib if p.returncode == 0 and Path(lib, "libtorch_cpu.so").exists() else None
         except (OSError, subprocess.TimeoutExpired):
@@ -244,7 +251,7 @@ def torch_step(ctx, log, s, timeout):
     cmd = [ctx.python, REPO / "ci/bench/train_step.py", "--device", "cpu" if ctx.cpu else "cuda",
            "--size", s["size"], "--batch", s["batch"], "--iters", s["iters"], "--warmup", s["warmup"],
            "--amp" if not ctx.cpu else "--no-amp", "--channels-last" if not ctx.cpu else "--no-channels-last"]
-    return last_json(run(ctx, cmd, timeout, log)[1])
+    return last_json(run(ctx, cmd, timeout, log, env=ctx.python_env)[1])
 
 
 def check_step(ctx, log):
@@ -494,7 +501,7 @@ def machine(ctx):
         m["nvidia_smi"] = f"unavailable: {e}"
     try:
         m["torch"] = subprocess.run([ctx.python, "-c", "import torch; print(torch.__version__, torch.version.cuda, torch.cuda.is_available())"],
-                                    capture_output=True, text=True, timeout=120).stdout.strip()
+                                    env=ctx.python_env, capture_output=True, text=True, timeout=120).stdout.strip()
     except (OSError, subprocess.TimeoutExpired) as e:
         m["torch"] = f"unavailable: {e}"
     return m

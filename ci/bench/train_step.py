@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""PyTorch half of the training-step comparison (examples/train_step.rs is the
-imet half; ci/gpu-check.sh runs both on the same machine): times one full
-training step of SE-ResNeXt-50 (32x4d) the way imet's train loop does it:
-channels-last input, forward under fp16 autocast, BCE-with-logits over 1,103
-classes, loss scaled by a GradScaler, backward, unscale, SGD step (momentum
-0.9), scaler update, zero_grad. CUDA steps end with a synchronise, so the
+"""PyTorch half of the training-step comparison (`gpu_check step`, in
+examples/gpu_check.rs, is the imet half; ci/gpu-check.sh runs both on the
+same machine): times one full training step of SE-ResNeXt-50 (32x4d) the way
+imet's train loop does it: channels-last input, forward under fp16 autocast,
+BCE-with-logits over 1,103 classes, the loss read back to the host (as the
+loop does for its NaN check and totals, and as a PyTorch loop does with
+`loss.item()`), loss scaled by a GradScaler, backward, unscale, SGD step
+(momentum 0.9), scaler update, zero_grad. CUDA steps end with a synchronise, so the
 wall time per step is the device time.
 
 The network is written here in plain PyTorch, not imported from timm, so a
@@ -15,7 +17,7 @@ loads one set of random weights into both and compares their logits.
 
   python ci/bench/train_step.py [--device cuda] [--size 320] [--batch 64] [--iters 20]
       [--warmup 5] [--amp|--no-amp] [--channels-last|--no-channels-last]
-      [--foreach|--no-foreach] [--threads N] [--check-timm]
+      [--foreach|--no-foreach] [--cudnn-benchmark|--no-cudnn-benchmark] [--threads N] [--check-timm]
 
 Prints one JSON object: arch, device, size, batch, amp, channels_last,
 foreach, params, median_s, min_s, images_per_s, fwd_bwd_median_s (the same
@@ -136,6 +138,8 @@ def main():
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--foreach", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.optim's multi-tensor SGD (default: torch's own choice, on for CUDA)")
+    p.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=False,
+                   help="cuDNN autotuning (off by default, as in imet's train loop and gpu_check step)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--check-timm", action="store_true")
     args = p.parse_args()
@@ -145,6 +149,7 @@ def main():
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     amp = args.amp and cuda
     torch.manual_seed(0)
     model = SEResNeXt50().to(device)
@@ -166,6 +171,7 @@ def main():
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
             logits = model(x)
         loss = F.binary_cross_entropy_with_logits(logits.float(), y)
+        loss.item()
         scaler.scale(loss).backward()
         if full:
             scaler.step(opt)
