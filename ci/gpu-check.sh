@@ -16,7 +16,7 @@
 #       * built on the GPU machine: `cargo build --release --bin imet --example gpu_check`
 #         (the defaults below find them);
 #       * a kit made elsewhere with `ci/gpu-check.sh --pack FILE.tar.xz` (both
-#         binaries, stripped, 13 MB) and passed as `--kit FILE.tar.xz`.
+#         binaries, stripped, about 17 MB) and passed as `--kit FILE.tar.xz`.
 #         A kit built against the CPU-only libtorch set runs against the GPU
 #         machine's own torch: the check points LD_LIBRARY_PATH at that
 #         torch's lib/ and preloads its libtorch_cuda.so (which nothing in a
@@ -39,7 +39,7 @@
 # checks that a binary built here runs on those libraries).
 # --cpu runs every check on the CPU with tiny sizes (IMET_DEVICE=cpu): a
 # machine without a GPU checks the script itself this way (CI does not run
-# it; a run takes about 5 minutes on 2 cores). Timings are not judged and
+# it; a run takes 3 to 4 minutes on 2 busy cores). Timings are not judged and
 # the CUDA assertions are not made in this mode.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
