@@ -28,12 +28,14 @@
 # Usage:
 #   ci/gpu-check.sh [--kit FILE | --imet PATH --checker PATH] [--python PY] [--out DIR]
 #                   [--only info,step,resume,loader,dag] [--deadline-s 440]
-#                   [--torch-lib auto|python] [--cpu]
+#                   [--torch-lib auto|python] [--work DIR] [--cpu]
 #   ci/gpu-check.sh --pack FILE.tar.xz [--imet PATH --checker PATH]   # on the build machine
 #     (builds both in release mode unless given)
-# --out defaults to $OUT, else ./gpu-check-out. --deadline-s bounds all
-# checks together (each also has its own limit); a check that would start
-# past it is reported as skipped. --torch-lib python runs imet on the
+# --out defaults to $OUT, else ./gpu-check-out; it gets the results and logs
+# only: the checks' stores (gigabytes of weights and checkpoints on a GPU)
+# go to a temporary folder removed at the end, or to --work DIR, which is
+# kept. --deadline-s bounds all checks together (each also has its own
+# limit); a check that would start past it is reported as skipped. --torch-lib python runs imet on the
 # Python torch's libraries even when its own load (how a kit runs on a GPU
 # machine; on a CPU machine with torch for Python, --cpu --torch-lib python
 # checks that a binary built here runs on those libraries).

@@ -42,6 +42,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -60,7 +61,11 @@ class Ctx:
         self.args = args
         self.cpu = args.cpu
         self.out = Path(args.out).resolve()
-        self.work = self.out / "work"
+        # The stores the checks write (weights, checkpoints: gigabytes on a
+        # GPU) stay out of the results folder: a temporary folder removed at
+        # the end, unless --work names one to keep.
+        self.keep_work = bool(args.work)
+        self.work = Path(args.work).resolve() if args.work else Path(tempfile.mkdtemp(prefix="imet-gpu-check-"))
         self.imet = Path(args.imet).resolve()
         self.checker = Path(args.checker).resolve()
         self.python = args.python
@@ -514,6 +519,7 @@ def main():
     p.add_argument("--python", default=sys.executable, help="a Python with torch (the reference)")
     p.add_argument("--out", default=os.environ.get("OUT") or "gpu-check-out")
     p.add_argument("--cpu", action="store_true")
+    p.add_argument("--work", default="", help="where the checks' stores go, kept (default: a temporary folder, removed)")
     p.add_argument("--only", default="", help="comma-separated checks to run (default: all; info always runs)")
     p.add_argument("--deadline-s", type=float, default=440,
                    help=f"all checks together, seconds (default 440, which leaves the 8 minutes room for "
@@ -550,8 +556,11 @@ def main():
         ctx.results[name] = r
         (ctx.out / f"{name}.json").write_text(json.dumps(r, indent=2, default=str) + "\n")
         print(f"{'PASS' if r['ok'] else 'FAIL'}  {name:<7} {r['seconds']:6.1f}s  {r['summary']}", flush=True)
+    if not ctx.keep_work:
+        shutil.rmtree(ctx.work, ignore_errors=True)
     report = {"machine": machine(ctx), "lib_mode": ctx.lib_mode, "seconds": round(now() - started, 1),
-              "ok": all(r["ok"] for r in ctx.results.values()), "checks": ctx.results}
+              "ok": all(r["ok"] for r in ctx.results.values()), "checks": ctx.results,
+              "work": str(ctx.work) if ctx.keep_work else None}
     (ctx.out / "gpu-check.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     print(f"{'ALL PASS' if report['ok'] else 'SOME FAILED'} in {report['seconds']:.0f}s; results in {ctx.out}/gpu-check.json")
     sys.exit(0 if report["ok"] else 1)
