@@ -15,6 +15,7 @@ use super::plan::{shell_quote, JobResources, Plan};
 use crate::fold_job::FOLDS_ENV;
 use crate::error::{Error, ExitKind, Result};
 use crate::spec::{JobSpec, SpecSource};
+use crate::storage::provenance::build_facts;
 use serde_json::{json, Value};
 use std::fmt::Write as _;
 use std::path::Path;
@@ -102,6 +103,12 @@ pub fn requests(spec: &JobSpec) -> Result<Vec<(String, String, String)>> {
         if !a.secrets.is_empty() {
             container["secrets"] = a.secrets.iter().map(|s| json!({ "name": s.name, "valueFrom": s.value_from })).collect();
         }
+        // The definition names the imet that rendered it (version, source
+        // commit, libtorch flavour); propagated to the tasks with the rest.
+        let mut tags = json!({ "imet:experiment": exp });
+        for (key, value) in build_facts() {
+            tags[format!("imet:{key}")] = json!(value);
+        }
         json!({
             "jobDefinitionName": name,
             "type": "container",
@@ -109,7 +116,7 @@ pub fn requests(spec: &JobSpec) -> Result<Vec<(String, String, String)>> {
             "containerProperties": container,
             "retryStrategy": retry_strategy(a.attempts),
             "timeout": { "attemptDurationSeconds": r.time_limit_s.max(60) },
-            "tags": { "imet:experiment": exp },
+            "tags": tags,
             "propagateTags": true,
         })
     };
@@ -265,6 +272,21 @@ secrets = [{ name = "AWS_SECRET_ACCESS_KEY", value_from = "arn:aws:secretsmanage
         let s = &files.iter().find(|f| f.0 == "submit.sh").unwrap().1;
         assert!(s.contains("subst=\"${subst}s/@@imet-e-1-folds@@/$id_imet_e_1_folds/g;\""), "{s}");
         assert!(s.find("id_imet_e_1_folds=$(").unwrap() < s.find("id_imet_e_1_r18=$(").unwrap());
+    }
+
+    #[test]
+    fn every_definition_is_tagged_with_the_imet_that_rendered_it() {
+        let spec = JobSpec::parse("s.toml", SPEC).unwrap();
+        let files = requests(&spec).unwrap();
+        let p = crate::storage::provenance::Build::current();
+        let defs: Vec<&String> = files.iter().filter(|f| f.0.starts_with("job-definitions/")).map(|f| &f.0).collect();
+        assert_eq!(defs.len(), 3);
+        for name in defs {
+            let tags = &json_file(&files, name)["tags"];
+            let want = json!({ "imet:experiment": spec.experiment, "imet:version": p.imet_version, "imet:source-commit": p.source_commit, "imet:libtorch": p.libtorch });
+            assert_eq!(tags, &want, "{name}");
+        }
+        assert_eq!(requests(&spec).unwrap(), files, "the same binary renders the same files");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::fold_job::FOLDS_ENV;
 use std::collections::HashMap;
 use crate::error::{Error, ExitKind, Result};
 use crate::spec::{JobSpec, SpecSource};
+use crate::storage::provenance::{build_facts, build_line};
 use serde_json::{json, Value};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -124,8 +125,19 @@ pub fn manifests(spec: &JobSpec) -> Result<Vec<(String, String, String)>> {
     let exp = &plan.experiment;
     let config_name = object_name(&["imet", exp, "spec"])?;
     let (spec_dir, spec_file) = spec_path.rsplit_once('/').map(|(d, f)| (if d.is_empty() { "/" } else { d }, f)).unwrap_or(("/", spec_path));
-    let labels = |component: &str| json!({ "app.kubernetes.io/name": "imet", "app.kubernetes.io/component": component, "imet/experiment": label_value(exp) });
-    let meta = |name: &str, component: &str| json!({ "name": name, "namespace": k.namespace, "labels": labels(component) });
+    // Every object and pod also names the imet that rendered it (version,
+    // source commit, libtorch flavour), as labels to select by and as one
+    // annotation to read.
+    let labels = |component: &str| {
+        let mut l = json!({ "app.kubernetes.io/name": "imet", "app.kubernetes.io/component": component, "imet/experiment": label_value(exp) });
+        for (key, value) in build_facts() {
+            l[format!("imet/{key}")] = json!(label_value(value));
+        }
+        l
+    };
+    let meta = |name: &str, component: &str| {
+        json!({ "name": name, "namespace": k.namespace, "labels": labels(component), "annotations": { "imet/rendered-by": build_line() } })
+    };
 
     let mut files = Vec::new();
     let configmap = json!({
@@ -251,8 +263,11 @@ fn component_of(g: &Group) -> String {
     }
 }
 
+/// `s` as a label value Kubernetes accepts: at most 63 characters of
+/// `[A-Za-z0-9._-]` (others become `-`), starting and ending alphanumeric.
 fn label_value(s: &str) -> String {
-    s.chars().take(63).collect::<String>().trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_string()
+    let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    s.chars().map(|c| if valid(c) { c } else { '-' }).take(63).collect::<String>().trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_string()
 }
 
 /// Applies every file in order; each stage waits for the previous one to
@@ -429,6 +444,34 @@ parallelism = 2
                 assert!(job.contains(needle), "{needle:?} missing from\n{job}");
             }
         }
+    }
+
+    #[test]
+    fn every_object_and_pod_names_the_imet_that_rendered_it() {
+        let spec = JobSpec::parse("s.toml", SPEC).unwrap();
+        let files = manifests(&spec).unwrap();
+        let commit = crate::storage::provenance::SOURCE_COMMIT;
+        for (name, text, _) in files.iter().filter(|f| f.0.ends_with(".yaml")) {
+            // Object metadata and, for Jobs, the pod template's too.
+            let copies = if name == "00-spec.yaml" { 1 } else { 2 };
+            for needle in [
+                format!("imet/version: \"{}\"\n", env!("CARGO_PKG_VERSION")),
+                format!("imet/source-commit: \"{}\"\n", label_value(commit)),
+                format!("imet/libtorch: \"{}\"\n", crate::storage::provenance::LIBTORCH),
+            ] {
+                assert_eq!(text.matches(&needle).count(), copies, "{needle:?} in {name}:\n{text}");
+            }
+            assert_eq!(text.matches(&format!("imet/rendered-by: \"{}\"\n", build_line())).count(), 1, "{name}:\n{text}");
+        }
+        assert_eq!(manifests(&spec).unwrap(), files, "the same binary renders the same files");
+    }
+
+    #[test]
+    fn label_values_keep_only_what_kubernetes_allows() {
+        assert_eq!(label_value("0123456789abcdef0123456789abcdef01234567"), "0123456789abcdef0123456789abcdef01234567");
+        assert_eq!(label_value("v1.2+dirty"), "v1.2-dirty");
+        assert_eq!(label_value("-e_1-"), "e_1");
+        assert_eq!(label_value(&"a".repeat(80)).len(), 63);
     }
 
     #[test]

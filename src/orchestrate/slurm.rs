@@ -223,6 +223,7 @@ fn script(b: &Batch, cluster: &ClusterSection, ctx: &Context, r: &JobResources, 
         opt(extra.clone());
     }
     let _ = writeln!(s, "# {}: {}", b.key, b.jobs.join(" "));
+    let _ = writeln!(s, "# Written by {}.", crate::storage::provenance::build_line());
     s.push_str("set -uo pipefail\n");
     let _ = writeln!(s, "export {}={}", crate::storage::config::ROOT_ENV, shell_quote(&ctx.root));
     let _ = writeln!(s, "status=0\n{{ {command}; }} || status=$?");
@@ -390,6 +391,13 @@ sbatch_extra = ["--qos=long"]
             assert!(a.contains(line), "{line:?} missing from\n{a}");
         }
         assert!(!b[2].text.contains("--gres"), "a CPU model asks for no GPU:\n{}", b[2].text);
+        // Every script names the imet that wrote it, below its #SBATCH lines.
+        let written_by = format!("\n# Written by {}.\n", crate::storage::provenance::build_line());
+        for batch in &b {
+            let at = batch.text.find(&written_by).unwrap_or_else(|| panic!("{written_by:?} missing from\n{}", batch.text));
+            assert!(batch.text.rfind("#SBATCH ").is_some_and(|last| last < at), "{}", batch.text);
+        }
+        assert_eq!(batches(&plan, &spec.cluster, &HashSet::new(), &ctx).iter().map(|b| &b.text).collect::<Vec<_>>(), b.iter().map(|b| &b.text).collect::<Vec<_>>());
         assert!(b[0].text.contains("{ /opt/imet folds --spec /w/s.toml; } || status=$?\n"));
         assert!(b[3].text.contains("{ /opt/imet ensemble --spec /w/s.toml; } || status=$?\n"));
     }

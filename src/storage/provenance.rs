@@ -69,6 +69,20 @@ pub fn engine_ids() -> Vec<(String, String)> {
     VARS.iter().filter_map(|v| std::env::var(v).ok().map(|x| (v.to_string(), x))).collect()
 }
 
+/// This binary's version, source commit and libtorch flavour as
+/// `(name, value)` pairs: `version`, `source-commit`, `libtorch`. What the
+/// batch files `imet render` and `imet submit` write record about the imet
+/// that wrote them (no device or host: the same binary writes the same
+/// files).
+pub fn build_facts() -> [(&'static str, &'static str); 3] {
+    [("version", env!("CARGO_PKG_VERSION")), ("source-commit", SOURCE_COMMIT), ("libtorch", LIBTORCH)]
+}
+
+/// [`build_facts`] as one line: `imet 0.1.0, source commit 1a2b..., libtorch cpu`.
+pub fn build_line() -> String {
+    format!("imet {}, source commit {SOURCE_COMMIT}, libtorch {LIBTORCH}", env!("CARGO_PKG_VERSION"))
+}
+
 /// The build and device facts a manifest records.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -98,5 +112,14 @@ mod tests {
         assert!(["cpu", "cuda"].contains(&b.libtorch.as_str()), "{b:?}");
         assert!(b.device == "cpu" || b.device.starts_with("cuda:0 of "), "{b:?}");
         assert!(!host().is_empty());
+    }
+
+    #[test]
+    fn the_build_facts_and_line_agree_with_the_manifests_build() {
+        let b = Build::current();
+        let facts = build_facts();
+        assert_eq!(facts.map(|(k, _)| k), ["version", "source-commit", "libtorch"]);
+        assert_eq!(facts.map(|(_, v)| v.to_string()), [b.imet_version.clone(), b.source_commit.clone(), b.libtorch.clone()]);
+        assert_eq!(build_line(), format!("imet {}, source commit {}, libtorch {}", b.imet_version, b.source_commit, b.libtorch));
     }
 }

@@ -15,6 +15,7 @@ mod data_cli;
 mod ensemble_end_to_end;
 mod failure_records;
 mod fault_proxy;
+mod gpu_check_script;
 mod gpu_run;
 mod folds_real;
 mod full_disk;

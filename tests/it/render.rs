@@ -3,7 +3,10 @@
 //! requests against botocore's `batch` service model; the rendered
 //! `submit.sh` scripts run against stand-in `kubectl` / `aws` commands that
 //! record their calls, so the apply order and the job-id substitution are
-//! checked too. Python comes from IMET_PYTHON (ci/setup-python.sh).
+//! checked too; every rendered Job and job definition names the imet that
+//! rendered it (version, source commit, libtorch flavour), and rendering
+//! twice gives the same bytes. Python comes from IMET_PYTHON
+//! (ci/setup-python.sh).
 
 use crate::common;
 
@@ -65,6 +68,14 @@ for f in sorted(glob.glob(sys.argv[1] + "/*.yaml")):
 for version in [sys.argv[2] + ".0", kubernetes_validate.latest_version()]:
     for f, d in docs:
         kubernetes_validate.validate(d, version, strict=True)
+# Label values Kubernetes accepts (the schemas leave them to the API server).
+import re
+value = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+for f, d in docs:
+    for meta in [d["metadata"]] + ([d["spec"]["template"]["metadata"]] if d["kind"] == "Job" else []):
+        for k, v in meta["labels"].items():
+            if len(v) > 63 or not value.match(v):
+                sys.exit(f"{f}: label {k}={v!r} is not a valid label value")
 job = next(d for f, d in docs if d["kind"] == "Job" and d["spec"].get("completionMode") == "Indexed")
 # Indexed Jobs need backoffLimitPerIndex, which 1.27 lacks: the minimum is real.
 try:
@@ -217,6 +228,46 @@ fn aws_batch_requests_validate_against_botocores_service_model_and_submit_resolv
     let folds = def["containerProperties"]["environment"][3]["value"].as_str().unwrap();
     assert_eq!(folds, "0,1,2", "an array child maps its index to the fold it trains");
     assert!(def["containerProperties"]["secrets"][0]["valueFrom"].as_str().unwrap().starts_with("arn:aws:secretsmanager"));
+}
+
+#[test]
+fn rendered_files_name_the_imet_that_rendered_them_and_are_the_same_twice() {
+    use imet::storage::provenance::{build_line, LIBTORCH, SOURCE_COMMIT};
+    let version = env!("CARGO_PKG_VERSION");
+    let tmp = tempfile::tempdir().unwrap();
+    let files = |engine: &str, dir: &Path| {
+        std::fs::create_dir_all(dir).unwrap();
+        render(engine, dir);
+        let mut files: Vec<_> = common::files_under(&dir.join("out")).into_iter().map(|f| (f.strip_prefix(dir).unwrap().to_path_buf(), std::fs::read(&f).unwrap())).collect();
+        files.sort();
+        files
+    };
+    let mut checked = 0;
+    for engine in ["k8s", "aws-batch"] {
+        let first = files(engine, &tmp.path().join(format!("{engine}-1")));
+        assert_eq!(first, files(engine, &tmp.path().join(format!("{engine}-2"))), "{engine}: the same binary renders the same bytes");
+        for (path, bytes) in &first {
+            let text = String::from_utf8_lossy(bytes);
+            if engine == "k8s" && path.extension().is_some_and(|e| e == "yaml") {
+                for needle in [
+                    format!("imet/version: \"{version}\""),
+                    format!("imet/source-commit: \"{SOURCE_COMMIT}\""),
+                    format!("imet/libtorch: \"{LIBTORCH}\""),
+                    format!("imet/rendered-by: \"{}\"", build_line()),
+                ] {
+                    assert!(text.contains(&needle), "{needle} missing from {}:\n{text}", path.display());
+                }
+                checked += 1;
+            }
+            if engine == "aws-batch" && path.starts_with("out/job-definitions") {
+                let def: serde_json::Value = serde_json::from_str(&text).unwrap();
+                let want = serde_json::json!({ "imet:experiment": "render_test", "imet:version": version, "imet:source-commit": SOURCE_COMMIT, "imet:libtorch": LIBTORCH });
+                assert_eq!(def["tags"], want, "{}", path.display());
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 5 + 4, "five Kubernetes manifests and four job definitions checked");
 }
 
 #[test]
