@@ -1,5 +1,6 @@
 //! Train stage: trains one model on every fold but `K`, validates on `K`
-//! after each epoch, checkpoints after each epoch and keeps the weights of
+//! after each epoch, checkpoints after each epoch (and inside epochs, with
+//! `checkpoints.every_steps` / `every_minutes`) and keeps the weights of
 //! the best epoch by validation F2. Phases switch the optimiser, the
 //! trainable part and the labels learnt (recipe R3). A rerun resumes from
 //! the newest complete checkpoint; a committed job is skipped.
@@ -10,7 +11,8 @@
 //!
 //! Reads `data/`, `runs/{exp}/folds.parquet` and the model's initial
 //! weights; writes, under `runs/{exp}/models/{M}/fold={K}/`,
-//! `checkpoints/epoch={e}.safetensors`, `history.parquet`,
+//! `checkpoints/epoch={e}.safetensors`, `checkpoints/in-epoch.safetensors`,
+//! `history.parquet`,
 //! `model.safetensors` and `_TRAINED.json` (last).
 
 pub mod amp;
