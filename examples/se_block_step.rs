@@ -26,6 +26,9 @@ use tch::{Device, Kind, Tensor};
 const STAGES: [(i64, i64, i64, i64); 4] = [(24, 64, 64, 1), (12, 256, 128, 2), (6, 512, 256, 2), (3, 1024, 512, 2)];
 const KINDS: [&str; 4] = ["se", "se_block", "block", "first_se_block"];
 
+/// The piece under test: input to output.
+type Step = Box<dyn Fn(&Tensor) -> Tensor>;
+
 /// A SE-ResNeXt bottleneck (32 groups, base width 4), SE optional, with the
 /// forward of `model::senet`'s block.
 struct Block {
@@ -99,7 +102,7 @@ fn main() -> anyhow::Result<()> {
             STAGES.get(stage.wrapping_sub(1)).ok_or_else(|| anyhow::anyhow!("case `{case}`: stage is 1-4"))?;
         let out = planes * 4;
         let vs = nn::VarStore::new(Device::Cpu);
-        let (step, in_shape): (Box<dyn Fn(&Tensor) -> Tensor>, [i64; 4]) = match kind {
+        let (step, in_shape): (Step, [i64; 4]) = match kind {
             "se" => {
                 let se = SqueezeExcite::new(&(vs.root() / "se_module"), out, 16);
                 (Box::new(move |xs| se.forward(xs)), [2, out, size, size])
