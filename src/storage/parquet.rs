@@ -707,30 +707,47 @@ pub async fn read_folds(store: &Store, key: &str) -> Result<(Vec<ImageId>, Vec<F
 // ---------------------------------------------------------------------------
 // Training history
 
-/// One epoch of a training job.
+/// One epoch of a training job. In JSON (checkpoints' loop state) a float
+/// that is not finite is written as `null` and read back as NaN.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EpochRecord {
     pub epoch: u32,
     /// Training phase name (e.g. `head`, `full`, `tags`); `main` when single-phase.
     pub phase: String,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub train_loss: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub valid_loss: f64,
     /// F2 per image at the best global threshold on the validation fold.
+    #[serde(deserialize_with = "f64_or_nan")]
     pub valid_f2: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub valid_threshold: f64,
     /// The same over the culture attributes alone, and over the tags alone
     /// (a phase that trains one group keeps the epoch best on it).
-    #[serde(default = "nan")]
+    #[serde(default = "nan", deserialize_with = "f64_or_nan")]
     pub valid_f2_culture: f64,
-    #[serde(default = "nan")]
+    #[serde(default = "nan", deserialize_with = "f64_or_nan")]
     pub valid_f2_tag: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub lr: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub train_images_per_sec: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub seconds: f64,
 }
 
 fn nan() -> f64 {
     f64::NAN
+}
+
+/// A float that JSON holds as a number or as `null` (how serde_json writes
+/// NaN and the infinities), `null` read as NaN.
+///
+/// # Errors
+/// Anything else than a number or `null`.
+pub fn f64_or_nan<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(<Option<f64> as serde::Deserialize>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// The metadata keys of `history.parquet`.

@@ -41,7 +41,9 @@ pub struct LoopState {
     pub optim_steps: u64,
     pub scaler_scale: f64,
     pub scaler_tracker: u32,
-    /// Best validation F2 so far and the epoch (1-based count) it came at.
+    /// Best validation F2 so far and the epoch (1-based count) it came at;
+    /// minus infinity before the first epoch (`null` in JSON).
+    #[serde(deserialize_with = "f64_or_neg_infinity")]
     pub best_f2: f64,
     pub best_epoch: u32,
     pub history: Vec<EpochRecord>,
@@ -57,6 +59,12 @@ pub struct LoopState {
     /// then describe that moment, not the end of the previous epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_epoch: Option<InEpoch>,
+}
+
+/// `best_f2` from JSON: a number, or `null` for minus infinity (serde_json
+/// writes every non-finite float as `null`; no F2 is NaN here).
+fn f64_or_neg_infinity<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NEG_INFINITY))
 }
 
 /// Where inside an epoch a checkpoint was written, with the epoch's running
@@ -364,6 +372,31 @@ mod tests {
         assert!(matches!(latest(&store, "c", key_of, "other").await, Err(Error::SpecChanged { .. })));
         prune(&store, "c", key_of, &[1, 3]).await.unwrap();
         assert_eq!(list(&store, "c").await.unwrap(), [1, 3]);
+    }
+
+    #[test]
+    fn a_loop_state_before_the_first_epoch_and_with_nan_losses_round_trips() {
+        // Inside epoch 1 nothing is best yet (-inf); a diverged validation
+        // loss is NaN. JSON holds both as null.
+        let record = EpochRecord {
+            epoch: 1,
+            phase: "main".into(),
+            train_loss: 0.5,
+            valid_loss: f64::NAN,
+            valid_f2: 0.25,
+            valid_threshold: 0.2,
+            valid_f2_culture: f64::NAN,
+            valid_f2_tag: 0.3,
+            lr: 0.01,
+            train_images_per_sec: 10.0,
+            seconds: 1.0,
+        };
+        let st = LoopState { history: vec![record], ..LoopState::fresh("h") };
+        let back = decode("k", &encode(&st, &[], &[]).unwrap()).expect("a fresh state with NaN losses decodes").state;
+        assert_eq!(back.best_f2, f64::NEG_INFINITY);
+        let r = &back.history[0];
+        assert!(r.valid_loss.is_nan() && r.valid_f2_culture.is_nan());
+        assert_eq!((r.train_loss, r.valid_f2, r.valid_f2_tag), (0.5, 0.25, 0.3));
     }
 
     #[tokio::test]

@@ -18,13 +18,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// The tiny experiment with two epochs and a checkpoint every two steps
+/// The tiny experiment with two epochs and a checkpoint after every step
 /// inside them, so that a killed train job has a checkpoint to resume from,
 /// at an epoch's start or inside one.
 fn spec(root: &Path) -> String {
     let spec = common::tiny_spec("chaos", &root.display().to_string(), "").replace("phases = [{ epochs = 1,", "phases = [{ epochs = 2,");
     assert!(spec.contains("[models.train]\n"), "the tiny spec has a [models.train] table");
-    spec.replace("[models.train]\n", "[models.train]\ncheckpoints = { every_steps = 2 }\n")
+    spec.replace("[models.train]\n", "[models.train]\ncheckpoints = { every_steps = 1 }\n")
 }
 
 fn imet(dir: &Path) -> Command {
@@ -112,6 +112,7 @@ fn max_pass(point: &str) -> u64 {
     match point {
         "store.get" => 12,
         "train.step" => 6,
+        "checkpoint.write" => 3,
         "parquet.upload" => 2,
         _ => 1,
     }
@@ -151,6 +152,18 @@ fn finish_and_compare(dir: &Path, store: &Path, expected: &BTreeMap<String, Vec<
     (runs + 1, staged.len())
 }
 
+/// How often the train jobs of a store resumed, from the job logs (which
+/// every run appends to): inside an epoch, and at an epoch's start.
+fn resumes(store: &Path) -> (usize, usize) {
+    let (mut inside, mut at_start) = (0, 0);
+    for f in common::files_under(&store.join("logs")) {
+        let text = std::fs::read_to_string(&f).unwrap_or_default();
+        inside += text.matches("resuming inside an epoch").count();
+        at_start += text.matches("resuming from checkpoint").count();
+    }
+    (inside, at_start)
+}
+
 #[test]
 fn a_run_killed_at_every_named_moment_and_at_random_ends_with_an_undisturbed_runs_outputs() {
     let _heavy = common::heavy_run();
@@ -174,6 +187,7 @@ fn a_run_killed_at_every_named_moment_and_at_random_ends_with_an_undisturbed_run
     let mut fired: BTreeMap<&str, usize> = BTreeMap::new();
     let mut runs = 0;
     let mut staging = 0;
+    let mut resumed = (0, 0);
 
     // Aimed kills: each round starts a fresh store and visits every point
     // once, in the order the experiment reaches them, at a seeded pass (and
@@ -183,7 +197,11 @@ fn a_run_killed_at_every_named_moment_and_at_random_ends_with_an_undisturbed_run
         std::fs::create_dir_all(&dir).unwrap();
         let store = setup(&dir);
         for point in imet::fault::POINTS {
-            let seeded = rng.random_range(1..=max_pass(point));
+            // A checkpoint write is aimed at from the 2nd on: the 1st has
+            // then been written (the writer is sequential), so the rerun
+            // resumes inside an epoch.
+            let first = if point == "checkpoint.write" { 2 } else { 1 };
+            let seeded = rng.random_range(first..=max_pass(point));
             for pass in [seeded, 1].into_iter().take(if seeded == 1 { 1 } else { 2 }) {
                 let once = dir.join(format!("fired-{point}-{pass}"));
                 let out = imet(&dir).env("IMET_FAULT", format!("{point}:{pass}")).env("IMET_FAULT_ONCE", &once).output().unwrap();
@@ -201,11 +219,14 @@ fn a_run_killed_at_every_named_moment_and_at_random_ends_with_an_undisturbed_run
         let (n, staged) = finish_and_compare(&dir, &store, &expected, &schedule);
         runs += n;
         staging += staged;
+        let (inside, at_start) = resumes(&store);
+        resumed = (resumed.0 + inside, resumed.1 + at_start);
     }
     let schedule = format!("seed {seed}, {rounds} round(s):\n{}", log.join("\n"));
     for point in imet::fault::POINTS {
         assert!(fired.contains_key(point), "the kill aimed at `{point}` never fired:\n{schedule}");
     }
+    assert!(resumed.0 >= rounds, "fewer train jobs resumed inside an epoch ({}) than rounds ({rounds}):\n{schedule}", resumed.0);
 
     // Random kills of the runner, on a fresh store: a seeded delay into the
     // run, then SIGKILL; its jobs die with it (one process group).
@@ -240,8 +261,12 @@ fn a_run_killed_at_every_named_moment_and_at_random_ends_with_an_undisturbed_run
     let (n, staged) = finish_and_compare(&dir, &store, &expected, &schedule);
     runs += n;
     staging += staged;
+    let (inside, at_start) = resumes(&store);
+    resumed = (resumed.0 + inside, resumed.1 + at_start);
     println!(
         "{schedule}\n{runs} runs after the undisturbed one ({calm_secs:.0} s); aimed kills fired per point: {fired:?}; \
-         random kills of the runner: {random_kills}; staging files left: {staging}"
+         random kills of the runner: {random_kills}; staging files left: {staging}; \
+         train jobs resumed inside an epoch: {}, at an epoch's start: {}",
+        resumed.0, resumed.1
     );
 }
