@@ -86,13 +86,15 @@ impl Resume {
         let f = &job.fold;
         let key_of = |e: u32| keys::checkpoint(f.scope(), &f.model, f.fold, e);
         let prefix = keys::checkpoints(f.scope(), &f.model, f.fold);
-        let latest = checkpoint::latest(store, &prefix, key_of, &f.spec_hash).await?;
-        let done = latest.as_ref().map_or(0, |(_, c)| c.state.epochs_done);
-        // A checkpoint from inside the next epoch is further on.
+        // A checkpoint from inside the epoch after the newest epoch
+        // checkpoint is further on, and holds the whole state: the epoch
+        // checkpoint is then not read (it was whole before the in-epoch one
+        // was written, which is all `latest` would check).
+        let newest = checkpoint::list(store, &prefix).await?.last().copied().unwrap_or(0);
         let in_epoch_key = keys::checkpoint_in_epoch(f.scope(), &f.model, f.fold);
-        let (key, checkpoint) = match checkpoint::in_epoch(store, &in_epoch_key, &f.spec_hash, done).await? {
+        let (key, checkpoint) = match checkpoint::in_epoch(store, &in_epoch_key, &f.spec_hash, newest).await? {
             Some(c) => (in_epoch_key, c),
-            None => match latest {
+            None => match checkpoint::latest(store, &prefix, key_of, &f.spec_hash).await? {
                 Some(l) => l,
                 None => return Ok(None),
             },

@@ -130,12 +130,14 @@ async fn write_epoch(store: &Store, job: &FoldJob, policy: CheckpointPolicy, don
     let (scope, model, fold) = (job.scope(), &job.model, job.fold);
     crate::fault::point("checkpoint.write");
     store.put(&keys::checkpoint(scope, model, fold, done.epoch), done.checkpoint).await?;
-    store.delete(&keys::checkpoint_in_epoch(scope, model, fold)).await?;
     let entry = write_history(store, &keys::history(scope, model, fold), &done.history, &job.experiment, model, fold, &job.spec_hash).await?;
     // The same records for TensorBoard (a whole small file, rewritten).
     store.put(&keys::tensorboard_events(scope, model, fold), crate::storage::tensorboard::events_from_history(&done.history)).await?;
-    if let Some(keep) = policy.while_training(done.epoch, done.best_epoch) {
-        prune(store, job, &keep).await?;
+    // The epoch's checkpoint makes the in-epoch one obsolete: pruning
+    // deletes it, or, when every epoch is kept, this.
+    match policy.while_training(done.epoch, done.best_epoch) {
+        Some(keep) => prune(store, job, &keep).await?,
+        None => store.delete(&keys::checkpoint_in_epoch(scope, model, fold)).await?,
     }
     Ok(entry)
 }

@@ -121,9 +121,9 @@ fn max_pass(point: &str) -> u64 {
 /// Runs `imet run` until it succeeds (at most 3 times), then checks the
 /// store against the undisturbed run: the same deterministic outputs, byte
 /// for byte; every manifest's outputs whole; no partial file; and a further
-/// run with nothing to do. Returns the runs it took and the staging files
-/// that killed uploads left.
-fn finish_and_compare(dir: &Path, store: &Path, expected: &BTreeMap<String, Vec<u8>>, schedule: &str) -> (usize, usize) {
+/// run with nothing to do. Adds the runs it took, the staging files that
+/// killed uploads left and the train jobs' resumes to `tally`.
+fn finish_and_compare(tally: &mut Tally, dir: &Path, store: &Path, expected: &BTreeMap<String, Vec<u8>>, schedule: &str) {
     let mut runs = 0;
     let last = loop {
         let out = imet(dir).output().unwrap();
@@ -149,7 +149,23 @@ fn finish_and_compare(dir: &Path, store: &Path, expected: &BTreeMap<String, Vec<
     let again = imet(dir).output().unwrap();
     let text = common::output_text(&again);
     assert!(again.status.success() && !text.lines().any(|l| l.contains(" done ")), "a run after the end had work left:\n{text}");
-    (runs + 1, staged.len())
+    let (inside, at_start) = resumes(store);
+    tally.runs += runs + 1;
+    tally.staging += staged.len();
+    tally.resumed_inside += inside;
+    tally.resumed_at_start += at_start;
+}
+
+/// What the runs of the test add up to.
+#[derive(Default)]
+struct Tally {
+    /// `imet run`s after the undisturbed one.
+    runs: usize,
+    /// Staging files killed uploads left.
+    staging: usize,
+    /// Train jobs resumed inside an epoch, and at an epoch's start.
+    resumed_inside: usize,
+    resumed_at_start: usize,
 }
 
 /// How often the train jobs of a store resumed, from the job logs (which
@@ -185,9 +201,7 @@ fn a_run_killed_at_every_named_moment_and_at_random_ends_with_an_undisturbed_run
 
     let mut log = Vec::new();
     let mut fired: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut runs = 0;
-    let mut staging = 0;
-    let mut resumed = (0, 0);
+    let mut tally = Tally::default();
 
     // Aimed kills: each round starts a fresh store and visits every point
     // once, in the order the experiment reaches them, at a seeded pass (and
@@ -205,7 +219,7 @@ fn a_run_killed_at_every_named_moment_and_at_random_ends_with_an_undisturbed_run
             for pass in [seeded, 1].into_iter().take(if seeded == 1 { 1 } else { 2 }) {
                 let once = dir.join(format!("fired-{point}-{pass}"));
                 let out = imet(&dir).env("IMET_FAULT", format!("{point}:{pass}")).env("IMET_FAULT_ONCE", &once).output().unwrap();
-                runs += 1;
+                tally.runs += 1;
                 let hit = once.exists();
                 log.push(format!("round {round}: {point}:{pass} -> {} (exit {:?})", if hit { "killed" } else { "not reached" }, out.status.code()));
                 if hit {
@@ -216,17 +230,13 @@ fn a_run_killed_at_every_named_moment_and_at_random_ends_with_an_undisturbed_run
             }
         }
         let schedule = format!("seed {seed}:\n{}", log.join("\n"));
-        let (n, staged) = finish_and_compare(&dir, &store, &expected, &schedule);
-        runs += n;
-        staging += staged;
-        let (inside, at_start) = resumes(&store);
-        resumed = (resumed.0 + inside, resumed.1 + at_start);
+        finish_and_compare(&mut tally, &dir, &store, &expected, &schedule);
     }
     let schedule = format!("seed {seed}, {rounds} round(s):\n{}", log.join("\n"));
     for point in imet::fault::POINTS {
         assert!(fired.contains_key(point), "the kill aimed at `{point}` never fired:\n{schedule}");
     }
-    assert!(resumed.0 >= rounds, "fewer train jobs resumed inside an epoch ({}) than rounds ({rounds}):\n{schedule}", resumed.0);
+    assert!(tally.resumed_inside >= rounds, "fewer train jobs resumed inside an epoch ({}) than rounds ({rounds}):\n{schedule}", tally.resumed_inside);
 
     // Random kills of the runner, on a fresh store: a seeded delay into the
     // run, then SIGKILL; its jobs die with it (one process group).
@@ -239,7 +249,7 @@ fn a_run_killed_at_every_named_moment_and_at_random_ends_with_an_undisturbed_run
         // land in the same parts of the run on a slower or faster machine.
         let delay = Duration::from_secs_f64(calm_secs * rng.random_range(0.02..0.5));
         let mut child = imet(&dir).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
-        runs += 1;
+        tally.runs += 1;
         let start = Instant::now();
         let mut finished = false;
         while start.elapsed() < delay {
@@ -258,15 +268,11 @@ fn a_run_killed_at_every_named_moment_and_at_random_ends_with_an_undisturbed_run
         std::thread::sleep(Duration::from_millis(300));
     }
     let schedule = format!("seed {seed}, {rounds} round(s):\n{}", log.join("\n"));
-    let (n, staged) = finish_and_compare(&dir, &store, &expected, &schedule);
-    runs += n;
-    staging += staged;
-    let (inside, at_start) = resumes(&store);
-    resumed = (resumed.0 + inside, resumed.1 + at_start);
+    finish_and_compare(&mut tally, &dir, &store, &expected, &schedule);
     println!(
-        "{schedule}\n{runs} runs after the undisturbed one ({calm_secs:.0} s); aimed kills fired per point: {fired:?}; \
-         random kills of the runner: {random_kills}; staging files left: {staging}; \
+        "{schedule}\n{} runs after the undisturbed one ({calm_secs:.0} s); aimed kills fired per point: {fired:?}; \
+         random kills of the runner: {random_kills}; staging files left: {}; \
          train jobs resumed inside an epoch: {}, at an epoch's start: {}",
-        resumed.0, resumed.1
+        tally.runs, tally.staging, tally.resumed_inside, tally.resumed_at_start
     );
 }
